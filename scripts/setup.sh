@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Create .venv/ at the repo root and install scalelab into it.
+# torch: a fresh venv gets torch==2.13.0 (the CPU wheel where pip finds one locally).
+# GPU users who already have torch: SCALELAB_USE_SYSTEM_TORCH=1 builds the venv with
+# --system-site-packages so their torch (and CUDA) is kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  if [ "${SCALELAB_USE_SYSTEM_TORCH:-0}" = "1" ]; then
+    "$PY" -m venv --system-site-packages .venv
+  else
+    "$PY" -m venv .venv
+  fi
+fi
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  .venv/bin/python -m pip install -q torch==2.13.0
+fi
+.venv/bin/python -m pip install -q -e ".[dev,hf,tune,wandb]"
+echo "scalelab installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

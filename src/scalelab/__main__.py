@@ -1,0 +1,5 @@
+import sys
+
+from scalelab.cli import main
+
+sys.exit(main())

@@ -1,0 +1,268 @@
+"""The `scalelab` command: a thin shell that parses arguments and calls one library function
+per subcommand. Errors a user can cause print one line (no traceback) and exit 2."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+
+from scalelab.errors import ScalelabError
+
+OVERRIDES_HELP = ("dotted key=value overrides applied after the YAML file, e.g. train.lr=3e-3 "
+                  "out_dir=runs/a model.n_layer=6 (see the key list below)")
+
+
+def _config_keys_epilog() -> str:
+    from scalelab.config import RunConfig
+
+    lines = ["config keys (YAML sections or dotted overrides) and their defaults:"]
+
+    def walk(cls, prefix, default_obj):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            value = getattr(default_obj, f.name)
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], prefix + f.name + ".", value)
+            else:
+                lines.append(f"  {prefix + f.name} = {value!r}")
+
+    walk(RunConfig, "", RunConfig())
+    return "\n".join(lines)
+
+
+def _load(args) -> "RunConfig":  # noqa: F821
+    from scalelab.config import load_config
+
+    overrides = list(args.overrides)
+    if args.config and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
+        overrides.insert(0, args.config)  # no YAML file, only overrides
+        args.config = None
+    if getattr(args, "resume", False):
+        overrides.append("train.resume=true")
+    return load_config(args.config, overrides)
+
+
+# ---------------------------------------------------------------------------- subcommands
+
+
+def cmd_data(args) -> int:
+    from scalelab.data.prepare import prepare_data
+
+    cfg = _load(args)
+    meta = prepare_data(cfg.data, progress=not args.quiet, overwrite=args.overwrite)
+    if args.json:
+        print(json.dumps(meta, indent=2))
+    else:
+        splits = meta.get("splits", {})
+        for name, s in splits.items():
+            print(f"{name}: {s.get('docs', '?'):,} docs, {s.get('tokens', '?'):,} tokens, "
+                  f"{s.get('bytes', '?'):,} bytes")
+        print(f"wrote {cfg.data.dir}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from scalelab.train.trainer import train
+
+    cfg = _load(args)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return 0
+    summary = train(cfg, device=args.device)
+    if summary:
+        bpb = f", val bpb {summary['val_bpb']:.4f}" if summary.get("val_bpb") is not None else ""
+        print(f"val loss {summary['val_loss']:.4f} (ppl {summary['val_ppl']:.2f}{bpb}) after "
+              f"{summary['steps']} steps / {summary['tokens']:,} tokens -> {summary['out_dir']}")
+    return 0
+
+
+def cmd_fit(args) -> int:
+    from scalelab.scaling.fit import format_fit, run_fit
+
+    predict = []
+    for item in args.predict or []:
+        parts = [float(p) for p in item.split(",")]
+        predict.append((parts[0], parts[1] if len(parts) > 1 else None))
+    result = run_fit(args.input, law=args.law, fix_E=args.fix_E, n_boot=args.boot, seed=args.seed,
+                     predict=predict or None)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_fit(result))
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from scalelab.scaling.plan import PlanRules, format_plan, parse_size, plan_family, write_configs
+
+    rules = PlanRules(vocab_size=args.vocab_size, seq_len=args.seq_len, tokens_per_param=args.tokens_per_param,
+                      count=args.count, lr_rule=args.lr_rule, lr=args.lr, batch_tokens=args.batch_tokens,
+                      max_micro_batch=args.max_micro_batch, warmup_frac=args.warmup_frac,
+                      aspect_ratio=args.aspect_ratio, head_dim=args.head_dim, multiple_of=args.multiple_of,
+                      spacing=args.spacing, data_tokens=args.data_tokens)
+    sizes = [parse_size(s) for s in args.sizes.split(",")] if args.sizes else None
+    plan = plan_family(rules, sizes=sizes, compute=args.compute, models=args.models)
+    if args.write_configs:
+        import yaml
+
+        base = (yaml.safe_load(open(args.base)) or {}) if args.base else {}
+        paths = write_configs(plan, base, args.write_configs, runs_dir=args.runs_dir)
+        plan["configs"] = [str(p) for p in paths]
+    if args.json:
+        print(json.dumps(plan, indent=2))
+    else:
+        print(format_plan(plan))
+        for path in plan.get("configs", []):
+            print(f"wrote {path}")
+    return 0
+
+
+def cmd_study(args) -> int:
+    from scalelab.scaling.study import format_study, run_study
+
+    results = run_study(args.config, args.overrides, progress=not args.quiet, report=not args.no_report)
+    if args.json:
+        print(json.dumps({k: results[k] for k in ("sizes", "fits", "checks")}, indent=2))
+    else:
+        print(format_study(results))
+        print(f"results: {results['config']['out_dir']}/results.json")
+        if "report" in results:
+            print(f"note: {results['report'].get('note')}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from scalelab.report.note import write_report
+
+    out = write_report(args.study_dir)
+    print(f"wrote {out['note']}")
+    for f in out["figures"]:
+        print(f"wrote {f}")
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scalelab",
+        description="Language-model pretraining research at small and mid scale.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from scalelab import __version__
+
+    parser.add_argument("--version", action="version", version=f"scalelab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    epilog = _config_keys_epilog()
+
+    p = sub.add_parser("data", help="tokenize a corpus into train/val shards (+ tokenizer, meta.json)",
+                       description="Read the corpus named by data.source, train or load the tokenizer, and "
+                       "write llm.c-format shards and meta.json into data.dir.",
+                       epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", help="YAML config (only its data section is used)")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    p.add_argument("--overwrite", action="store_true", help="replace a data dir prepared differently")
+    p.add_argument("--json", action="store_true", help="print meta.json")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", help="train (or resume) a model from a YAML config",
+                       description="Train a GPT from a YAML config. Runs on one process, or on N with "
+                       "`torchrun --nproc_per_node N -m scalelab train CONFIG`. Prepares the data first "
+                       "if data.dir has no shards yet.",
+                       epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", help="YAML config, e.g. configs/cpu-tiny.yaml")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    p.add_argument("--resume", action="store_true", help="continue from out_dir's last checkpoint "
+                   "(same as train.resume=true)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("fit", help="fit a scaling law (Kaplan L(N), Chinchilla L(N,D), IsoFLOP) with bootstrap CIs",
+                       description="Fit a scaling law to a study's results.json or a CSV with columns "
+                       "params,tokens,loss (optional seed, flops).")
+    p.add_argument("input", help="results.json of a study, or a CSV file")
+    p.add_argument("--law", choices=["chinchilla", "kaplan", "isoflop"], default="chinchilla",
+                   help="chinchilla: L = E + A/N^alpha + B/D^beta (default); kaplan: L = E + A*N^-alpha; "
+                   "isoflop: Hoffmann et al. approach 2")
+    p.add_argument("--fix-E", dest="fix_E", type=float, default=None,
+                   help="fix the irreducible loss E (e.g. 0 for Kaplan's pure power law)")
+    p.add_argument("--boot", type=int, default=200, help="bootstrap resamples for the CIs (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--predict", action="append", metavar="N[,D]",
+                   help="predict loss (with CI) at N params and D tokens; repeatable")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("plan", help="plan a compute-optimal model family from sizes or a compute budget",
+                       description="Shapes, tokens (20x params), FLOPs, lr and batch (DeepSeek LLM rules) and "
+                       "warmup for a model family. Give --sizes or --compute.")
+    p.add_argument("--sizes", help="comma-separated non-embedding sizes, e.g. 10M,50M,200M,600M")
+    p.add_argument("--compute", type=float, help="total training FLOPs of the family, e.g. 1e19")
+    p.add_argument("--models", type=int, default=4, help="models in a --compute family (default 4)")
+    p.add_argument("--spacing", type=float, default=4.0, help="size ratio between neighbours with --compute")
+    p.add_argument("--tokens-per-param", type=float, default=20.0, help="D/N (default 20, Chinchilla)")
+    p.add_argument("--count", choices=["non_embedding", "total"], default="non_embedding",
+                   help="which parameter count N means (default non_embedding, Kaplan)")
+    p.add_argument("--vocab-size", type=int, default=50257, help="vocabulary (default 50257, GPT-2)")
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--lr-rule", choices=["deepseek", "fixed"], default="deepseek",
+                   help="deepseek: lr=0.3118*C^-0.125, batch=0.2920*C^0.3271 tokens; fixed: use --lr/--batch-tokens")
+    p.add_argument("--lr", type=float, help="override the peak learning rate")
+    p.add_argument("--batch-tokens", type=int, help="override the batch size in tokens")
+    p.add_argument("--max-micro-batch", type=int, default=16, help="sequences per device per micro-step")
+    p.add_argument("--warmup-frac", type=float, default=0.02, help="warmup as a fraction of steps")
+    p.add_argument("--aspect-ratio", type=float, default=64.0, help="d_model / n_layer target")
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--multiple-of", type=int, default=64, help="FFN width rounding")
+    p.add_argument("--data-tokens", type=int, help="tokens in the training corpus (to report epochs)")
+    p.add_argument("--write-configs", metavar="DIR", help="write one training config per model into DIR")
+    p.add_argument("--base", help="YAML config whose data/train sections the written configs start from")
+    p.add_argument("--runs-dir", default="runs/family", help="out_dir prefix of the written configs")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("study", help="run a scaling study: plan, train every size x seed, fit, plot, note",
+                       description="Plan a compute-optimal family, train each (size, seed) (skipping finished runs, "
+                       "resuming interrupted ones), fit scaling laws with bootstrap CIs, plot, and write NOTE.md. "
+                       "Everything lands in the study's out_dir.")
+    p.add_argument("config", help="study YAML, e.g. configs/study-cpu.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the study YAML (e.g. seeds=[0,1,2] "
+                   "out_dir=runs/s2 base.train.threads=1)")
+    p.add_argument("--no-report", action="store_true", help="skip the figures and NOTE.md")
+    p.add_argument("--json", action="store_true", help="print sizes, fits and checks as JSON")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("report", help="figures and NOTE.md for a finished study dir",
+                       description="Regenerate figures/ and NOTE.md from STUDY_DIR/results.json.")
+    p.add_argument("study_dir")
+    p.set_defaults(func=cmd_report)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args) or 0
+    except ScalelabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,409 @@
+"""A scaling study: plan a family, train every (size, seed), evaluate, fit, plot, write the note.
+
+`run_study(path, overrides)` is what `scalelab study CONFIG` calls. Everything lands in
+one folder (study.out_dir):
+
+    configs/<name>-s<seed>.yaml   the exact training config of each run (runnable by hand)
+    runs/<name>-s<seed>/          each run's checkpoints, metrics.jsonl, summary.json, train.log
+    results.json                  plan, per-run numbers, per-size CIs, fits (docs/FORMATS.md)
+    figures/, NOTE.md             plots and the research note (`scalelab report`)
+
+Runs already finished are skipped; interrupted ones resume from their last checkpoint,
+so re-running the same command after a crash continues where it stopped.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import math
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scalelab.config import RunConfig, build_dataclass, config_from_dict
+from scalelab.errors import ConfigError, ScalelabError, TrainingError
+from scalelab.io import atomic_write_json, atomic_write_text, git_hash, software_versions
+from scalelab.scaling.plan import PlanRules, parse_size, plan_family
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class StudyPlan:
+    sizes: list[str] | None = None  # e.g. [10M, 50M, 200M, 600M] (non-embedding by default)
+    compute: float | None = None  # or a total FLOP budget split over `models`
+    models: int = 4
+    spacing: float = 4.0
+    tokens_per_param: list[float] = field(default_factory=lambda: [20.0])  # >1 value: L(N,D) becomes identifiable
+    count: str = "non_embedding"
+    lr_rule: str = "deepseek"
+    lr: float | None = None
+    batch_tokens: int | None = None
+    max_micro_batch: int = 16
+    warmup_frac: float = 0.02
+    aspect_ratio: float = 64.0
+    head_dim: int = 64
+    multiple_of: int = 64
+
+
+@dataclass
+class StudyFit:
+    n_boot: int = 200
+    resample: str = "points"  # bootstrap unit: points | size | seed
+    seed: int = 0
+
+
+@dataclass
+class StudyConfig:
+    name: str = "study"
+    out_dir: str = "runs/study"
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    parallel_runs: int = 1  # training processes at once (CPU: pair with train.threads=1)
+    launcher: str = ""  # e.g. "torchrun --standalone --nproc_per_node 8"; empty = one process
+    plan: StudyPlan = field(default_factory=StudyPlan)
+    fit: StudyFit = field(default_factory=StudyFit)
+    base: dict[str, Any] = field(default_factory=dict)  # a training config: data, model, train sections
+
+
+def load_study_config(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"study config '{p}' does not exist; see configs/study-cpu.yaml")
+    try:
+        tree = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"study config '{p}' is not valid YAML: {e}") from None
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. seeds=[0,1,2])")
+        key, text = item.split("=", 1)
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = yaml.safe_load(text)
+    cfg = build_dataclass(StudyConfig, tree)
+    if not (cfg.plan.sizes or cfg.plan.compute):
+        raise ConfigError(f"study config '{p}': set plan.sizes (e.g. [10M, 50M]) or plan.compute")
+    if not cfg.seeds:
+        raise ConfigError("seeds must list at least one seed")
+    if cfg.parallel_runs < 1:
+        raise ConfigError("parallel_runs must be >= 1")
+    if not cfg.plan.tokens_per_param or any(r <= 0 for r in cfg.plan.tokens_per_param):
+        raise ConfigError("plan.tokens_per_param must be a list of positive ratios, e.g. [20]")
+    base = dict(cfg.base)
+    base.setdefault("train", {})
+    base["train"] = dict(base["train"], max_steps=1)
+    config_from_dict(copy.deepcopy(base))  # the base must be a valid training config
+    return cfg
+
+
+def _base_run_config(cfg: StudyConfig) -> RunConfig:
+    tree = copy.deepcopy(cfg.base)
+    tree.setdefault("train", {})["max_steps"] = 1
+    return config_from_dict(tree)
+
+
+def make_plan(cfg: StudyConfig, vocab_size: int, data_tokens: int | None) -> dict[str, Any]:
+    base = _base_run_config(cfg)
+    sp = cfg.plan
+    sizes = [parse_size(s) for s in sp.sizes] if sp.sizes else None
+    models: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    for ratio in sp.tokens_per_param:
+        rules = PlanRules(vocab_size=vocab_size, seq_len=base.model.seq_len, tokens_per_param=ratio,
+                          count=sp.count, lr_rule=sp.lr_rule, lr=sp.lr, batch_tokens=sp.batch_tokens,
+                          max_micro_batch=sp.max_micro_batch, warmup_frac=sp.warmup_frac,
+                          aspect_ratio=sp.aspect_ratio, head_dim=sp.head_dim, mlp=base.model.mlp,
+                          multiple_of=sp.multiple_of, tie_embeddings=base.model.tie_embeddings,
+                          spacing=sp.spacing, data_tokens=data_tokens)
+        plan = plan_family(rules, sizes=sizes, compute=sp.compute, models=sp.models)
+        for m in plan["models"]:
+            if len(sp.tokens_per_param) > 1:
+                m["name"] = f"{m['name']}-r{ratio:g}"
+            m["ratio"] = ratio
+        models += plan["models"]
+        warnings += plan["warnings"]
+        rules_dict = plan["rules"]
+    return {"rules": rules_dict, "models": models, "warnings": warnings,
+            "total_flops": sum(m["flops"] for m in models) * len(cfg.seeds)}
+
+
+def run_config_tree(cfg: StudyConfig, model: dict[str, Any], seed: int, run_dir: Path) -> dict[str, Any]:
+    tree = copy.deepcopy(cfg.base)
+    tree["out_dir"] = str(run_dir)
+    tree["seed"] = seed
+    tree.setdefault("model", {}).update(n_layer=model["n_layer"], d_model=model["d_model"], n_head=model["n_head"],
+                                       multiple_of=cfg.plan.multiple_of)
+    t = tree.setdefault("train", {})
+    t.update(lr=model["lr"], batch_tokens=model["batch_tokens"], micro_batch=model["micro_batch"],
+             max_steps=model["steps"], warmup_steps=model["warmup_steps"], resume=True)
+    t.pop("max_tokens", None)
+    t.pop("max_time_s", None)
+    # ~8 evaluations per run give each run a loss curve
+    t.setdefault("eval_every", max(1, model["steps"] // 8))
+    t.setdefault("ckpt_every", max(1, model["steps"] // 4))
+    config_from_dict(copy.deepcopy(tree))
+    return tree
+
+
+def _run_is_done(run_dir: Path, steps: int) -> bool:
+    import json
+
+    s = run_dir / "summary.json"
+    if not s.is_file():
+        return False
+    try:
+        return json.loads(s.read_text()).get("steps") == steps
+    except ValueError:
+        return False
+
+
+def _train_one(cfg: StudyConfig, config_path: Path, run_dir: Path, threads: int | None) -> None:
+    cmd = (cfg.launcher.split() + ["-m", "scalelab"]) if cfg.launcher else [sys.executable, "-m", "scalelab"]
+    cmd += ["train", str(config_path)]
+    env = dict(os.environ, SCALELAB_NO_PROGRESS="1")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "train.log", "a") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode != 0:
+        tail = (run_dir / "train.log").read_text().strip().splitlines()[-3:]
+        raise TrainingError(f"run {run_dir.name} failed (exit {proc.returncode}); see {run_dir / 'train.log'}: "
+                            + " | ".join(tail))
+
+
+def _curve(run_dir: Path) -> list[dict[str, float]]:
+    from scalelab.train.logging import read_metrics
+
+    records = read_metrics(run_dir / "metrics.jsonl")
+    curve, window = [], []
+    for r in records:
+        if r.get("kind") == "train":
+            window.append(r["loss"])
+        elif r.get("kind") == "eval":
+            point = {"step": r["step"], "tokens": r["tokens"], "val_loss": r["val_loss"]}
+            if window:
+                point["train_loss"] = sum(window) / len(window)
+            if "val_bpb" in r:
+                point["val_bpb"] = r["val_bpb"]
+            curve.append(point)
+            window = []
+    return curve
+
+
+def collect_run(model: dict[str, Any], seed: int, run_dir: Path) -> dict[str, Any]:
+    import json
+
+    s = json.loads((run_dir / "summary.json").read_text())
+    n = s["non_embedding_params"]
+    return {
+        "name": model["name"], "seed": seed, "run_dir": str(run_dir),
+        "n_layer": model["n_layer"], "d_model": model["d_model"], "n_head": model["n_head"],
+        "params": s["params"], "non_embedding_params": n, "tokens": s["tokens"],
+        "flops": 6.0 * n * s["tokens"], "flops_exact": s["flops_per_token"] * s["tokens"],
+        "loss": s["val_loss"], "val_bpb": s.get("val_bpb"), "val_ppl": s.get("val_ppl"),
+        "best_val_loss": s.get("best_val_loss"), "train_time_s": s["train_time_s"], "epochs": s["epochs"],
+        "lr": model["lr"], "batch_tokens": model["batch_tokens"], "ratio": model.get("ratio"),
+        "curve": _curve(run_dir),
+    }
+
+
+def summarize_sizes(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from scalelab.eval.stats import mean_ci
+
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        by_name.setdefault(r["name"], []).append(r)
+    out = []
+    for name, rs in by_name.items():
+        row = {"name": name, "non_embedding_params": rs[0]["non_embedding_params"], "params": rs[0]["params"],
+               "tokens": rs[0]["tokens"], "ratio": rs[0].get("ratio"), "n_seeds": len(rs),
+               "loss": mean_ci([r["loss"] for r in rs])}
+        bpb = [r["val_bpb"] for r in rs if r.get("val_bpb") is not None]
+        if bpb:
+            row["val_bpb"] = mean_ci(bpb)
+        out.append(row)
+    return sorted(out, key=lambda r: (r.get("ratio") or 0, r["non_embedding_params"]))
+
+
+def check_monotone(sizes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Does loss fall with size by more than seed noise?
+
+    Between neighbouring sizes (same tokens-per-param ratio) the drop in mean loss must
+    exceed twice its standard error (sqrt(se_a^2 + se_b^2); ~95% one-sided z-test).
+    With one seed there is no noise estimate, and the check says so.
+    """
+    detail, ok = [], True
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for s in sizes:
+        groups.setdefault(s.get("ratio"), []).append(s)
+    for rows in groups.values():
+        for a, b in zip(rows, rows[1:]):
+            drop = a["loss"]["mean"] - b["loss"]["mean"]
+            se = math.sqrt(a["loss"]["stderr"] ** 2 + b["loss"]["stderr"] ** 2) if a["n_seeds"] > 1 and b["n_seeds"] > 1 else float("nan")
+            beyond = drop > 0 and (math.isfinite(se) and drop > 2 * se)
+            ok = ok and beyond
+            detail.append({"from": a["name"], "to": b["name"], "drop": drop, "stderr": se,
+                           "z": drop / se if se and math.isfinite(se) else None, "beyond_noise": beyond})
+    return {"loss_decreases_beyond_noise": ok and bool(detail), "rule": "drop > 2 x combined stderr of the seed means",
+            "detail": detail}
+
+
+def fit_all(results_path: Path, plan: dict[str, Any], cfg: StudyConfig) -> dict[str, Any]:
+    from scalelab.scaling.fit import run_fit
+
+    fits: dict[str, Any] = {}
+    common = dict(n_boot=cfg.fit.n_boot, seed=cfg.fit.seed)
+    ratios = {m.get("ratio") for m in plan["models"]}
+    for law in ("kaplan", "chinchilla", "isoflop"):
+        if law == "chinchilla" and len(ratios) < 2:
+            fits[law] = {"law": law, "degenerate": True,
+                         "reason": "every run uses the same tokens-per-parameter ratio, so N and D move together "
+                                   "and L(N,D) is not identifiable; list several plan.tokens_per_param values"}
+            continue
+        try:
+            kwargs = dict(common, resample=cfg.fit.resample) if law != "isoflop" else common
+            fits[law] = run_fit(results_path, law=law, **kwargs)
+        except ScalelabError as e:
+            fits[law] = {"law": law, "degenerate": True, "reason": str(e)}
+    return fits
+
+
+def run_study(path: str | Path, overrides: list[str] | None = None, *, progress: bool = True,
+              report: bool = True) -> dict[str, Any]:
+    cfg = load_study_config(path, overrides)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base = _base_run_config(cfg)
+
+    from scalelab.data.prepare import load_meta, prepare_data
+
+    meta_dir = Path(base.data.dir)
+    if not (meta_dir / "meta.json").is_file():
+        prepare_data(base.data, progress=progress)
+    meta = load_meta(meta_dir)
+    tok = meta.get("tokenizer") or {}
+    vocab = base.model.vocab_size or tok.get("vocab_size")
+    train_tokens = (meta.get("splits", {}).get("train") or {}).get("tokens")
+    plan = make_plan(cfg, int(vocab), train_tokens)
+
+    jobs = []
+    for m in plan["models"]:
+        for seed in cfg.seeds:
+            run_name = f"{m['name']}-s{seed}"
+            run_dir = out / "runs" / run_name
+            tree = run_config_tree(cfg, m, seed, run_dir)
+            cpath = out / "configs" / f"{run_name}.yaml"
+            atomic_write_text(cpath, yaml.safe_dump(tree, sort_keys=False))
+            jobs.append((m, seed, run_dir, cpath))
+
+    todo = [j for j in jobs if not _run_is_done(j[2], j[0]["steps"])]
+    threads = base.train.threads
+    say = print if progress else (lambda *a, **k: None)
+    say(f"study '{cfg.name}': {len(plan['models'])} models x {len(cfg.seeds)} seeds = {len(jobs)} runs "
+        f"({len(jobs) - len(todo)} done), {plan['total_flops']:.2e} FLOPs (6ND), {cfg.parallel_runs} at a time",
+        flush=True)
+    for w in plan["warnings"]:
+        say(f"warning: {w}", flush=True)
+    start = time.perf_counter()
+    # Largest first: the long runs start early and the short ones fill the gaps.
+    todo.sort(key=lambda j: -j[0]["flops"])
+    errors = []
+
+    def work(job):
+        m, seed, run_dir, cpath = job
+        t0 = time.perf_counter()
+        try:
+            _train_one(cfg, cpath, run_dir, threads)
+        except TrainingError as e:
+            errors.append(str(e))
+            say(f"  FAILED {run_dir.name}: {e}", flush=True)
+            return
+        import json
+
+        s = json.loads((run_dir / "summary.json").read_text())
+        say(f"  {run_dir.name:>14}: val loss {s['val_loss']:.4f} in {time.perf_counter() - t0:.0f}s "
+            f"[{time.perf_counter() - start:.0f}s elapsed]", flush=True)
+
+    with ThreadPoolExecutor(max_workers=cfg.parallel_runs) as pool:
+        list(pool.map(work, todo))
+    if errors:
+        raise TrainingError(f"{len(errors)} run(s) failed; fix and re-run the same command to continue: "
+                            + errors[0])
+
+    runs = [collect_run(m, seed, run_dir) for m, seed, run_dir, _ in jobs]
+    sizes = summarize_sizes(runs)
+    results = {
+        "format_version": FORMAT_VERSION, "kind": "scalelab.study", "name": cfg.name,
+        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "config": asdict(cfg),
+        "commands": [f"scalelab study {path}" + "".join(f" {o}" for o in overrides or []),
+                     f"scalelab fit {out / 'results.json'} --law kaplan",
+                     f"scalelab report {out}"],
+        "data": {"source": base.data.source, "dir": str(meta_dir), "tokenizer": tok.get("name"),
+                 "tokenizer_identity": tok.get("identity"), "vocab_size": vocab,
+                 "train_tokens": train_tokens,
+                 "val_tokens": (meta.get("splits", {}).get("val") or {}).get("tokens"),
+                 "train_docs": (meta.get("splits", {}).get("train") or {}).get("docs")},
+        "hardware": _hardware(base, cfg),
+        "plan": plan,
+        "runs": runs,
+        "sizes": sizes,
+        "checks": check_monotone(sizes),
+        "wall_time_s": time.perf_counter() - start,
+        "versions": software_versions(), "git": git_hash(),
+    }
+    results_path = out / "results.json"
+    atomic_write_json(results_path, results)  # the fits read the runs from this file
+    results["fits"] = fit_all(results_path, plan, cfg)
+    atomic_write_json(results_path, results)
+    if report:
+        from scalelab.report.note import write_report
+
+        results["report"] = {k: [str(p) for p in v] if isinstance(v, list) else str(v)
+                             for k, v in write_report(out).items()}
+    return results
+
+
+def _hardware(base: RunConfig, cfg: StudyConfig) -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    info = {"device": dev, "threads_per_run": base.train.threads, "parallel_runs": cfg.parallel_runs,
+            "cpu_count": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__}
+    if dev == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpus"] = torch.cuda.device_count()
+    return info
+
+
+def format_study(results: dict[str, Any]) -> str:
+    lines = [f"{'size':>10} {'non-emb N':>10} {'tokens':>10} {'seeds':>5} {'val loss (95% CI)':>26} {'bpb':>7}"]
+    for s in results["sizes"]:
+        lo, hi = s["loss"]["lo"], s["loss"]["hi"]
+        ci = f"[{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) else "[n/a]"
+        bpb = f"{s['val_bpb']['mean']:.3f}" if "val_bpb" in s else "-"
+        lines.append(f"{s['name']:>10} {s['non_embedding_params']:>10,} {s['tokens']:>10,} {s['n_seeds']:>5} "
+                     f"{s['loss']['mean']:>8.4f} {ci:>17} {bpb:>7}")
+    k = results.get("fits", {}).get("kaplan", {})
+    if k and not k.get("degenerate"):
+        ci = (k.get("ci") or {}).get("alpha") or [float("nan")] * 2
+        lines.append(f"Kaplan fit L(N) = E + A N^-alpha: alpha = {k['alpha']:.3f} (95% CI {ci[0]:.3f}..{ci[1]:.3f})")
+    elif k:
+        lines.append(f"Kaplan fit: degenerate ({k.get('reason', '')})")
+    c = results.get("checks", {})
+    lines.append(f"loss decreases with size beyond seed noise: {'yes' if c.get('loss_decreases_beyond_noise') else 'NO'}")
+    return "\n".join(lines)

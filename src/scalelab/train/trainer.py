@@ -1,0 +1,477 @@
+"""The training loop: data -> model -> AdamW steps, with eval, checkpoints and exact resume.
+
+`train(cfg)` is the library entry point (`scalelab train` calls it; so do the study and
+the tests). It runs in one process or under torchrun; every rank executes the same code,
+rank 0 alone writes files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from scalelab.config import RunConfig
+from scalelab.errors import CheckpointError, ConfigError, DataError, TrainingError
+from scalelab.io import atomic_write_json, atomic_write_text, git_hash, software_versions
+from scalelab.model.gpt import GPT, GPTConfig
+from scalelab.model.sizing import count_params, flops_per_token
+from scalelab.train import checkpoint as ckpt_io
+from scalelab.train.distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_mean,
+    barrier,
+    broadcast_float,
+    cleanup,
+    init_distributed,
+    no_grad_sync,
+    parallelize,
+    resolve_parallel,
+)
+from scalelab.train.logging import Progress, RunLogger, truncate_metrics
+from scalelab.train.optim import build_optimizer, set_lr
+from scalelab.train.schedule import lr_at
+
+
+def train(cfg: RunConfig, device: str | None = None) -> dict[str, Any]:
+    """Train (or resume) the run described by `cfg`; returns the summary dict."""
+    info = init_distributed(device)
+    try:
+        return Trainer(cfg, info).run()
+    finally:
+        cleanup()
+
+
+# ---------------------------------------------------------------------------
+# set-up helpers
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "fp32":
+        return torch.float32
+    if name == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError("train.dtype=bf16 but this GPU has no bf16 support; use train.dtype=fp32")
+        return torch.bfloat16
+    # auto: bf16 on GPUs that have it; fp32 on CPU, where bf16 matmuls can be several
+    # times slower (measure with bench/bench_train.py before choosing bf16 there).
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def ensure_data(cfg: RunConfig, info: DistInfo) -> dict[str, Any]:
+    """Prepare shards on rank 0 if the data dir has none yet; return its meta."""
+    from scalelab.data.prepare import load_meta, prepare_data
+
+    data_dir = Path(cfg.data.dir)
+    has_shards = data_dir.is_dir() and any(data_dir.glob("train_*.bin"))
+    if not has_shards and info.is_main:
+        prepare_data(cfg.data, progress=cfg.train.progress)
+    barrier()
+    return load_meta(data_dir)
+
+
+def _tokenizer_info(meta: dict[str, Any]) -> dict[str, Any]:
+    tok = meta.get("tokenizer") or {}
+    return tok if isinstance(tok, dict) else {}
+
+
+def _rng_state() -> dict[str, Any]:
+    import base64
+
+    state = {
+        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+        "python": repr(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = base64.b64encode(torch.cuda.get_rng_state().numpy().tobytes()).decode()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import ast
+    import base64
+
+    torch.set_rng_state(torch.from_numpy(np.frombuffer(base64.b64decode(state["torch"]), dtype=np.uint8).copy()))
+    random.setstate(ast.literal_eval(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.from_numpy(np.frombuffer(base64.b64decode(state["cuda"]), dtype=np.uint8).copy()))
+
+
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+OOM_HINT = ("out of memory. Lower train.micro_batch (train.batch_tokens stays the same: accumulation "
+            "grows), lower model.seq_len, or set train.activation_checkpointing=true")
+
+
+# ---------------------------------------------------------------------------
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, info: DistInfo):
+        self.cfg = cfg
+        self.info = info
+        self.out_dir = Path(cfg.out_dir)
+        t = cfg.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        if t.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self._prepare_out_dir()
+
+        # Data first: the vocabulary size comes from the tokenizer.
+        self.meta = ensure_data(cfg, info)
+        tok = _tokenizer_info(self.meta)
+        vocab = cfg.model.vocab_size or tok.get("vocab_size")
+        if not vocab:
+            raise ConfigError(f"data dir '{cfg.data.dir}' has no tokenizer metadata (public shards?): "
+                              f"set model.vocab_size=... (e.g. 50257 for GPT-2 BPE, 1024 for sp1024)")
+        self.model_cfg: GPTConfig = dataclasses.replace(cfg.model, vocab_size=int(vocab))
+        self.model_cfg.validate()
+        self.tokenizer_identity = tok.get("identity")
+        self.token_bytes = self._load_token_bytes()
+
+        # Batch geometry.
+        per_micro = t.micro_batch * self.model_cfg.seq_len * info.world_size
+        if t.batch_tokens % per_micro:
+            raise ConfigError(
+                f"train.batch_tokens ({t.batch_tokens}) must be a multiple of micro_batch*seq_len*world_size "
+                f"({per_micro}) with {info.world_size} processes")
+        self.grad_accum = t.batch_tokens // per_micro
+        self.total_steps = self._total_steps()
+
+        # Model, parallelism, optimizer.
+        self.device = info.device
+        self.dtype = resolve_dtype(t.dtype, self.device)
+        self.parallel = resolve_parallel(t, info)
+        torch.manual_seed(cfg.seed)  # identical init on every rank
+        random.seed(cfg.seed)
+        raw = GPT(self.model_cfg).to(self.device)
+        self.raw_model = raw
+        self.model = parallelize(raw, t, info, self.dtype)
+        self.optimizer = build_optimizer(self.model, t, self.device.type)
+        self.autocast = self.dtype == torch.bfloat16 and self.parallel != "fsdp"
+
+        from scalelab.data.loader import TokenLoader
+
+        self.loader = TokenLoader(cfg.data.dir, "train", t.micro_batch, self.model_cfg.seq_len,
+                                  rank=info.rank, world_size=info.world_size, seed=cfg.seed)
+        self.sizes = count_params(self.model_cfg)
+        self.flops_per_token = flops_per_token(self.model_cfg, self.model_cfg.seq_len)
+
+        self.step = 0
+        self.tokens_seen = 0
+        self.train_time = 0.0
+        self.best_val = math.inf
+        if t.resume:
+            self._maybe_resume()
+
+    # -- set-up ------------------------------------------------------------
+
+    def _prepare_out_dir(self) -> None:
+        if self.info.is_main:
+            try:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                probe = self.out_dir / ".write-test"
+                probe.write_text("ok")
+                probe.unlink()
+            except OSError as e:
+                raise ConfigError(f"out_dir '{self.out_dir}' is not writable ({e.strerror or e}); "
+                                  f"choose another with out_dir=...") from None
+            existing = ckpt_io.find_checkpoint(self.out_dir, "last")
+            if existing is not None and not self.cfg.train.resume:
+                raise ConfigError(
+                    f"out_dir '{self.out_dir}' already holds a checkpoint ({existing.name}); pass "
+                    f"train.resume=true (or --resume) to continue it, or choose another out_dir=...")
+        barrier()
+
+    def _load_token_bytes(self) -> torch.Tensor | None:
+        from scalelab.data.prepare import load_data_tokenizer
+
+        tokenizer = load_data_tokenizer(self.cfg.data.dir)
+        if tokenizer is None:
+            return None
+        return torch.as_tensor(np.asarray(tokenizer.token_bytes(), dtype=np.int64))
+
+    def _total_steps(self) -> int | None:
+        t = self.cfg.train
+        candidates = []
+        if t.max_steps is not None:
+            candidates.append(t.max_steps)
+        if t.max_tokens is not None:
+            candidates.append(max(1, math.ceil(t.max_tokens / t.batch_tokens)))
+        return min(candidates) if candidates else None
+
+    def _maybe_resume(self) -> None:
+        ckpt_io.clean_stale(self.out_dir) if self.info.is_main else None
+        barrier()
+        path = ckpt_io.find_checkpoint(self.out_dir, "last")
+        if path is None:
+            return
+        state = ckpt_io.load_state(path)
+        saved_model = state.get("model_config", {})
+        now_model = dataclasses.asdict(self.model_cfg)
+        diffs = [f"model.{k}: checkpoint {saved_model.get(k)!r} vs config {v!r}"
+                 for k, v in now_model.items() if k in saved_model and saved_model[k] != v]
+        if diffs:
+            raise CheckpointError(f"checkpoint '{path}' was trained with a different model shape: "
+                                  + "; ".join(diffs) + ". Use the original config or a new out_dir")
+        saved_tok = state.get("tokenizer_identity")
+        if saved_tok and self.tokenizer_identity and saved_tok != self.tokenizer_identity:
+            raise CheckpointError(
+                f"checkpoint '{path}' was trained with tokenizer {saved_tok} but data dir "
+                f"'{self.cfg.data.dir}' uses {self.tokenizer_identity}; point data.dir at the original data")
+        if state.get("world_size", 1) != self.info.world_size:
+            raise CheckpointError(
+                f"checkpoint '{path}' was written by {state.get('world_size')} processes; resume with the "
+                f"same number (now {self.info.world_size}) so the data order stays exact")
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+        weights = ckpt_io.load_weights(path / ckpt_io.MODEL_FILE)
+        try:
+            set_model_state_dict(self.model, weights)
+            optim = ckpt_io.load_optimizer(path)
+            if optim is not None:
+                set_optimizer_state_dict(self.model, self.optimizer, optim)
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise CheckpointError(f"checkpoint '{path}' does not fit this model: {str(e).splitlines()[0]}") from None
+        self.step = state["step"]
+        self.tokens_seen = state["tokens_seen"]
+        self.train_time = state.get("train_time", 0.0)
+        self.best_val = state.get("best_val_loss") or math.inf
+        self.loader.load_state_dict(state["loader"][self.info.rank])
+        _set_rng_state(state["rng"][self.info.rank])
+        if self.info.is_main:
+            truncate_metrics(self.out_dir / "metrics.jsonl", self.step)
+            print(f"resumed from {path} at step {self.step} ({self.tokens_seen:,} tokens)", flush=True)
+
+    # -- checkpoints ---------------------------------------------------------
+
+    def save(self, is_best: bool = False) -> None:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_sd = get_model_state_dict(self.model, options=opts)
+        optim_sd = get_optimizer_state_dict(self.model, self.optimizer, options=opts)
+        loader_states = all_gather_objects(self.loader.state_dict())
+        rng_states = all_gather_objects(_rng_state())
+        if self.info.is_main:
+            state = {
+                "step": self.step,
+                "tokens_seen": self.tokens_seen,
+                "train_time": self.train_time,
+                "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
+                "world_size": self.info.world_size,
+                "loader": loader_states,
+                "rng": rng_states,
+                "model_config": dataclasses.asdict(self.model_cfg),
+                "config": self.cfg.to_dict(),
+                "tokenizer_identity": self.tokenizer_identity,
+                "git": git_hash(),
+                "versions": software_versions(),
+            }
+            ckpt_io.save_checkpoint(self.out_dir, self.step, model_sd, optim_sd, state, is_best=is_best)
+        barrier()
+
+    # -- evaluation ----------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Val loss / perplexity / bits-per-byte on the first eval_tokens of the val split.
+
+        Batches are dealt round-robin to ranks; a rank with none left runs a zero-weight
+        batch so collective calls (FSDP all-gathers) stay in step.
+        """
+        from scalelab.data.loader import iter_eval_batches
+
+        t = self.cfg.train
+        self.model.eval()
+        batches = list(iter_eval_batches(self.cfg.data.dir, "val", t.micro_batch, self.model_cfg.seq_len, t.eval_tokens))
+        if not batches:
+            raise DataError(f"val split of '{self.cfg.data.dir}' has no full window of {self.model_cfg.seq_len + 1} tokens")
+        W = self.info.world_size
+        per_rank = math.ceil(len(batches) / W)
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # nats, tokens, bytes
+        for i in range(per_rank):
+            idx = i * W + self.info.rank
+            weight = 1.0 if idx < len(batches) else 0.0
+            x, y = batches[min(idx, len(batches) - 1)]
+            x, y = x.to(self.device), y.to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                losses = self.model(x, y, reduction="none").float()
+            sums[0] += weight * losses.double().sum()
+            sums[1] += weight * y.numel()
+            if self.token_bytes is not None:
+                sums[2] += weight * self.token_bytes.to(self.device)[y].sum()
+        if self.info.enabled:
+            torch.distributed.all_reduce(sums)
+        self.model.train()
+        loss = (sums[0] / sums[1]).item()
+        out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": int(sums[1].item())}
+        if self.token_bytes is not None and sums[2] > 0:
+            out["val_bpb"] = (sums[0] / (math.log(2) * sums[2])).item()
+        return out
+
+    # -- the loop ------------------------------------------------------------
+
+    def _peak_flops(self) -> float | None:
+        from scalelab.train.hardware import gpu_peak_flops, measure_matmul_peak
+
+        if self.device.type == "cuda":
+            return gpu_peak_flops(self.device)
+        if not self.info.is_main:
+            return None
+        return measure_matmul_peak(dtype=self.dtype, seconds=0.3)
+
+    def _progress_value(self, elapsed: float) -> float | None:
+        """Schedule progress when a wall-clock cap ends the run before a step count does."""
+        t = self.cfg.train
+        if t.max_time_s is None:
+            return None
+        by_time = elapsed / t.max_time_s
+        by_steps = (self.step - t.warmup_steps) / max(1, self.total_steps - t.warmup_steps) if self.total_steps else 0.0
+        return broadcast_float(max(by_time, by_steps), self.device)
+
+    def _done(self, elapsed: float) -> bool:
+        t = self.cfg.train
+        if self.total_steps is not None and self.step >= self.total_steps:
+            return True
+        if t.max_time_s is not None:
+            return broadcast_float(1.0 if elapsed >= t.max_time_s else 0.0, self.device) > 0.5
+        return False
+
+    def run(self) -> dict[str, Any]:
+        cfg, t, info = self.cfg, self.cfg.train, self.info
+        if info.is_main:
+            import yaml
+
+            atomic_write_text(self.out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        logger = RunLogger(self.out_dir, info.is_main, cfg.to_dict(), tensorboard=t.tensorboard,
+                           wandb=t.wandb, wandb_project=t.wandb_project)
+        progress = Progress(self.total_steps, self.step, info.is_main and t.progress)
+        peak = self._peak_flops()
+        if info.is_main:
+            epochs = (self.total_steps or 0) * t.batch_tokens / max(1, self.loader.tokens_per_epoch)
+            progress.write(
+                f"model: {self.sizes['total']:,} params ({self.sizes['non_embedding']:,} non-embedding), "
+                f"{self.model_cfg.n_layer}x{self.model_cfg.d_model}, seq {self.model_cfg.seq_len}, "
+                f"vocab {self.model_cfg.vocab_size} | batch {t.batch_tokens:,} tokens = {info.world_size} proc x "
+                f"{t.micro_batch} x {self.model_cfg.seq_len} x {self.grad_accum} accum | {self.dtype} "
+                f"{self.parallel} on {self.device.type} | "
+                + (f"{self.total_steps} steps, {epochs:.2f} epochs of {self.loader.tokens_per_epoch:,} train tokens"
+                   if self.total_steps else f"time cap {t.max_time_s}s"))
+            if epochs > 4:
+                progress.write(f"warning: this run repeats the training data {epochs:.1f} times; past ~4 epochs "
+                               f"repeated tokens are worth much less than fresh ones (Muennighoff et al. 2023)")
+        summary: dict[str, Any] = {}
+        last_eval: dict[str, float] = {}
+        try:
+            window_start, window_tokens = time.perf_counter(), 0
+            while True:
+                step_start = time.perf_counter()
+                if self._done(self.train_time):
+                    break
+                lr = lr_at(self.step, self.total_steps or 0, t, self._progress_value(self.train_time))
+                set_lr(self.optimizer, lr)
+                loss_sum, grad_norm = self._train_step()
+                self.step += 1
+                self.tokens_seen += t.batch_tokens
+                self.train_time += time.perf_counter() - step_start
+                window_tokens += t.batch_tokens
+                loss = loss_sum.item()
+                if not math.isfinite(loss):
+                    raise TrainingError(
+                        f"loss is {loss} at step {self.step}; stopped. The last good checkpoint is kept in "
+                        f"'{ckpt_io.checkpoint_root(self.out_dir)}'. Try a lower train.lr, train.grad_clip=1.0, "
+                        f"or a longer train.warmup_steps")
+                record = {"kind": "train", "step": self.step, "loss": loss, "lr": lr,
+                          "grad_norm": grad_norm, "tokens": self.tokens_seen, "time": round(self.train_time, 4)}
+                if self.step % t.log_every == 0 or self.step == self.total_steps:
+                    dt = time.perf_counter() - window_start
+                    tok_s = window_tokens / max(dt, 1e-9)
+                    record["tok_s"] = tok_s
+                    if peak:
+                        record["mfu"] = self.flops_per_token * tok_s / info.world_size / peak
+                    window_start, window_tokens = time.perf_counter(), 0
+                    progress.update(t.log_every if self.step % t.log_every == 0 else self.step % t.log_every,
+                                    loss=loss, tok_s=tok_s, mfu=record.get("mfu"), lr=f"{lr:.2e}")
+                logger.log(record)
+                done = self._done(self.train_time)
+                if self.step % t.eval_every == 0 or done:
+                    last_eval = self.evaluate()
+                    is_best = last_eval["val_loss"] < self.best_val
+                    if is_best:
+                        self.best_val = last_eval["val_loss"]
+                    logger.log({"kind": "eval", "step": self.step, "tokens": self.tokens_seen, **last_eval})
+                    progress.write(f"step {self.step}: " + ", ".join(
+                        f"{k} {v:.4f}" for k, v in last_eval.items() if isinstance(v, float)))
+                    if t.keep_best and is_best:
+                        self.save(is_best=True)
+                        window_start = time.perf_counter()  # don't bill checkpoint time to throughput
+                        continue
+                if self.step % t.ckpt_every == 0 or done:
+                    self.save()
+                    window_start = time.perf_counter()
+        except RuntimeError as e:
+            if _is_oom(e):
+                raise TrainingError(f"{OOM_HINT} (at step {self.step + 1})") from None
+            raise
+        finally:
+            progress.close()
+            logger.close()
+        if not last_eval:  # resumed a finished run: report its final numbers
+            last_eval = self.evaluate()
+        summary = {
+            "out_dir": str(self.out_dir),
+            "steps": self.step,
+            "tokens": self.tokens_seen,
+            "train_time_s": self.train_time,
+            "params": self.sizes["total"],
+            "non_embedding_params": self.sizes["non_embedding"],
+            "flops_per_token": self.flops_per_token,
+            "epochs": self.tokens_seen / max(1, self.loader.tokens_per_epoch),
+            "world_size": info.world_size,
+            "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
+            **last_eval,
+            "model_config": dataclasses.asdict(self.model_cfg),
+            "tokenizer_identity": self.tokenizer_identity,
+            "git": git_hash(),
+            "versions": software_versions(),
+        }
+        if info.is_main:
+            atomic_write_json(self.out_dir / "summary.json", summary)
+        return summary
+
+    def _train_step(self) -> tuple[torch.Tensor, float | None]:
+        t = self.cfg.train
+        total = torch.zeros((), device=self.device)
+        for micro in range(self.grad_accum):
+            x, y = self.loader.next_batch()
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with no_grad_sync(self.model, sync=micro == self.grad_accum - 1):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                    loss = self.model(x, y)
+                (loss / self.grad_accum).backward()
+            total += loss.detach()
+        grad_norm = None
+        if t.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return all_reduce_mean(total / self.grad_accum), grad_norm

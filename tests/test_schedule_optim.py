@@ -1,0 +1,68 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from scalelab.config import TrainConfig
+from scalelab.train.optim import build_optimizer, param_groups
+from scalelab.train.schedule import lr_at
+
+
+def test_cosine_warmup_then_floor():
+    cfg = TrainConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1, schedule="cosine", max_steps=110)
+    assert lr_at(0, 110, cfg) == pytest.approx(0.1)
+    assert lr_at(9, 110, cfg) == pytest.approx(1.0)
+    assert lr_at(10, 110, cfg) == pytest.approx(1.0)
+    assert lr_at(60, 110, cfg) == pytest.approx(0.55)  # half way: mean of peak and floor
+    assert lr_at(110, 110, cfg) == pytest.approx(0.1)
+    lrs = [lr_at(s, 110, cfg) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_wsd_stable_then_linear_decay():
+    cfg = TrainConfig(lr=2.0, warmup_steps=0, min_lr_ratio=0.0, schedule="wsd", decay_frac=0.2, max_steps=100)
+    assert lr_at(50, 100, cfg) == pytest.approx(2.0)
+    assert lr_at(80, 100, cfg) == pytest.approx(2.0)
+    assert lr_at(90, 100, cfg) == pytest.approx(1.0)
+    assert lr_at(100, 100, cfg) == pytest.approx(0.0)
+
+
+def test_time_progress_overrides_steps():
+    cfg = TrainConfig(lr=1.0, warmup_steps=0, min_lr_ratio=0.0, schedule="cosine", max_time_s=10)
+    assert lr_at(5, 0, cfg, progress=0.5) == pytest.approx(0.5)
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.norm = nn.LayerNorm(4)
+        self.proj = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 10, bias=False)
+        self.head.weight = self.emb.weight  # tied
+
+
+def test_no_decay_on_norms_biases_embeddings():
+    m = Tiny()
+    decay, no_decay = param_groups(m, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    decayed = {id(p) for p in decay["params"]}
+    assert decayed == {id(m.proj.weight)}
+    n_unique = len({id(p) for p in m.parameters()})
+    assert len(decay["params"]) + len(no_decay["params"]) == n_unique
+
+
+def test_adamw_betas_and_decoupled_decay():
+    m = Tiny()
+    opt = build_optimizer(m, TrainConfig(lr=0.1, weight_decay=0.5, max_steps=1), "cpu")
+    assert opt.param_groups[0]["betas"] == (0.9, 0.95)
+    before = m.proj.weight.detach().clone()
+    emb_before = m.emb.weight.detach().clone()
+    for p in m.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    # zero gradient: only decoupled decay moves the decayed matrix, by lr*wd
+    assert torch.allclose(m.proj.weight, before * (1 - 0.1 * 0.5))
+    assert torch.equal(m.emb.weight, emb_before)
+    assert math.isclose(opt.param_groups[1]["weight_decay"], 0.0)

@@ -1,0 +1,199 @@
+"""End-to-end trainer behaviour on a tiny model and a slice of the embedded corpus."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from scalelab.config import load_config
+from scalelab.errors import CheckpointError, ConfigError, TrainingError
+from scalelab.train.logging import read_metrics
+from scalelab.train.trainer import Trainer, train
+from scalelab.train.distributed import DistInfo
+
+TINY = [
+    "data.source=builtin:bbcnews", "data.max_docs=150", "data.vocab_size=384",
+    "model.n_layer=2", "model.d_model=64", "model.n_head=2", "model.seq_len=32",
+    "train.micro_batch=4", "train.batch_tokens=256", "train.warmup_steps=2", "train.lr=3e-3",
+    "train.eval_every=4", "train.eval_tokens=1024", "train.ckpt_every=3", "train.log_every=2",
+    "train.threads=1", "train.deterministic=true", "train.progress=false", "train.tensorboard=false",
+]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from scalelab.data.prepare import prepare_data
+
+    d = tmp_path_factory.mktemp("data") / "bbc"
+    cfg = load_config(None, TINY + [f"data.dir={d}", "train.max_steps=1"])
+    prepare_data(cfg.data, progress=False)
+    return d
+
+
+def tiny_cfg(data_dir, out_dir, *extra):
+    return load_config(None, TINY + [f"data.dir={data_dir}", f"out_dir={out_dir}", *extra])
+
+
+def cli_args(data_dir, out_dir, *extra):
+    return TINY + [f"data.dir={data_dir}", f"out_dir={out_dir}", *extra]
+
+
+def losses(out_dir):
+    return [r["loss"] for r in read_metrics(Path(out_dir) / "metrics.jsonl", "train")]
+
+
+def run_cli(args, env_extra=None, torchrun=0):
+    env = dict(os.environ, SCALELAB_NO_PROGRESS="1", OMP_NUM_THREADS="1", **(env_extra or {}))
+    if torchrun:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}",
+               "-m", "scalelab", "train", *args]
+    else:
+        cmd = [sys.executable, "-m", "scalelab", "train", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_train_end_to_end(data_dir, tmp_path):
+    out = tmp_path / "run"
+    summary = train(tiny_cfg(data_dir, out, "train.max_steps=8"))
+    assert summary["steps"] == 8 and summary["tokens"] == 8 * 256
+    assert 0 < summary["val_loss"] < 7 and summary["val_bpb"] > 0
+    ls = losses(out)
+    assert len(ls) == 8 and ls[-1] < ls[0]
+    evals = read_metrics(out / "metrics.jsonl", "eval")
+    assert [e["step"] for e in evals] == [4, 8]
+    assert (out / "checkpoints" / "last").is_file() and (out / "checkpoints" / "best").is_file()
+    assert json.loads((out / "summary.json").read_text())["val_loss"] == summary["val_loss"]
+
+
+def test_refuses_to_overwrite_a_run(data_dir, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_cfg(data_dir, out, "train.max_steps=3"))
+    with pytest.raises(ConfigError, match="resume"):
+        train(tiny_cfg(data_dir, out, "train.max_steps=3"))
+
+
+def test_resume_after_kill_9_is_bitwise_identical(data_dir, tmp_path):
+    ref = tmp_path / "ref"
+    r = run_cli(cli_args(data_dir, ref, "train.max_steps=12"))
+    assert r.returncode == 0, r.stderr
+    expected = losses(ref)
+    assert len(expected) == 12
+
+    # 1) killed by SIGKILL in the middle of writing the step-6 checkpoint
+    crashed = tmp_path / "crash"
+    r = run_cli(cli_args(data_dir, crashed, "train.max_steps=12"), {"SCALELAB_TEST_CRASH_IN_CHECKPOINT": "6"})
+    assert r.returncode == -signal.SIGKILL
+    # the step-6 write died half way: `last` still names the step-4 checkpoint (best at the eval)
+    assert (crashed / "checkpoints" / "last").read_text().strip() == "step_000004"
+    assert list((crashed / "checkpoints").glob(".tmp-step_000006*"))  # the torn write is left behind
+    r = run_cli(cli_args(data_dir, crashed, "train.max_steps=12", "train.resume=true"))
+    assert r.returncode == 0, r.stderr
+    assert losses(crashed) == expected  # bitwise: float equality of every step's loss
+
+    # 2) kill -9 at a random moment
+    killed = tmp_path / "killed"
+    env = dict(os.environ, SCALELAB_NO_PROGRESS="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "scalelab", "train",
+                             *cli_args(data_dir, killed, "train.max_steps=12")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = random.Random().randint(4, 10)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if len(losses(killed)) >= target:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    r = run_cli(cli_args(data_dir, killed, "train.max_steps=12", "train.resume=true"))
+    assert r.returncode == 0, r.stderr
+    assert losses(killed) == expected, f"killed near step {target}"
+
+
+def test_ddp_two_processes_match_single_with_double_accumulation(data_dir, tmp_path):
+    single = tmp_path / "single"
+    r = run_cli(cli_args(data_dir, single, "train.max_steps=6"))
+    assert r.returncode == 0, r.stderr
+    ddp = tmp_path / "ddp"
+    r = run_cli(cli_args(data_dir, ddp, "train.max_steps=6", "train.parallel=ddp"), torchrun=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert losses(ddp) == pytest.approx(losses(single), rel=1e-5, abs=1e-6)
+    assert json.loads((ddp / "summary.json").read_text())["world_size"] == 2
+
+
+def test_fsdp_two_processes_match_single(data_dir, tmp_path):
+    single = tmp_path / "single"
+    r = run_cli(cli_args(data_dir, single, "train.max_steps=4"))
+    assert r.returncode == 0, r.stderr
+    fsdp = tmp_path / "fsdp"
+    r = run_cli(cli_args(data_dir, fsdp, "train.max_steps=4", "train.parallel=fsdp"), torchrun=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert losses(fsdp) == pytest.approx(losses(single), rel=1e-4, abs=1e-5)
+    # the checkpoint written from shards loads back into a plain model
+    from scalelab.train.checkpoint import find_checkpoint, load_weights
+
+    weights = load_weights(find_checkpoint(fsdp) / "model.safetensors")
+    assert weights["tok_emb.weight"].shape[1] == 64
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "nan"
+    trainer = Trainer(tiny_cfg(data_dir, out, "train.max_steps=10"), DistInfo())
+    real_step = trainer._train_step
+    calls = {"n": 0}
+
+    def flaky():
+        calls["n"] += 1
+        loss, norm = real_step()
+        return (torch.tensor(float("nan")) if calls["n"] == 5 else loss), norm
+
+    monkeypatch.setattr(trainer, "_train_step", flaky)
+    with pytest.raises(TrainingError, match="step 5"):
+        trainer.run()
+    from scalelab.train.checkpoint import find_checkpoint
+
+    assert find_checkpoint(out).name == "step_000004"  # best at the step-4 eval
+
+
+def test_out_of_memory_names_the_knobs(data_dir, tmp_path, monkeypatch):
+    trainer = Trainer(tiny_cfg(data_dir, tmp_path / "oom", "train.max_steps=3"), DistInfo())
+
+    def oom():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+
+    monkeypatch.setattr(trainer, "_train_step", oom)
+    with pytest.raises(TrainingError, match="micro_batch.*seq_len.*activation_checkpointing"):
+        trainer.run()
+
+
+def test_resume_refuses_other_shape_or_tokenizer(data_dir, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_cfg(data_dir, out, "train.max_steps=3"))
+    with pytest.raises(CheckpointError, match="model.n_layer"):
+        Trainer(tiny_cfg(data_dir, out, "train.max_steps=6", "train.resume=true", "model.n_layer=3"), DistInfo())
+    from scalelab.data.prepare import prepare_data
+
+    other = tmp_path / "sp"
+    cfg = tiny_cfg(other, out, "train.max_steps=6", "train.resume=true", "data.tokenizer=sentencepiece")
+    prepare_data(cfg.data, progress=False)
+    with pytest.raises(CheckpointError, match="tokenizer"):
+        Trainer(cfg, DistInfo())
+
+
+def test_activation_checkpointing_gives_same_losses(data_dir, tmp_path):
+    a = train(tiny_cfg(data_dir, tmp_path / "a", "train.max_steps=3"))
+    b = train(tiny_cfg(data_dir, tmp_path / "b", "train.max_steps=3", "train.activation_checkpointing=true"))
+    assert losses(tmp_path / "b") == pytest.approx(losses(tmp_path / "a"), rel=1e-6)
+    assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-6)
+
+
+def test_wall_clock_cap_and_token_budget(data_dir, tmp_path):
+    s = train(tiny_cfg(data_dir, tmp_path / "tok", "train.max_tokens=1000"))
+    assert s["steps"] == 4  # ceil(1000 / 256)
+    s = train(tiny_cfg(data_dir, tmp_path / "time", "train.max_time_s=2", "train.eval_every=1000"))
+    assert s["steps"] >= 1 and s["train_time_s"] < 10
