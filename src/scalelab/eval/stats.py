@@ -1,0 +1,206 @@
+"""Confidence-interval math: the one place in scalelab that computes error bars.
+
+Every number scalelab reports with an interval gets it from here (the evaluator,
+the scaling study, the fit module), so the conventions are the same everywhere:
+
+* ``confidence`` is the two-sided coverage (0.95 -> 2.5 % in each tail).
+* Intervals are returned as plain floats ``(lo, hi)``; summaries as dicts.
+* Where an interval is undefined (a single observation) ``lo``/``hi`` are ``nan``;
+  empty input or out-of-range arguments raise ``ValueError``.
+
+Methods
+-------
+``wilson_interval``
+    Wilson score interval for a binomial proportion (Wilson 1927). Unlike the
+    normal ("Wald") interval it stays inside [0, 1] and keeps close to nominal
+    coverage for small n and for proportions near 0 or 1, which is the usual case
+    for accuracies on small task sets.
+``mean_ci``
+    Student-t interval for a mean: ``mean +- t_{(1+c)/2, n-1} * s / sqrt(n)``.
+``bootstrap_ci``
+    Percentile bootstrap (Efron & Tibshirani 1993): resample with replacement,
+    recompute the statistic, take the ``(1-c)/2`` and ``(1+c)/2`` quantiles.
+``paired_bootstrap_diff``
+    Paired bootstrap of ``mean(a) - mean(b)`` over the same items (the test of
+    Koehn 2004 / Berg-Kirkpatrick et al. 2012): the CI is the percentile interval of
+    the resampled differences; the p-value is two-sided, computed from the
+    resampled differences re-centred on zero (the null distribution).
+``summarize_accuracy``
+    Mean of 0/1 correctness with its binomial standard error and Wilson interval.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy import stats as _st
+
+__all__ = [
+    "wilson_interval",
+    "mean_ci",
+    "bootstrap_ci",
+    "paired_bootstrap_diff",
+    "summarize_accuracy",
+    "percentile_interval",
+]
+
+
+def _check_confidence(confidence: float) -> None:
+    if not (0.0 < float(confidence) < 1.0):
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+
+
+def _as_1d(values, name: str = "values") -> np.ndarray:
+    arr = np.asarray(values, dtype=float).reshape(-1)
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty: cannot compute an interval from no data")
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.sum(~np.isfinite(arr)))
+        raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN/inf)")
+    return arr
+
+
+def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for ``successes`` out of ``n`` Bernoulli trials."""
+    _check_confidence(confidence)
+    if n <= 0:
+        raise ValueError(f"wilson_interval needs n > 0 trials, got n={n}")
+    if not (0 <= successes <= n):
+        raise ValueError(f"successes must be in [0, n={n}], got {successes}")
+    z = float(_st.norm.ppf(0.5 + confidence / 2.0))
+    p = successes / n
+    z2n = z * z / n
+    denom = 1.0 + z2n
+    center = (p + z2n / 2.0) / denom
+    half = (z / denom) * math.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n))
+    # Clamp away floating-point overshoot; exact at the boundaries.
+    lo = 0.0 if successes == 0 else max(0.0, center - half)
+    hi = 1.0 if successes == n else min(1.0, center + half)
+    return (lo, hi)
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict:
+    """Mean with a Student-t confidence interval.
+
+    Returns ``dict(mean, stderr, lo, hi, n)``; with a single value the standard error
+    and the interval are ``nan`` (undefined), never a fake zero-width interval.
+    """
+    _check_confidence(confidence)
+    x = _as_1d(values)
+    n = int(x.size)
+    mean = float(x.mean())
+    if n < 2:
+        return {"mean": mean, "stderr": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": n}
+    se = float(x.std(ddof=1) / math.sqrt(n))
+    t = float(_st.t.ppf(0.5 + confidence / 2.0, df=n - 1))
+    return {"mean": mean, "stderr": se, "lo": mean - t * se, "hi": mean + t * se, "n": n}
+
+
+def percentile_interval(samples, confidence: float = 0.95, axis: int = 0):
+    """``(lo, hi)`` percentile interval of bootstrap ``samples`` along ``axis``.
+
+    Non-finite samples are ignored (``nanpercentile``); if none are finite the
+    interval is ``nan``.
+    """
+    _check_confidence(confidence)
+    s = np.asarray(samples, dtype=float)
+    s = np.where(np.isfinite(s), s, np.nan)
+    q = [50.0 * (1.0 - confidence), 50.0 * (1.0 + confidence)]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices -> nan
+        lo, hi = np.nanpercentile(s, q, axis=axis)
+    if np.ndim(lo) == 0:
+        return float(lo), float(hi)
+    return lo, hi
+
+
+def bootstrap_ci(
+    values: Sequence[float] | Callable[[np.random.Generator], float],
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    statistic: Callable[[np.ndarray], float] = np.mean,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval.
+
+    ``values`` is either the data (resampled with replacement, ``statistic`` applied
+    to each resample; default the mean) or a callable ``f(rng) -> float`` that draws
+    one bootstrap replicate itself (for statistics of structured data, e.g. a model
+    refit on resampled runs). Seeded and deterministic.
+    """
+    _check_confidence(confidence)
+    if n_boot < 2:
+        raise ValueError(f"n_boot must be >= 2, got {n_boot}")
+    rng = np.random.default_rng(seed)
+    if callable(values):
+        reps = np.array([float(values(rng)) for _ in range(n_boot)])
+    else:
+        x = _as_1d(values)
+        idx = rng.integers(0, x.size, size=(n_boot, x.size))
+        samples = x[idx]
+        try:
+            reps = np.asarray(statistic(samples, axis=1), dtype=float)
+            if reps.shape != (n_boot,):
+                raise TypeError
+        except TypeError:
+            reps = np.array([float(statistic(row)) for row in samples])
+    return percentile_interval(reps, confidence)
+
+
+def paired_bootstrap_diff(
+    a: Sequence[float],
+    b: Sequence[float],
+    n_boot: int = 10000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict:
+    """Paired bootstrap of ``mean(a) - mean(b)`` where ``a[i]`` and ``b[i]`` score the same item.
+
+    Returns ``dict(diff, lo, hi, p_value, n)``. ``p_value`` is the two-sided
+    probability, under the null of no difference, of a resampled difference at least
+    as large in magnitude as the observed one: ``(1 + #{|d* - d| >= |d|}) / (n_boot + 1)``
+    (resampled differences re-centred on zero; the +1 keeps it away from an
+    impossible exact 0).
+    """
+    _check_confidence(confidence)
+    x = _as_1d(a, "a")
+    y = _as_1d(b, "b")
+    if x.shape != y.shape:
+        raise ValueError(f"paired samples must have the same length, got {x.size} and {y.size}")
+    if n_boot < 2:
+        raise ValueError(f"n_boot must be >= 2, got {n_boot}")
+    d = x - y
+    diff = float(d.mean())
+    rng = np.random.default_rng(seed)
+    reps = np.empty(n_boot)
+    chunk = max(1, min(n_boot, 2_000_000 // max(1, d.size)))  # bound memory
+    for start in range(0, n_boot, chunk):
+        stop = min(n_boot, start + chunk)
+        idx = rng.integers(0, d.size, size=(stop - start, d.size))
+        reps[start:stop] = d[idx].mean(axis=1)
+    lo, hi = percentile_interval(reps, confidence)
+    extreme = int(np.sum(np.abs(reps - diff) >= abs(diff) - 1e-15))
+    p = (1 + extreme) / (n_boot + 1)
+    return {"diff": diff, "lo": lo, "hi": hi, "p_value": float(min(1.0, p)), "n": int(d.size)}
+
+
+def summarize_accuracy(correct, confidence: float = 0.95) -> dict:
+    """Accuracy of per-item 0/1 ``correct`` flags: ``dict(value, stderr, lo, hi, n)``.
+
+    ``stderr`` is the binomial ``sqrt(p(1-p)/n)``; ``lo``/``hi`` the Wilson interval.
+    Non-binary scores (partial credit) fall back to the t-interval of ``mean_ci``;
+    ``method`` says which was used.
+    """
+    x = _as_1d(correct, "correct")
+    n = int(x.size)
+    if np.all((x == 0) | (x == 1)):
+        k = float(x.sum())
+        p = k / n
+        lo, hi = wilson_interval(k, n, confidence)
+        return {"value": p, "stderr": math.sqrt(p * (1.0 - p) / n), "lo": lo, "hi": hi, "n": n, "method": "wilson"}
+    m = mean_ci(x, confidence)
+    return {"value": m["mean"], "stderr": m["stderr"], "lo": m["lo"], "hi": m["hi"], "n": n, "method": "t"}
