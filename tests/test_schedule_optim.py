@@ -55,7 +55,7 @@ def test_no_decay_on_norms_biases_embeddings():
 
 def test_adamw_betas_and_decoupled_decay():
     m = Tiny()
-    opt = build_optimizer(m, TrainConfig(lr=0.1, weight_decay=0.5, max_steps=1), "cpu")
+    (opt,) = build_optimizer(m, TrainConfig(lr=0.1, weight_decay=0.5, max_steps=1), "cpu")
     assert opt.param_groups[0]["betas"] == (0.9, 0.95)
     before = m.proj.weight.detach().clone()
     emb_before = m.emb.weight.detach().clone()
@@ -66,3 +66,16 @@ def test_adamw_betas_and_decoupled_decay():
     assert torch.allclose(m.proj.weight, before * (1 - 0.1 * 0.5))
     assert torch.equal(m.emb.weight, emb_before)
     assert math.isclose(opt.param_groups[1]["weight_decay"], 0.0)
+
+
+def test_muon_takes_hidden_matrices_adam_the_rest():
+    m = Tiny()
+    muon, adam = build_optimizer(m, TrainConfig(optimizer="muon", lr=0.01, muon_lr=0.02, max_steps=1), "cpu")
+    assert isinstance(muon, torch.optim.Muon)
+    assert {id(p) for g in muon.param_groups for p in g["params"]} == {id(m.proj.weight)}
+    adam_ids = {id(p) for g in adam.param_groups for p in g["params"]}
+    assert id(m.emb.weight) in adam_ids and id(m.proj.weight) not in adam_ids
+    from scalelab.train.optim import set_lr
+
+    set_lr([muon, adam], 0.5)
+    assert muon.param_groups[0]["lr"] == pytest.approx(0.01) and adam.param_groups[0]["lr"] == pytest.approx(0.005)

@@ -197,3 +197,35 @@ def test_wall_clock_cap_and_token_budget(data_dir, tmp_path):
     assert s["steps"] == 4  # ceil(1000 / 256)
     s = train(tiny_cfg(data_dir, tmp_path / "time", "train.max_time_s=2", "train.eval_every=1000"))
     assert s["steps"] >= 1 and s["train_time_s"] < 10
+
+
+def test_muon_ema_and_loader_workers_resume_exactly(data_dir, tmp_path):
+    """Muon + EMA + 2 loader workers: same losses as in-process loading, and exact resume."""
+    extra = ("train.optimizer=muon", "train.ema_decay=0.9")
+    ref = tmp_path / "ref"
+    r = run_cli(cli_args(data_dir, ref, "train.max_steps=8", *extra))
+    assert r.returncode == 0, r.stderr
+    workers = tmp_path / "workers"
+    r = run_cli(cli_args(data_dir, workers, "train.max_steps=8", "train.loader_workers=2", *extra))
+    assert r.returncode == 0, r.stderr
+    assert losses(workers) == losses(ref)
+    from scalelab.train.checkpoint import find_checkpoint
+
+    assert (find_checkpoint(ref) / "ema.safetensors").is_file()
+    crashed = tmp_path / "crashed"
+    r = run_cli(cli_args(data_dir, crashed, "train.max_steps=8", *extra), {"SCALELAB_TEST_CRASH_IN_CHECKPOINT": "6"})
+    assert r.returncode == -signal.SIGKILL
+    r = run_cli(cli_args(data_dir, crashed, "train.max_steps=8", "train.resume=true", *extra))
+    assert r.returncode == 0, r.stderr
+    assert losses(crashed) == losses(ref)
+    evals = lambda d: [e["val_loss"] for e in read_metrics(d / "metrics.jsonl", "eval")]
+    assert evals(crashed) == evals(ref)  # the EMA weights were restored too
+
+
+def test_tensorboard_and_wandb_offline(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "logged"
+    train(tiny_cfg(data_dir, out, "train.max_steps=2", "train.tensorboard=true", "train.wandb=true"))
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((out / "wandb").glob("offline-run-*"))

@@ -49,8 +49,12 @@ class TrainConfig:
     # as batch_tokens / (micro_batch * seq_len * world_size).
     micro_batch: int = 8
     batch_tokens: int = 8192
-    # Optimizer (AdamW, decoupled weight decay; no decay on norms/biases/embeddings).
+    # Optimizer: "adamw" (decoupled weight decay; no decay on norms/biases/embeddings), or
+    # "muon" (torch.optim.Muon on the hidden 2-D matrices, AdamW at `lr` for the rest).
+    optimizer: str = "adamw"
     lr: float = 3e-3
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
@@ -73,6 +77,13 @@ class TrainConfig:
     parallel: str = "auto"  # auto | none | ddp | fsdp
     deterministic: bool = False
     threads: int | None = None  # torch CPU threads (None = torch default)
+    ema_decay: float | None = None  # keep an EMA of the weights (evaluated and saved as ema.safetensors)
+    # Throughput knobs (see `scalelab tune`): data-loader workers, DDP buckets, FSDP resharding.
+    loader_workers: int = 0  # 0 = batches prepared in the training process
+    prefetch_factor: int = 2
+    pin_memory: bool = False
+    ddp_bucket_mb: float = 25.0
+    fsdp_reshard_after_forward: bool = True
     # Evaluation, checkpoints, logging.
     eval_every: int = 100
     eval_tokens: int = 65536
@@ -290,6 +301,15 @@ def validate(cfg: RunConfig) -> None:
            f"train.batch_tokens ({t.batch_tokens}) must be a multiple of train.micro_batch * model.seq_len "
            f"({t.micro_batch * m.seq_len}); e.g. {max(1, round(t.batch_tokens / (t.micro_batch * m.seq_len))) * t.micro_batch * m.seq_len}")
     _check(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
+    _check(t.optimizer in ("adamw", "muon"), f"train.optimizer must be adamw or muon, got '{t.optimizer}'")
+    _check(t.muon_lr > 0, f"train.muon_lr must be > 0, got {t.muon_lr}")
+    _check(t.ema_decay is None or 0 < t.ema_decay < 1, f"train.ema_decay must be in (0, 1) or null, got {t.ema_decay}")
+    _check(t.loader_workers >= 0, f"train.loader_workers must be >= 0, got {t.loader_workers}")
+    _check(t.prefetch_factor >= 1, f"train.prefetch_factor must be >= 1, got {t.prefetch_factor}")
+    _check(t.ddp_bucket_mb > 0, f"train.ddp_bucket_mb must be > 0, got {t.ddp_bucket_mb}")
+    _check(not (t.optimizer == "muon" and t.parallel == "fsdp"),
+           "train.optimizer=muon needs whole matrices: use train.parallel=ddp (not fsdp)")
+    _check(not (t.ema_decay and t.parallel == "fsdp"), "train.ema_decay is not supported with train.parallel=fsdp")
     _check(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)")
     _check(t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}")
     _check(t.grad_clip >= 0, f"train.grad_clip must be >= 0 (0 disables), got {t.grad_clip}")

@@ -20,7 +20,6 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,9 +167,32 @@ def _run_is_done(run_dir: Path, steps: int) -> bool:
         return False
 
 
-def _train_one(cfg: StudyConfig, config_path: Path, run_dir: Path, threads: int | None) -> None:
-    cmd = (cfg.launcher.split() + ["-m", "scalelab"]) if cfg.launcher else [sys.executable, "-m", "scalelab"]
-    cmd += ["train", str(config_path)]
+def _train_in_worker(config_path: str, run_dir: str, threads: int | None) -> None:
+    """Train one run inside a long-lived pool process (torch is imported once per worker,
+    not once per run), with its output going to the run's train.log."""
+    import contextlib
+
+    os.environ["SCALELAB_NO_PROGRESS"] = "1"
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    from scalelab.config import load_config
+    from scalelab.train.trainer import train
+
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(run_dir) / "train.log", "a") as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        try:
+            train(load_config(config_path))
+        except ScalelabError as e:
+            print(f"error: {e}", flush=True)
+            raise TrainingError(f"run {Path(run_dir).name} failed: {e}") from None
+
+
+def _train_subprocess(cfg: StudyConfig, config_path: Path, run_dir: Path, threads: int | None) -> None:
+    """Multi-GPU runs go through the configured launcher (e.g. torchrun) in a subprocess."""
+    cmd = cfg.launcher.split() + ["-m", "scalelab", "train", str(config_path)]
     env = dict(os.environ, SCALELAB_NO_PROGRESS="1")
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -260,23 +282,73 @@ def check_monotone(sizes: list[dict[str, Any]]) -> dict[str, Any]:
             "detail": detail}
 
 
-def fit_all(results_path: Path, plan: dict[str, Any], cfg: StudyConfig) -> dict[str, Any]:
-    from scalelab.scaling.fit import run_fit
+def primary_ratio(plan: dict[str, Any]) -> float:
+    """The tokens-per-parameter ratio L(N) is fitted at: 20 (Chinchilla) if planned, else the largest."""
+    ratios = sorted({m.get("ratio") or 20.0 for m in plan["models"]})
+    return 20.0 if 20.0 in ratios else ratios[-1]
 
+
+def fit_all(results: dict[str, Any], cfg: StudyConfig) -> dict[str, Any]:
+    """Kaplan L(N) on the runs at the primary ratio; Chinchilla L(N,D) and IsoFLOP on all runs."""
+    import numpy as np
+
+    from scalelab.scaling.fit import fit_chinchilla, fit_isoflop, fit_kaplan, Points
+
+    runs = results["runs"]
+    plan = results["plan"]
     fits: dict[str, Any] = {}
+    ratio = primary_ratio(plan)
     common = dict(n_boot=cfg.fit.n_boot, seed=cfg.fit.seed)
-    ratios = {m.get("ratio") for m in plan["models"]}
-    for law in ("kaplan", "chinchilla", "isoflop"):
-        if law == "chinchilla" and len(ratios) < 2:
-            fits[law] = {"law": law, "degenerate": True,
-                         "reason": "every run uses the same tokens-per-parameter ratio, so N and D move together "
-                                   "and L(N,D) is not identifiable; list several plan.tokens_per_param values"}
-            continue
+
+    def groups_of(rs):
+        if cfg.fit.resample == "size":
+            return np.array([r["non_embedding_params"] for r in rs])
+        if cfg.fit.resample == "seed":
+            return np.array([r["seed"] for r in rs])
+        return None
+
+    def attempt(law, fn):
         try:
-            kwargs = dict(common, resample=cfg.fit.resample) if law != "isoflop" else common
-            fits[law] = run_fit(results_path, law=law, **kwargs)
+            fits[law] = fn()
         except ScalelabError as e:
             fits[law] = {"law": law, "degenerate": True, "reason": str(e)}
+
+    main = [r for r in runs if (r.get("ratio") or 20.0) == ratio]
+    N = np.array([r["non_embedding_params"] for r in main], dtype=float)
+    L = np.array([r["loss"] for r in main], dtype=float)
+
+    def kaplan():
+        res = fit_kaplan(N, L, groups=groups_of(main), **common)
+        out = res.to_dict()
+        out.update(n_column="non_embedding_params", tokens_per_param=ratio, runs_used=len(main))
+        return out
+
+    attempt("kaplan", kaplan)
+    ratios = {m.get("ratio") for m in plan["models"]}
+    if len(ratios) < 2:
+        fits["chinchilla"] = {"law": "chinchilla", "degenerate": True,
+                              "reason": "every run uses the same tokens-per-parameter ratio, so N and D move together "
+                                        "and L(N,D) is not identifiable; list several plan.tokens_per_param values"}
+    else:
+        def chinchilla():
+            Nt = np.array([r["params"] for r in runs], dtype=float)
+            D = np.array([r["tokens"] for r in runs], dtype=float)
+            Lt = np.array([r["loss"] for r in runs], dtype=float)
+            out = fit_chinchilla(Nt, D, Lt, groups=groups_of(runs), **common).to_dict()
+            out.update(n_column="params", runs_used=len(runs))
+            return out
+
+        attempt("chinchilla", chinchilla)
+
+    def isoflop():
+        pts = Points(N=np.array([r["params"] for r in runs], dtype=float),
+                     D=np.array([r["tokens"] for r in runs], dtype=float),
+                     L=np.array([r["loss"] for r in runs], dtype=float),
+                     seed=np.array([r["seed"] for r in runs], dtype=float),
+                     flops=np.array([r["flops"] for r in runs], dtype=float), source="study")
+        return fit_isoflop(pts, **common)
+
+    attempt("isoflop", isoflop)
     return fits
 
 
@@ -321,23 +393,42 @@ def run_study(path: str | Path, overrides: list[str] | None = None, *, progress:
     todo.sort(key=lambda j: -j[0]["flops"])
     errors = []
 
-    def work(job):
-        m, seed, run_dir, cpath = job
-        t0 = time.perf_counter()
-        try:
-            _train_one(cfg, cpath, run_dir, threads)
-        except TrainingError as e:
-            errors.append(str(e))
-            say(f"  FAILED {run_dir.name}: {e}", flush=True)
+    def report(job, t0, err):
+        m, seed, run_dir, _ = job
+        if err is not None:
+            errors.append(str(err))
+            say(f"  FAILED {run_dir.name}: {err}", flush=True)
             return
         import json
 
         s = json.loads((run_dir / "summary.json").read_text())
-        say(f"  {run_dir.name:>14}: val loss {s['val_loss']:.4f} in {time.perf_counter() - t0:.0f}s "
+        say(f"  {run_dir.name:>14}: val loss {s['val_loss']:.4f}, trained in {s['train_time_s']:.0f}s "
             f"[{time.perf_counter() - start:.0f}s elapsed]", flush=True)
 
-    with ThreadPoolExecutor(max_workers=cfg.parallel_runs) as pool:
-        list(pool.map(work, todo))
+    if cfg.launcher:
+        for job in todo:
+            t0 = time.perf_counter()
+            try:
+                _train_subprocess(cfg, job[3], job[2], threads)
+                report(job, t0, None)
+            except TrainingError as e:
+                report(job, t0, e)
+    elif todo:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # spawn, not fork: forking a process that already runs torch threads is unsafe.
+        with ProcessPoolExecutor(max_workers=min(cfg.parallel_runs, len(todo)),
+                                 mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(_train_in_worker, str(job[3]), str(job[2]), threads): (job, time.perf_counter())
+                       for job in todo}
+            for fut in as_completed(futures):
+                job, t0 = futures[fut]
+                try:
+                    fut.result()
+                    report(job, t0, None)
+                except Exception as e:  # noqa: BLE001 - one failed run must not stop the others
+                    report(job, t0, e)
     if errors:
         raise TrainingError(f"{len(errors)} run(s) failed; fix and re-run the same command to continue: "
                             + errors[0])
@@ -365,8 +456,7 @@ def run_study(path: str | Path, overrides: list[str] | None = None, *, progress:
         "versions": software_versions(), "git": git_hash(),
     }
     results_path = out / "results.json"
-    atomic_write_json(results_path, results)  # the fits read the runs from this file
-    results["fits"] = fit_all(results_path, plan, cfg)
+    results["fits"] = fit_all(results, cfg)
     atomic_write_json(results_path, results)
     if report:
         from scalelab.report.note import write_report

@@ -82,6 +82,7 @@ def save_checkpoint(
     *,
     is_best: bool = False,
     keep_last: int = 2,
+    extra_weights: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Write a checkpoint atomically and move the `last` (and maybe `best`) pointer."""
     root = checkpoint_root(out_dir)
@@ -93,6 +94,8 @@ def save_checkpoint(
             shutil.rmtree(tmp)
         tmp.mkdir()
         save_weights(tmp / MODEL_FILE, model_state)
+        for name, weights in (extra_weights or {}).items():  # e.g. ema.safetensors
+            save_weights(tmp / name, weights)
         if optim_state is not None:
             torch.save(optim_state, tmp / OPTIM_FILE)
         state = dict(state, format_version=FORMAT_VERSION, step=step)

@@ -133,13 +133,13 @@ def parallelize(model: nn.Module, cfg: TrainConfig, info: DistInfo, param_dtype:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [info.device.index] if info.device.type == "cuda" else None
-        return DDP(model, device_ids=ids)
+        return DDP(model, device_ids=ids, bucket_cap_mb=cfg.ddp_bucket_mb)
     if mode == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
         for block in blocks:
-            fully_shard(block, mp_policy=mp)
+            fully_shard(block, mp_policy=mp, reshard_after_forward=cfg.fsdp_reshard_after_forward)
         fully_shard(model, mp_policy=mp)
     return model
 

@@ -1,4 +1,8 @@
-"""AdamW with decoupled weight decay applied only to matrices that are not embeddings."""
+"""Optimizers: AdamW (decoupled decay on non-embedding matrices only) and Muon + AdamW.
+
+The learning-rate schedule scales every group's `base_lr` by one factor per step, so
+groups with different peak rates (Muon matrices vs Adam for the rest) follow one shape.
+"""
 from __future__ import annotations
 
 import torch
@@ -7,13 +11,17 @@ from torch import nn
 from scalelab.config import TrainConfig
 
 
+def _embedding_ids(model: nn.Module) -> set[int]:
+    return {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Decay 2-D weight matrices of linear layers; never norms, biases or embeddings.
 
     Embeddings are found by module type, so a tied lm_head (the same tensor) is not
     decayed either. Parameters are deduplicated by identity (tied weights appear once).
     """
-    embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    embedding_ids = _embedding_ids(model)
     decay, no_decay, seen = [], [], set()
     for _, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
@@ -29,18 +37,36 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, device_type: str) -> torch.optim.Optimizer:
+def _adamw(groups: list[dict], cfg: TrainConfig, device_type: str) -> torch.optim.Optimizer:
     # The fused kernel is faster on GPU; on CPU the foreach path is the fast one.
     extra = {"fused": True} if device_type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay),
-        lr=cfg.lr,
-        betas=(cfg.beta1, cfg.beta2),
-        eps=cfg.eps,
-        **extra,
-    )
+    for g in groups:
+        g.setdefault("lr", cfg.lr)
+        g["base_lr"] = g["lr"]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **extra)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+def build_optimizer(model: nn.Module, cfg: TrainConfig, device_type: str) -> list[torch.optim.Optimizer]:
+    """A list of optimizers (one for AdamW; Muon + AdamW for optimizer=muon)."""
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return [_adamw(groups, cfg, device_type)]
+    # Muon orthogonalizes updates of hidden matrices (Jordan et al. 2024, modded-nanogpt);
+    # the output head (its own matrix when untied) and embeddings stay with AdamW.
+    head = getattr(model, "lm_head", None)
+    head_id = id(head.weight) if head is not None else None
+    hidden = [p for p in groups[0]["params"] if p.dim() == 2 and id(p) != head_id]
+    hidden_ids = {id(p) for p in hidden}
+    rest_decay = [p for p in groups[0]["params"] if id(p) not in hidden_ids]
+    muon = torch.optim.Muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay)
+    for g in muon.param_groups:
+        g["base_lr"] = g["lr"]
+    adam_groups = [g for g in ({"params": rest_decay, "weight_decay": cfg.weight_decay}, groups[1]) if g["params"]]
+    return [muon, _adamw(adam_groups, cfg, device_type)]
+
+
+def set_lr(optimizers: list[torch.optim.Optimizer], factor: float) -> None:
+    """lr = base_lr * factor for every group (factor = schedule(step) / peak lr)."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * factor

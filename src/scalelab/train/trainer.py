@@ -160,13 +160,21 @@ class Trainer:
         raw = GPT(self.model_cfg).to(self.device)
         self.raw_model = raw
         self.model = parallelize(raw, t, info, self.dtype)
-        self.optimizer = build_optimizer(self.model, t, self.device.type)
+        self.optimizers = build_optimizer(self.model, t, self.device.type)
         self.autocast = self.dtype == torch.bfloat16 and self.parallel != "fsdp"
+        self.ema = None
+        if t.ema_decay:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(raw, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=False)
 
         from scalelab.data.loader import TokenLoader
+        from scalelab.data.prefetch import make_loader
 
-        self.loader = TokenLoader(cfg.data.dir, "train", t.micro_batch, self.model_cfg.seq_len,
-                                  rank=info.rank, world_size=info.world_size, seed=cfg.seed)
+        self.loader = make_loader(
+            TokenLoader(cfg.data.dir, "train", t.micro_batch, self.model_cfg.seq_len,
+                        rank=info.rank, world_size=info.world_size, seed=cfg.seed),
+            workers=t.loader_workers, prefetch_factor=t.prefetch_factor, pin_memory=t.pin_memory)
         self.sizes = count_params(self.model_cfg)
         self.flops_per_token = flops_per_token(self.model_cfg, self.model_cfg.seq_len)
 
@@ -232,10 +240,6 @@ class Trainer:
             raise CheckpointError(
                 f"checkpoint '{path}' was trained with tokenizer {saved_tok} but data dir "
                 f"'{self.cfg.data.dir}' uses {self.tokenizer_identity}; point data.dir at the original data")
-        if state.get("world_size", 1) != self.info.world_size:
-            raise CheckpointError(
-                f"checkpoint '{path}' was written by {state.get('world_size')} processes; resume with the "
-                f"same number (now {self.info.world_size}) so the data order stays exact")
         from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
         weights = ckpt_io.load_weights(path / ckpt_io.MODEL_FILE)
@@ -243,15 +247,23 @@ class Trainer:
             set_model_state_dict(self.model, weights)
             optim = ckpt_io.load_optimizer(path)
             if optim is not None:
-                set_optimizer_state_dict(self.model, self.optimizer, optim)
+                set_optimizer_state_dict(self.model, self.optimizers, optim)
+            if self.ema is not None:
+                ema_path = path / "ema.safetensors"
+                if ema_path.is_file():
+                    self.ema.module.load_state_dict(ckpt_io.load_weights(ema_path))
+                    self.ema.n_averaged.fill_(state.get("ema_updates", self.step))
+                else:
+                    self.ema = type(self.ema)(self.raw_model, multi_avg_fn=self.ema.multi_avg_fn, use_buffers=False)
         except (RuntimeError, KeyError, ValueError) as e:
             raise CheckpointError(f"checkpoint '{path}' does not fit this model: {str(e).splitlines()[0]}") from None
         self.step = state["step"]
         self.tokens_seen = state["tokens_seen"]
         self.train_time = state.get("train_time", 0.0)
         self.best_val = state.get("best_val_loss") or math.inf
-        self.loader.load_state_dict(state["loader"][self.info.rank])
-        _set_rng_state(state["rng"][self.info.rank])
+        # The loader position is global (all ranks together), so rank 0's state serves any world size.
+        self.loader.load_state_dict(state["loader"][0])
+        _set_rng_state(state["rng"][self.info.rank % len(state["rng"])])
         if self.info.is_main:
             truncate_metrics(self.out_dir / "metrics.jsonl", self.step)
             print(f"resumed from {path} at step {self.step} ({self.tokens_seen:,} tokens)", flush=True)
@@ -267,7 +279,7 @@ class Trainer:
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         model_sd = get_model_state_dict(self.model, options=opts)
-        optim_sd = get_optimizer_state_dict(self.model, self.optimizer, options=opts)
+        optim_sd = get_optimizer_state_dict(self.model, self.optimizers, options=opts)
         loader_states = all_gather_objects(self.loader.state_dict())
         rng_states = all_gather_objects(_rng_state())
         if self.info.is_main:
@@ -285,7 +297,12 @@ class Trainer:
                 "git": git_hash(),
                 "versions": software_versions(),
             }
-            ckpt_io.save_checkpoint(self.out_dir, self.step, model_sd, optim_sd, state, is_best=is_best)
+            extra = {}
+            if self.ema is not None:
+                extra["ema.safetensors"] = self.ema.module.state_dict()
+                state["ema_updates"] = int(self.ema.n_averaged.item())
+            ckpt_io.save_checkpoint(self.out_dir, self.step, model_sd, optim_sd, state, is_best=is_best,
+                                    extra_weights=extra)
         barrier()
 
     # -- evaluation ----------------------------------------------------------
@@ -300,7 +317,8 @@ class Trainer:
         from scalelab.data.loader import iter_eval_batches
 
         t = self.cfg.train
-        self.model.eval()
+        model = self.ema.module if self.ema is not None else self.model
+        model.eval()
         batches = list(iter_eval_batches(self.cfg.data.dir, "val", t.micro_batch, self.model_cfg.seq_len, t.eval_tokens))
         if not batches:
             raise DataError(f"val split of '{self.cfg.data.dir}' has no full window of {self.model_cfg.seq_len + 1} tokens")
@@ -313,14 +331,14 @@ class Trainer:
             x, y = batches[min(idx, len(batches) - 1)]
             x, y = x.to(self.device), y.to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                losses = self.model(x, y, reduction="none").float()
+                losses = model(x, y, reduction="none").float()
             sums[0] += weight * losses.double().sum()
             sums[1] += weight * y.numel()
             if self.token_bytes is not None:
                 sums[2] += weight * self.token_bytes.to(self.device)[y].sum()
         if self.info.enabled:
             torch.distributed.all_reduce(sums)
-        self.model.train()
+        model.train()
         loss = (sums[0] / sums[1]).item()
         out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": int(sums[1].item())}
         if self.token_bytes is not None and sums[2] > 0:
@@ -387,7 +405,7 @@ class Trainer:
                 if self._done(self.train_time):
                     break
                 lr = lr_at(self.step, self.total_steps or 0, t, self._progress_value(self.train_time))
-                set_lr(self.optimizer, lr)
+                set_lr(self.optimizers, lr / t.lr)
                 loss_sum, grad_norm = self._train_step()
                 self.step += 1
                 self.tokens_seen += t.batch_tokens
@@ -399,8 +417,9 @@ class Trainer:
                         f"loss is {loss} at step {self.step}; stopped. The last good checkpoint is kept in "
                         f"'{ckpt_io.checkpoint_root(self.out_dir)}'. Try a lower train.lr, train.grad_clip=1.0, "
                         f"or a longer train.warmup_steps")
-                record = {"kind": "train", "step": self.step, "loss": loss, "lr": lr,
-                          "grad_norm": grad_norm, "tokens": self.tokens_seen, "time": round(self.train_time, 4)}
+                record = {"kind": "train", "step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                          "tokens": self.tokens_seen, "time": round(self.train_time, 4),
+                          "step_time": round(time.perf_counter() - step_start, 6)}
                 if self.step % t.log_every == 0 or self.step == self.total_steps:
                     dt = time.perf_counter() - window_start
                     tok_s = window_tokens / max(dt, 1e-9)
@@ -472,6 +491,9 @@ class Trainer:
         if t.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
             grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        for opt in self.optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update_parameters(self.raw_model)
         return all_reduce_mean(total / self.grad_accum), grad_norm

@@ -1,0 +1,81 @@
+"""A miniature scaling study end to end: plan -> train (pool of 2) -> fit -> report."""
+import json
+import shutil
+
+import pytest
+import yaml
+
+from scalelab.errors import ConfigError
+from scalelab.scaling.study import check_monotone, load_study_config, run_study
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    cfg = {
+        "name": "mini", "out_dir": str(root / "out"), "seeds": [0, 1], "parallel_runs": 2,
+        "plan": {"sizes": ["3K", "7K", "14K"], "tokens_per_param": [3], "batch_tokens": 1024,
+                 "max_micro_batch": 16, "aspect_ratio": 16, "head_dim": 16, "multiple_of": 16, "lr": 0.02},
+        "fit": {"n_boot": 20},
+        "base": {"data": {"source": "builtin:bbcnews", "max_docs": 150, "vocab_size": 384,
+                          "dir": str(root / "data")},
+                 "model": {"seq_len": 64},
+                 "train": {"threads": 1, "eval_tokens": 4096, "tensorboard": False, "progress": False}},
+    }
+    path = root / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    results = run_study(path, progress=False)
+    return path, results
+
+
+def test_study_results_have_runs_sizes_fits_and_report(study):
+    path, results = study
+    out = load_study_config(path).out_dir
+    saved = json.loads(open(f"{out}/results.json").read())
+    assert saved["kind"] == "scalelab.study" and len(saved["runs"]) == 6
+    assert {r["seed"] for r in saved["runs"]} == {0, 1}
+    for r in saved["runs"]:
+        assert r["loss"] > 0 and r["tokens"] > 0 and r["curve"]
+    sizes = saved["sizes"]
+    assert len(sizes) == 3 and all(s["n_seeds"] == 2 for s in sizes)
+    assert [s["non_embedding_params"] for s in sizes] == sorted(s["non_embedding_params"] for s in sizes)
+    assert "kaplan" in saved["fits"] and "chinchilla" in saved["fits"]
+    assert saved["fits"]["chinchilla"]["degenerate"]  # one ratio: L(N,D) not identifiable, and said so
+    assert (tmp := __import__("pathlib").Path(out)) and (tmp / "NOTE.md").is_file()
+    assert list((tmp / "figures").glob("*.png"))
+    assert len(list((tmp / "configs").glob("*.yaml"))) == 6
+
+
+def test_rerun_skips_finished_and_resumes_interrupted(study):
+    path, _ = study
+    out = load_study_config(path).out_dir
+    victim = sorted(__import__("pathlib").Path(out, "runs").iterdir())[0]
+    before = json.loads((victim / "summary.json").read_text())
+    (victim / "summary.json").unlink()  # as if the run died after its last checkpoint
+    results = run_study(path, progress=False, report=False)
+    after = json.loads((victim / "summary.json").read_text())
+    assert after["steps"] == before["steps"] and after["val_loss"] == pytest.approx(before["val_loss"])
+    assert len(results["runs"]) == 6
+
+
+def test_bad_study_configs(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump({"plan": {}, "base": {}}))
+    with pytest.raises(ConfigError, match="plan.sizes"):
+        load_study_config(p)
+    p.write_text(yaml.safe_dump({"plan": {"sizes": ["1M"]}, "base": {"train": {"lrr": 1}}}))
+    with pytest.raises(ConfigError, match="train.lrr"):
+        load_study_config(p)
+    p.write_text(yaml.safe_dump({"plan": {"sizes": ["1M"]}, "seedz": [1]}))
+    with pytest.raises(ConfigError, match="seedz.*seeds"):
+        load_study_config(p)
+
+
+def test_monotone_check_uses_seed_noise():
+    def size(name, mean, se, n=2):
+        return {"name": name, "n_seeds": n, "loss": {"mean": mean, "stderr": se}}
+
+    ok = check_monotone([size("a", 5.0, 0.01), size("b", 4.5, 0.01)])
+    assert ok["loss_decreases_beyond_noise"]
+    noisy = check_monotone([size("a", 5.0, 0.3), size("b", 4.9, 0.3)])
+    assert not noisy["loss_decreases_beyond_noise"]
