@@ -1,10 +1,38 @@
 """A decoder-only GPT (Llama layout: RoPE, RMSNorm, SwiGLU), readable top to bottom.
 
-CONTRACT STUB -- the full model is being written; GPTConfig is final.
+Layout (parameter names chosen so the weights map 1:1 onto Hugging Face
+`LlamaForCausalLM`; see `hf_adapter.py`):
+
+    tok_emb                      Embedding(padded_vocab, d_model)
+    blocks[i].attn_norm          RMSNorm(d_model)
+    blocks[i].attn.wq/wk/wv/wo   Linear, no bias; wk/wv have kv_heads * head_dim outputs (GQA)
+    blocks[i].attn.q_norm/k_norm RMSNorm(head_dim), only when cfg.qk_norm
+    blocks[i].mlp_norm           RMSNorm(d_model)
+    blocks[i].mlp.w1/w3/w2       SwiGLU: w2(silu(w1 x) * w3 x)     (cfg.mlp == "swiglu")
+    blocks[i].mlp.w1/w2          ReLU^2: w2(relu(w1 x)^2)          (cfg.mlp == "relu2")
+    norm                         final RMSNorm
+    lm_head                      Linear(d_model, padded_vocab), tied to tok_emb when cfg.tie_embeddings
+
+Conventions worth knowing:
+- RoPE uses the "rotate-half" convention of HF Llama: a head vector is split into
+  halves (x1, x2) = (x[:D/2], x[D/2:]) and pair i is (x1[i], x2[i]) rotated by angle
+  pos * theta^(-2i/D). Weights therefore export to HF without any permutation of wq/wk
+  (Meta's original checkpoints interleave pairs instead; HF permutes those on import).
+- The embedding table and lm_head have cfg.padded_vocab rows (a multiple of
+  cfg.pad_vocab_to: friendlier matmul shapes). Logits and loss cover only the real
+  cfg.vocab_size ids, so padding rows can never receive probability mass.
+- The loss (and soft-capped logits) are computed in fp32 even under bf16 autocast.
+
+The model knows nothing of distribution, checkpoints, logging or optimizers.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 from scalelab.errors import ConfigError
 
@@ -69,3 +97,257 @@ class GPTConfig:
         assert self.vocab_size is not None, "vocab_size must be set before building the model"
         p = self.pad_vocab_to
         return p * ((self.vocab_size + p - 1) // p)
+
+
+# ---------------------------------------------------------------------------
+# Rotary position embedding
+
+
+def rope_tables(seq_len: int, head_dim: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of shape [seq_len, head_dim // 2] (fp32): angle[t, i] = t * theta^(-2i/head_dim)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B, T, H, D] by position (HF Llama rotate-half convention).
+
+    Equivalent to HF's `x * cat(cos, cos) + rotate_half(x) * cat(sin, sin)` with
+    rotate_half(x) = cat(-x2, x1), written on the halves to save two copies.
+    cos/sin are [T, D/2].
+    """
+    d = x.shape[-1] // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    cos = cos[:, None, :].to(x.dtype)  # [T, 1, D/2] broadcasts over batch and heads
+    sin = sin[:, None, :].to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+# ---------------------------------------------------------------------------
+# Blocks
+
+
+class KVCache:
+    """Keys and values of past positions for incremental decoding, one slot per layer."""
+
+    def __init__(self, cfg: GPTConfig, batch: int, max_len: int, dtype: torch.dtype, device) -> None:
+        shape = (cfg.n_layer, batch, cfg.kv_heads, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.pos = 0  # number of positions already stored
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v [B, kvH, T, D] after the cached positions; return all keys/values so far."""
+        end = self.pos + k.shape[2]
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.n_head, self.kv_heads, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=False)
+        if cfg.qk_norm:
+            self.q_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
+            self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0):
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_head, self.head_dim)
+        k = self.wk(x).view(B, T, self.kv_heads, self.head_dim)
+        v = self.wv(x).view(B, T, self.kv_heads, self.head_dim)
+        if self.q_norm is not None:  # QK-norm: RMSNorm over head_dim, before RoPE
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, T, D]
+
+        mask, causal = None, True
+        if cache is not None:
+            past = cache.pos
+            k, v = cache.update(layer, k, v)
+            if past > 0:  # new queries sit at positions past..past+T-1 and see keys 0..past+T-1
+                causal = False
+                if T > 1:
+                    qpos = torch.arange(past, past + T, device=x.device)[:, None]
+                    mask = torch.arange(past + T, device=x.device)[None, :] <= qpos
+        gqa = self.kv_heads != self.n_head
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
+        return self.wo(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.kind = cfg.mlp
+        self.w1 = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)  # gate (swiglu) / up (relu2)
+        self.w2 = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=False)  # down
+        self.w3 = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False) if cfg.mlp == "swiglu" else None  # up
+
+    def forward(self, x):
+        if self.w3 is not None:
+            return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.w2(F.relu(self.w1(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0):
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, layer)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+# ---------------------------------------------------------------------------
+# The model
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        if cfg.vocab_size is None:
+            raise ConfigError("model.vocab_size is not set; it must come from the tokenizer before building the model")
+        cfg.validate()
+        self.cfg = cfg
+        # Modules are allocated on the meta device and materialised once, so the default
+        # (kaiming) init of nn.Linear is skipped: GPT(cfg) after torch.manual_seed(s) equals a
+        # meta-device build + to_empty + init_weights() after the same seed.
+        device = torch.get_default_device()
+        with torch.device("meta"):
+            self.tok_emb = nn.Embedding(cfg.padded_vocab, cfg.d_model)
+            self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+            self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+            self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        # RoPE tables: derived state, never saved; rebuilt by init_weights (meta-device init).
+        self.register_buffer("rope_cos", torch.empty(0, device="meta"), persistent=False)
+        self.register_buffer("rope_sin", torch.empty(0, device="meta"), persistent=False)
+        if device.type != "meta":
+            self.to_empty(device=device)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """(Re)initialise every parameter and buffer in place.
+
+        normal(0, init_std) for embeddings and linears; output projections (wo, w2) get
+        init_std / sqrt(2 * n_layer) (GPT-2); RMSNorm weights 1. Only whole-tensor in-place
+        ops, so it also runs on FSDP2-sharded (DTensor) parameters after `to_empty()`.
+        (Padding vocab rows are drawn like the rest; they are never read.)
+        """
+        cfg = self.cfg
+        if cfg.tie_embeddings and self.lm_head.weight is not self.tok_emb.weight:
+            self.lm_head.weight = self.tok_emb.weight  # to_empty() from meta unties shared parameters
+        device = self.tok_emb.weight.device
+        cos, sin = rope_tables(cfg.seq_len, cfg.head_dim, cfg.rope_theta, device=device)
+        self.rope_cos, self.rope_sin = cos, sin
+        out_std = cfg.init_std / math.sqrt(2 * cfg.n_layer)
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                is_out = name.endswith(".wo") or name.endswith(".w2")
+                nn.init.normal_(module.weight, mean=0.0, std=out_std if is_out else cfg.init_std)
+            elif isinstance(module, nn.RMSNorm):
+                nn.init.ones_(module.weight)
+
+    def _rope(self, start: int, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        end = start + length
+        if self.rope_cos.shape[0] < end or self.rope_cos.device != device:
+            n = max(end, self.cfg.seq_len)
+            self.rope_cos, self.rope_sin = rope_tables(n, self.cfg.head_dim, self.cfg.rope_theta, device=device)
+        return self.rope_cos[start:end], self.rope_sin[start:end]
+
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Final normalised hidden states [B, T, d_model] for token ids idx [B, T]."""
+        start = cache.pos if cache is not None else 0
+        cos, sin = self._rope(start, idx.shape[1], idx.device)
+        x = self.tok_emb(idx)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, cache, i)
+        if cache is not None:
+            cache.pos += idx.shape[1]
+        return self.norm(x)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits over the real vocabulary [..., vocab_size] from hidden states."""
+        logits = self.lm_head(h)
+        V = self.cfg.vocab_size
+        if logits.shape[-1] != V:
+            logits = logits[..., :V]  # padding ids never get probability mass
+        cap = self.cfg.logit_softcap
+        if cap is not None:
+            logits = cap * torch.tanh(logits.float() / cap)
+        return logits
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, reduction: str = "mean"):
+        """idx [B, T] token ids. Without targets: logits [B, T, vocab_size].
+
+        With targets [B, T] (ignore_index -100): the fp32 cross-entropy, a scalar
+        (reduction="mean" or "sum") or per token [B, T] (reduction="none").
+        """
+        if idx.shape[1] > self.cfg.seq_len:
+            raise ValueError(f"sequence length {idx.shape[1]} exceeds model.seq_len {self.cfg.seq_len}")
+        logits = self.logits(self.hidden(idx))
+        if targets is None:
+            return logits
+        V = self.cfg.vocab_size
+        loss = F.cross_entropy(logits.float().reshape(-1, V), targets.reshape(-1),
+                               ignore_index=-100, reduction=reduction)
+        return loss.view(targets.shape) if reduction == "none" else loss
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None,
+                 generator: torch.Generator | None = None, use_cache: bool = True) -> torch.Tensor:
+        """Append max_new_tokens sampled tokens to idx [B, T]; returns [B, T + max_new_tokens].
+
+        temperature 0 means greedy. With use_cache, keys/values of past positions are kept
+        (KVCache) while the context fits in seq_len; beyond that the window slides and each
+        step re-reads the last seq_len tokens, exactly as without the cache.
+        """
+        L = self.cfg.seq_len
+        cache, fed = None, 0  # fed: how many tokens of idx the cache already holds
+        for _ in range(max_new_tokens):
+            if use_cache and idx.shape[1] <= L:
+                if cache is None:
+                    p = next(self.parameters())
+                    dtype = torch.get_autocast_dtype(idx.device.type) if torch.is_autocast_enabled(idx.device.type) else p.dtype
+                    cache = KVCache(self.cfg, idx.shape[0], L, dtype, idx.device)
+                h = self.hidden(idx[:, fed:], cache)
+                fed = idx.shape[1]
+            else:
+                h = self.hidden(idx[:, -L:])
+            logits = self.logits(h[:, -1]).float()
+            idx = torch.cat((idx, sample(logits, temperature, top_k, top_p, generator)), dim=1)
+        return idx
+
+
+def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+           top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw one id per row from logits [B, V] -> [B, 1] (temperature 0: argmax)."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        drop = probs.cumsum(dim=-1) - probs > top_p  # keep the smallest prefix reaching top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)

@@ -1,0 +1,270 @@
+"""The GPT model: shapes, causality, loss, variants, generation, init, HF Llama export."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scalelab.errors import ConfigError
+from scalelab.model.gpt import GPT, GPTConfig, apply_rope, rope_tables
+
+
+def tiny(**kw) -> GPTConfig:
+    base = dict(vocab_size=97, pad_vocab_to=64, seq_len=32, n_layer=2, n_head=4, d_model=32)
+    base.update(kw)
+    return GPTConfig(**base)
+
+
+VARIANTS = {
+    "base": {},
+    "untied": {"tie_embeddings": False},
+    "gqa": {"n_kv_head": 2},
+    "mqa": {"n_kv_head": 1},
+    "relu2": {"mlp": "relu2"},
+    "qk_norm": {"qk_norm": True},
+    "softcap": {"logit_softcap": 5.0},
+    "all": {"n_kv_head": 2, "mlp": "relu2", "qk_norm": True, "logit_softcap": 10.0, "tie_embeddings": False},
+}
+
+
+def build(seed: int = 0, **kw) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(tiny(**kw))
+
+
+def tokens(B=2, T=16, V=97, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, V, (B, T), generator=g)
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_shapes_loss_and_causality(name):
+    model = build(**VARIANTS[name])
+    x = tokens()
+    logits = model(x)
+    assert logits.shape == (2, 16, 97)  # real vocab only, padding sliced off
+    assert logits.dtype == torch.float32
+
+    # Loss equals F.cross_entropy on the returned logits; per-token form has shape [B, T].
+    y = tokens(seed=2)
+    loss = model(x, y)
+    assert loss.dtype == torch.float32 and loss.ndim == 0
+    torch.testing.assert_close(loss, F.cross_entropy(logits.reshape(-1, 97), y.reshape(-1)))
+    per_tok = model(x, y, reduction="none")
+    assert per_tok.shape == (2, 16)
+    torch.testing.assert_close(per_tok.mean(), loss)
+
+    # Causality: changing token t never changes logits before t.
+    x2 = x.clone()
+    x2[:, 10] = (x2[:, 10] + 1) % 97
+    logits2 = model(x2)
+    torch.testing.assert_close(logits2[:, :10], logits[:, :10])
+    assert not torch.allclose(logits2[:, 10:], logits[:, 10:])
+
+    # Backward reaches every parameter.
+    loss.backward()
+    for n, p in model.named_parameters():
+        assert p.grad is not None, n
+
+
+def test_ignore_index():
+    model = build()
+    x, y = tokens(), tokens(seed=2)
+    y_ign = y.clone()
+    y_ign[:, :8] = -100
+    per_tok = model(x, y, reduction="none")
+    torch.testing.assert_close(model(x, y_ign), per_tok[:, 8:].mean())
+    assert (model(x, y_ign, reduction="none")[:, :8] == 0).all()
+
+
+def test_param_tying_and_names():
+    tied, untied = build(), build(tie_embeddings=False)
+    assert tied.lm_head.weight is tied.tok_emb.weight
+    assert untied.lm_head.weight is not untied.tok_emb.weight
+    n_tied = sum(p.numel() for p in tied.parameters())
+    n_untied = sum(p.numel() for p in untied.parameters())
+    assert n_untied - n_tied == 128 * 32  # one more padded_vocab x d_model table
+    names = set(dict(untied.named_parameters()))
+    for want in ("tok_emb.weight", "blocks.0.attn_norm.weight", "blocks.0.attn.wq.weight", "blocks.0.attn.wk.weight",
+                 "blocks.0.attn.wv.weight", "blocks.0.attn.wo.weight", "blocks.0.mlp_norm.weight",
+                 "blocks.0.mlp.w1.weight", "blocks.0.mlp.w2.weight", "blocks.0.mlp.w3.weight",
+                 "norm.weight", "lm_head.weight"):
+        assert want in names, want
+    assert not any("rope" in k for k in untied.state_dict())  # RoPE tables are not saved
+    relu = build(mlp="relu2")
+    assert relu.blocks[0].mlp.w3 is None and relu.blocks[0].mlp.w1.weight.shape == (128, 32)
+
+
+def test_gqa_shapes():
+    model = build(n_kv_head=2)
+    attn = model.blocks[0].attn
+    assert attn.wq.weight.shape == (32, 32)
+    assert attn.wk.weight.shape == (16, 32) and attn.wv.weight.shape == (16, 32)
+
+
+def test_gqa_equals_repeated_kv_heads():
+    """A GQA model equals a full-head model whose k/v heads are repeated (HF repeat_kv order)."""
+    gqa = build(n_kv_head=2)
+    full = build(seed=5)
+    sd = gqa.state_dict()
+    hd = 8
+    for i in range(2):
+        for w in ("wk", "wv"):
+            t = sd[f"blocks.{i}.attn.{w}.weight"].view(2, hd, 32)
+            sd[f"blocks.{i}.attn.{w}.weight"] = t.repeat_interleave(2, dim=0).reshape(32, 32)
+    full.load_state_dict(sd)
+    x = tokens()
+    torch.testing.assert_close(full(x), gqa(x))
+
+
+def test_softcap_bounds_logits():
+    model = build(logit_softcap=2.0)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1000.0)  # huge raw logits
+    logits = model(tokens())
+    assert logits.abs().max() <= 2.0 + 1e-5
+    assert logits.abs().max() > 1.5
+
+
+def test_padded_vocab_never_predicted():
+    model = build(tie_embeddings=False)
+    assert model.lm_head.weight.shape[0] == 128
+    with torch.no_grad():  # make the padding rows very attractive: they still must not appear
+        model.lm_head.weight[97:] = 100.0
+    logits = model(tokens())
+    assert logits.shape[-1] == 97
+    out = model.generate(tokens(T=4), 20, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert int(out.max()) < 97
+
+
+def test_rope_matches_hf_rotate_half():
+    cos, sin = rope_tables(16, 8, 10000.0)
+    x = torch.randn(2, 16, 3, 8)
+
+    def rotate_half(t):
+        return torch.cat((-t[..., 4:], t[..., :4]), dim=-1)
+
+    c = torch.cat((cos, cos), -1)[:, None, :]
+    s = torch.cat((sin, sin), -1)[:, None, :]
+    torch.testing.assert_close(apply_rope(x, cos, sin), x * c + rotate_half(x) * s)
+    # Relative: <rope(q, m), rope(k, n)> depends only on m - n.
+    q, k = torch.randn(8), torch.randn(8)
+    Q = apply_rope(q.expand(1, 16, 1, 8), cos, sin)[0, :, 0]
+    K = apply_rope(k.expand(1, 16, 1, 8), cos, sin)[0, :, 0]
+    torch.testing.assert_close(Q[5] @ K[3], Q[12] @ K[10])
+
+
+@pytest.mark.parametrize("name", ["base", "gqa", "all"])
+def test_generate_kv_cache_matches_no_cache(name):
+    model = build(**VARIANTS[name]).eval()
+    prompt = tokens(B=2, T=5)
+    # 40 new tokens > seq_len 32: covers the cached phase and the sliding window.
+    a = model.generate(prompt, 40, temperature=0.0)
+    b = model.generate(prompt, 40, temperature=0.0, use_cache=False)
+    assert a.shape == (2, 45)
+    assert torch.equal(a, b)
+    assert torch.equal(a[:, :5], prompt)
+
+
+def test_generate_sampling_options_deterministic():
+    model = build().eval()
+    prompt = tokens(B=3, T=3)
+    outs = [model.generate(prompt, 10, temperature=0.8, top_k=5, top_p=0.9,
+                           generator=torch.Generator().manual_seed(7)) for _ in range(2)]
+    assert torch.equal(outs[0], outs[1])
+    greedy = model.generate(prompt, 10, temperature=0.0)
+    assert torch.equal(model.generate(prompt, 10, top_k=1), greedy)
+
+
+def test_init_weights_deterministic_and_scaled():
+    a, b = build(seed=3), build(seed=3)
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(p, q), n
+    torch.manual_seed(3)
+    before = {k: v.clone() for k, v in a.state_dict().items()}
+    with torch.no_grad():
+        for p in a.parameters():
+            p.add_(1.0)
+    torch.manual_seed(123)
+    a.init_weights()
+    torch.manual_seed(123)
+    b.init_weights()
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+        assert v.shape == before[k].shape
+    big = GPT(tiny(n_layer=8, d_model=128, n_head=4, init_std=0.02))
+    assert abs(big.blocks[0].attn.wq.weight.std().item() - 0.02) < 0.002
+    assert abs(big.blocks[0].attn.wo.weight.std().item() - 0.02 / 4) < 0.001  # 1/sqrt(2*8)
+    assert torch.equal(big.blocks[0].attn_norm.weight, torch.ones(128))
+
+
+def test_meta_device_init():
+    cfg = tiny(tie_embeddings=True, qk_norm=True)
+    with torch.device("meta"):
+        model = GPT(cfg)
+    assert model.tok_emb.weight.is_meta
+    model.to_empty(device="cpu")
+    torch.manual_seed(0)
+    model.init_weights()
+    assert model.lm_head.weight is model.tok_emb.weight
+    ref = build(seed=0, qk_norm=True)
+    x = tokens()
+    torch.testing.assert_close(model(x), ref(x))
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="vocab_size"):
+        GPT(GPTConfig(vocab_size=None))
+    with pytest.raises(ConfigError, match="n_kv_head"):
+        GPT(tiny(n_kv_head=3))
+    with pytest.raises(ValueError, match="seq_len"):
+        build()(tokens(T=33))
+
+
+def test_autocast_bf16_loss_fp32():
+    model = build()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(tokens(), tokens(seed=2))
+        logits = model(tokens(), None)
+    assert loss.dtype == torch.float32
+    assert torch.isfinite(loss)
+    assert logits.shape == (2, 16, 97)
+
+
+# ---------------------------------------------------------------------------
+# Hugging Face Llama export (built locally from a LlamaConfig; nothing downloaded)
+
+
+@pytest.mark.parametrize("tie,kv", [(True, None), (False, 2)])
+def test_hf_llama_same_logits(tie, kv):
+    transformers = pytest.importorskip("transformers")
+    from scalelab.model.hf_adapter import from_hf_llama_state_dict, hf_llama_config, to_hf_llama_state_dict
+
+    cfg = tiny(tie_embeddings=tie, n_kv_head=kv, rope_theta=50000.0)
+    torch.manual_seed(0)
+    ours = GPT(cfg).eval()
+    hf_cfg = transformers.LlamaConfig(**hf_llama_config(cfg))
+    hf_cfg._attn_implementation = "eager"
+    hf = transformers.LlamaForCausalLM(hf_cfg).eval()
+    sd = to_hf_llama_state_dict(ours)
+    hf_sd = hf.state_dict()
+    for k, v in sd.items():
+        assert hf_sd[k].shape == v.shape, k
+    missing, unexpected = hf.load_state_dict(sd, strict=False)
+    assert not unexpected
+    assert set(missing) <= ({"lm_head.weight"} if tie else set())
+    x = tokens(T=32)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, ours(x), atol=1e-5, rtol=1e-5)
+    back = GPT(cfg)
+    back.load_state_dict(from_hf_llama_state_dict(hf.state_dict(), cfg))
+    torch.testing.assert_close(back(x), ours(x))
+
+
+def test_hf_export_rejects_non_llama():
+    from scalelab.model.hf_adapter import hf_llama_config, to_hf_llama_state_dict
+
+    with pytest.raises(ConfigError, match="relu2"):
+        hf_llama_config(tiny(mlp="relu2"))
+    with pytest.raises(ConfigError, match="qk_norm"):
+        to_hf_llama_state_dict(build(qk_norm=True))
