@@ -2,7 +2,13 @@
 per subcommand. Errors a user can cause print one line (no traceback) and exit 2."""
 from __future__ import annotations
 
-import argparse
+import os
+
+# OpenMP threads that spin while waiting make 2 threads on 2 shared cores 2-3x slower
+# than 1 (bench/bench_train.py); passive waiting avoids it. Must be set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
 import dataclasses
 import json
 import sys

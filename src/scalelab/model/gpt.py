@@ -12,6 +12,7 @@ Layout (parameter names chosen so the weights map 1:1 onto Hugging Face
     blocks[i].mlp.w1/w2          ReLU^2: w2(relu(w1 x)^2)          (cfg.mlp == "relu2")
     norm                         final RMSNorm
     lm_head                      Linear(d_model, padded_vocab), tied to tok_emb when cfg.tie_embeddings
+    skip_weights                 [n_layer // 2] learned scalars, only when cfg.unet_skips
 
 Conventions worth knowing:
 - RoPE uses the "rotate-half" convention of HF Llama: a head vector is split into
@@ -22,6 +23,10 @@ Conventions worth knowing:
   cfg.pad_vocab_to: friendlier matmul shapes). Logits and loss cover only the real
   cfg.vocab_size ids, so padding rows can never receive probability mass.
 - The loss (and soft-capped logits) are computed in fp32 even under bf16 autocast.
+- U-Net skips (cfg.unet_skips, modded-nanogpt): the output of block i in the first half
+  is added, times the learned scalar skip_weights[i], to the input of its mirror block
+  n_layer - 1 - i; with an odd n_layer the middle block has no skip. Weights start at 1.
+  (HF Llama has no such connection: a model with skips does not export to HF.)
 
 The model knows nothing of distribution, checkpoints, logging or optimizers.
 """
@@ -52,9 +57,10 @@ class GPTConfig:
     qk_norm: bool = False
     tie_embeddings: bool = True
     logit_softcap: float | None = None  # tanh soft-cap on logits (Gemma 2 / modded-nanogpt)
+    unet_skips: bool = False  # first-half block outputs feed their mirror blocks (modded-nanogpt)
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
-    init_std: float = 0.02
+    init_std: float | None = None  # None: 0.5 / sqrt(d_model) (0.018 at GPT-2's 768; larger for narrow models)
 
     def validate(self) -> None:
         def check(cond: bool, msg: str) -> None:
@@ -74,6 +80,13 @@ class GPTConfig:
         check(self.vocab_size is None or self.vocab_size >= 2, f"model.vocab_size must be >= 2, got {self.vocab_size}")
         check(self.pad_vocab_to >= 1, f"model.pad_vocab_to must be >= 1, got {self.pad_vocab_to}")
         check(self.logit_softcap is None or self.logit_softcap > 0, "model.logit_softcap must be > 0 or null")
+
+    @property
+    def init_scale(self) -> float:
+        # A fixed 0.02 (GPT-2) is far too small for narrow models: logits start near zero
+        # and tiny models sit on the unigram plateau for a seed-dependent time, which
+        # swamps size effects in a scaling study. Fan-in scaling fixes that.
+        return self.init_std if self.init_std is not None else 0.5 / math.sqrt(self.d_model)
 
     @property
     def head_dim(self) -> int:
@@ -230,6 +243,8 @@ class GPT(nn.Module):
             self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
             self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
             self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab, bias=False)
+            # One learned scalar per skip connection (block i -> block n_layer - 1 - i).
+            self.skip_weights = nn.Parameter(torch.empty(cfg.n_layer // 2)) if cfg.unet_skips else None
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         # RoPE tables: derived state, never saved; rebuilt by init_weights (meta-device init).
@@ -243,8 +258,8 @@ class GPT(nn.Module):
     def init_weights(self) -> None:
         """(Re)initialise every parameter and buffer in place.
 
-        normal(0, init_std) for embeddings and linears; output projections (wo, w2) get
-        init_std / sqrt(2 * n_layer) (GPT-2); RMSNorm weights 1. Only whole-tensor in-place
+        normal(0, init_scale) for embeddings and linears; output projections (wo, w2) get
+        init_scale / sqrt(2 * n_layer) (GPT-2); RMSNorm weights and skip weights 1. Only whole-tensor in-place
         ops, so it also runs on FSDP2-sharded (DTensor) parameters after `to_empty()`.
         (Padding vocab rows are drawn like the rest; they are never read.)
         """
@@ -254,13 +269,16 @@ class GPT(nn.Module):
         device = self.tok_emb.weight.device
         cos, sin = rope_tables(cfg.seq_len, cfg.head_dim, cfg.rope_theta, device=device)
         self.rope_cos, self.rope_sin = cos, sin
-        out_std = cfg.init_std / math.sqrt(2 * cfg.n_layer)
+        std = cfg.init_scale
+        out_std = std / math.sqrt(2 * cfg.n_layer)
         for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 is_out = name.endswith(".wo") or name.endswith(".w2")
-                nn.init.normal_(module.weight, mean=0.0, std=out_std if is_out else cfg.init_std)
+                nn.init.normal_(module.weight, mean=0.0, std=out_std if is_out else std)
             elif isinstance(module, nn.RMSNorm):
                 nn.init.ones_(module.weight)
+        if self.skip_weights is not None:
+            nn.init.ones_(self.skip_weights)
 
     def _rope(self, start: int, length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         end = start + length
@@ -274,8 +292,14 @@ class GPT(nn.Module):
         start = cache.pos if cache is not None else 0
         cos, sin = self._rope(start, idx.shape[1], idx.device)
         x = self.tok_emb(idx)
+        L = self.cfg.n_layer
+        skips = []  # outputs of the first-half blocks (U-Net skips), popped by their mirrors
         for i, block in enumerate(self.blocks):
+            if self.skip_weights is not None and i >= L - L // 2:
+                x = x + self.skip_weights[L - 1 - i] * skips.pop()
             x = block(x, cos, sin, cache, i)
+            if self.skip_weights is not None and i < L // 2:
+                skips.append(x)
         if cache is not None:
             cache.pos += idx.shape[1]
         return self.norm(x)

@@ -130,6 +130,6 @@ def hf_llama_config(cfg: GPTConfig) -> dict[str, Any]:
         "tie_word_embeddings": cfg.tie_embeddings,
         "attention_bias": False,
         "mlp_bias": False,
-        "initializer_range": cfg.init_std,
+        "initializer_range": cfg.init_scale,
         "torch_dtype": "float32",
     }
