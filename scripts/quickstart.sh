@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/scalelab train configs/cpu-tiny.yaml out_dir=runs/quickstart train.resume=true
+.venv/bin/scalelab study configs/study-cpu.yaml
