@@ -113,3 +113,20 @@ def test_errors(docs, tmp_path):
         load_tokenizer(tmp_path / "bad.json")
     with pytest.raises(DataError, match="no tokenizer in directory"):
         load_tokenizer(tmp_path)
+
+
+def test_bpe_fast_twin_encodes_exactly_like_tokenizers():
+    """The tiktoken twin used for speed must give the very same ids as `tokenizers`."""
+    from scalelab.config import DataConfig
+    from scalelab.data.sources import iter_documents
+    from scalelab.data.tokenizer import train_tokenizer
+
+    docs = list(iter_documents(DataConfig(max_docs=300)))
+    extra = ["  multiple   spaces\n\n\ttabs ", "naïve café — 漢字 🙂 it's", "1234567 3.14159 $5"]
+    for vocab in (300, 1024):
+        tok = train_tokenizer("bpe", docs[:150], vocab)
+        assert tok._fast is not None
+        texts = docs + extra
+        reference = [e.ids for e in tok._tok.encode_batch(texts, add_special_tokens=False)]
+        assert tok.encode_batch(texts) == reference
+        assert [tok.encode(t) for t in extra] == reference[-3:]

@@ -116,10 +116,16 @@ class HFBPETokenizer(Tokenizer):
                  "added": sorted((t["id"], t["content"]) for t in spec.get("added_tokens", []))}
         self.identity = "bpe:" + _short_sha(json.dumps(canon, ensure_ascii=False, separators=(",", ":")).encode())
 
+        self._fast = _tiktoken_twin(tok, spec, self._special)
+
     def encode(self, text: str) -> list[int]:
+        if self._fast is not None:
+            return self._fast.encode_ordinary(text)
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        if self._fast is not None:
+            return self._fast.encode_ordinary_batch(list(texts), num_threads=1)
         return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -152,6 +158,58 @@ class HFBPETokenizer(Tokenizer):
             if isinstance(e, DataError):
                 raise
             raise DataError(f"cannot load tokenizer file {path}: {e}") from None
+
+
+def _byte_of_char() -> dict[str, int]:
+    """Inverse of GPT-2's bytes_to_unicode: the printable character byte-level BPE uses per byte."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    chars, n = printable[:], 0
+    bytes_ = printable[:]
+    for b in range(256):
+        if b not in printable:
+            bytes_.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bytes_, chars)}
+
+
+_TWIN_PROBES = [
+    "Hello world! It's 2026; the cost was $1,234.50 (about 12%).",
+    "  leading spaces\n\nnew paragraphs\ttabs   and trailing   ",
+    "Ünïcödé — “quotes”, emoji 🙂, CJK 漢字, and they'll've we'd I'm",
+]
+
+
+def _tiktoken_twin(tok, spec: dict, special: set[int]):
+    """A tiktoken Encoding that encodes exactly like this byte-level BPE, or None.
+
+    tiktoken encodes the same vocabulary several times faster than `tokenizers`
+    (docs/bench-data.md). HF's BPE trainer numbers merged tokens in merge order, so
+    rank = id reproduces its merges; the GPT-2 split pattern matches ByteLevel's regex.
+    The twin is used only if it agrees with `tokenizers` on probe texts (including
+    Unicode and whitespace runs); otherwise encoding stays with `tokenizers`.
+    """
+    model = spec.get("model", {})
+    pre = json.dumps(spec.get("pre_tokenizer"))
+    if model.get("type") != "BPE" or spec.get("normalizer") is not None or '"ByteLevel"' not in pre \
+            or '"add_prefix_space": true' in pre.lower():
+        return None
+    try:
+        import tiktoken
+
+        inv = _byte_of_char()
+        ranks = {bytes(inv[c] for c in piece): i for piece, i in model["vocab"].items() if i not in special}
+        if len(ranks) != len(model["vocab"]) - len(special & set(model["vocab"].values())):
+            return None
+        pat = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+        twin = tiktoken.Encoding("scalelab-bpe", pat_str=pat, mergeable_ranks=ranks, special_tokens={})
+        for text in _TWIN_PROBES:
+            if twin.encode_ordinary(text) != tok.encode(text, add_special_tokens=False).ids:
+                return None
+        return twin
+    except Exception:  # noqa: BLE001 - any failure means: use tokenizers itself
+        return None
 
 
 def _train_bpe(texts: Iterable[str], vocab_size: int) -> HFBPETokenizer:
