@@ -62,3 +62,9 @@ def test_written_configs_are_runnable(tmp_path):
     assert (cfg.model.n_layer, cfg.model.d_model) == (m["n_layer"], m["d_model"])
     assert cfg.train.max_steps == m["steps"] and cfg.train.max_tokens is None
     assert cfg.out_dir == f"runs/fam/{m['name']}"
+
+
+def test_batch_splits_evenly_over_devices():
+    plan = plan_family(PlanRules(devices=8, max_micro_batch=16), sizes=[1e7, 6e8])
+    for m in plan["models"]:
+        assert m["batch_tokens"] % (m["micro_batch"] * m["seq_len"] * 8) == 0

@@ -79,3 +79,20 @@ def test_monotone_check_uses_seed_noise():
     assert ok["loss_decreases_beyond_noise"]
     noisy = check_monotone([size("a", 5.0, 0.3), size("b", 4.9, 0.3)])
     assert not noisy["loss_decreases_beyond_noise"]
+
+
+def test_gpu_study_config_plans_runnable_configs(tmp_path):
+    """configs/study-gpu.yaml (not run in CI) yields valid per-run configs for 8 GPUs."""
+    import pathlib
+
+    from scalelab.config import config_from_dict
+    from scalelab.scaling.study import make_plan, run_config_tree
+
+    cfg = load_study_config(pathlib.Path(__file__).parents[1] / "configs" / "study-gpu.yaml")
+    plan = make_plan(cfg, 50257, 9_900_000_000)
+    assert len(plan["models"]) == 8 and cfg.launcher.startswith("torchrun")
+    for m in plan["models"]:
+        tree = run_config_tree(cfg, m, 0, tmp_path / m["name"])
+        rc = config_from_dict(tree)
+        assert rc.train.batch_tokens % (rc.train.micro_batch * rc.model.seq_len * 8) == 0
+        assert rc.data.tokenizer == "gpt2" and rc.train.dtype == "bf16"

@@ -108,7 +108,7 @@ def cmd_plan(args) -> int:
 
     rules = PlanRules(vocab_size=args.vocab_size, seq_len=args.seq_len, tokens_per_param=args.tokens_per_param,
                       count=args.count, lr_rule=args.lr_rule, lr=args.lr, batch_tokens=args.batch_tokens,
-                      max_micro_batch=args.max_micro_batch, warmup_frac=args.warmup_frac,
+                      max_micro_batch=args.max_micro_batch, devices=args.devices, warmup_frac=args.warmup_frac,
                       aspect_ratio=args.aspect_ratio, head_dim=args.head_dim, multiple_of=args.multiple_of,
                       spacing=args.spacing, data_tokens=args.data_tokens)
     sizes = [parse_size(s) for s in args.sizes.split(",")] if args.sizes else None
@@ -228,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="override the peak learning rate")
     p.add_argument("--batch-tokens", type=int, help="override the batch size in tokens")
     p.add_argument("--max-micro-batch", type=int, default=16, help="sequences per device per micro-step")
+    p.add_argument("--devices", type=int, default=1, help="data-parallel processes per run (batch splits over them)")
     p.add_argument("--warmup-frac", type=float, default=0.02, help="warmup as a fraction of steps")
     p.add_argument("--aspect-ratio", type=float, default=64.0, help="d_model / n_layer target")
     p.add_argument("--head-dim", type=int, default=64)

@@ -44,6 +44,7 @@ class PlanRules:
     lr: float | None = None  # with lr_rule=fixed (or to override)
     batch_tokens: int | None = None  # fixed batch (tokens); None = from the rule
     max_micro_batch: int = 16  # sequences per device per micro-step
+    devices: int = 1  # data-parallel processes per run (the batch must split evenly over them)
     warmup_frac: float = 0.02
     aspect_ratio: float = 64.0
     head_dim: int = 64
@@ -79,10 +80,16 @@ def batch_for_compute(flops: float) -> float:
     return a * flops**b
 
 
-def _round_batch(tokens: float, seq_len: int, max_micro: int) -> tuple[int, int]:
-    """A power-of-two number of sequences near `tokens`, and a micro-batch that divides it."""
+def _round_batch(tokens: float, seq_len: int, max_micro: int, devices: int = 1) -> tuple[int, int]:
+    """A power-of-two number of sequences near `tokens` (at least one per device), and a
+    per-device micro-batch that divides it evenly across `devices`."""
     seqs = 2 ** max(0, round(math.log2(max(1.0, tokens / seq_len))))
-    micro = min(seqs, 2 ** int(math.log2(max(1, max_micro))))
+    while seqs % devices:
+        seqs *= 2 if devices % 2 == 0 else devices
+    seqs = max(seqs, devices)
+    micro = min(seqs // devices, 2 ** int(math.log2(max(1, max_micro))))
+    while (seqs // devices) % micro:
+        micro //= 2
     return seqs * seq_len, micro
 
 
@@ -114,9 +121,9 @@ def plan_model(target: float, rules: PlanRules, name: str | None = None) -> dict
     tokens = rules.tokens_per_param * n
     flops = 6.0 * n * tokens
     if rules.batch_tokens:
-        batch, micro = _round_batch(rules.batch_tokens, rules.seq_len, rules.max_micro_batch)
+        batch, micro = _round_batch(rules.batch_tokens, rules.seq_len, rules.max_micro_batch, rules.devices)
     elif rules.lr_rule == "deepseek":
-        batch, micro = _round_batch(batch_for_compute(flops), rules.seq_len, rules.max_micro_batch)
+        batch, micro = _round_batch(batch_for_compute(flops), rules.seq_len, rules.max_micro_batch, rules.devices)
     else:
         raise ConfigError("lr_rule=fixed needs batch_tokens")
     if rules.lr is not None:

@@ -46,6 +46,7 @@ class StudyPlan:
     lr: float | None = None
     batch_tokens: int | None = None
     max_micro_batch: int = 16
+    devices: int = 1  # processes per run (e.g. 8 with launcher "torchrun --nproc_per_node 8")
     warmup_frac: float = 0.02
     aspect_ratio: float = 64.0
     head_dim: int = 64
@@ -121,7 +122,7 @@ def make_plan(cfg: StudyConfig, vocab_size: int, data_tokens: int | None) -> dic
     for ratio in sp.tokens_per_param:
         rules = PlanRules(vocab_size=vocab_size, seq_len=base.model.seq_len, tokens_per_param=ratio,
                           count=sp.count, lr_rule=sp.lr_rule, lr=sp.lr, batch_tokens=sp.batch_tokens,
-                          max_micro_batch=sp.max_micro_batch, warmup_frac=sp.warmup_frac,
+                          max_micro_batch=sp.max_micro_batch, devices=sp.devices, warmup_frac=sp.warmup_frac,
                           aspect_ratio=sp.aspect_ratio, head_dim=sp.head_dim, mlp=base.model.mlp,
                           multiple_of=sp.multiple_of, tie_embeddings=base.model.tie_embeddings,
                           spacing=sp.spacing, data_tokens=data_tokens)
