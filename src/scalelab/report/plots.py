@@ -6,15 +6,23 @@
     final validation loss vs non-embedding parameters: one small marker per run (seed),
     the per-size mean with its 95% CI (Student-t over seeds, from ``results["sizes"]``),
     the fitted Kaplan-form law L(N) = E + A*N^-alpha with its 95% bootstrap band, and the
-    published exponents (Kaplan et al. 2020, Hoffmann et al. 2022) as reference text.
+    published exponents (Kaplan et al. 2020, Hoffmann et al. 2022) as reference text. With
+    several tokens-per-parameter ratios each ratio family has its own colour and marker, and
+    the Kaplan curve is drawn only over the family it was fitted on (``tokens_per_param``).
 ``metric_vs_params``
     one panel per downstream metric (bits per byte; each task's acc / acc_norm with the
     Wilson CIs stored per run; chance level dashed).
 ``loss_curves``
-    validation (solid) and training (faint) loss vs tokens for every run, colored by size.
+    validation (solid) and training (faint) loss vs tokens for every run, colored by size
+    (line style per ratio when there are several).
 ``compute_frontier``
-    every run's validation curve vs training FLOPs, their lower envelope, and the
-    Chinchilla compute-optimal loss L_opt(C) with its band when that fit is usable.
+    every run's validation curve vs training compute, their lower envelope, and the
+    Chinchilla compute-optimal loss L_opt(C) with its band when that fit is usable (then
+    the axis is C = 6·N·D with the fit's N, and L_opt is dotted where its N_opt or D_opt
+    lies outside the trained range).
+
+Sizes are only ever compared within one ratio family (``families``): "13K-r5" and
+"13K-r20" are the same model trained on different token counts.
 
 Bootstrap bands need the fit's bootstrap samples. A fit dict may carry them
 (``"samples": {"E": [...], "A": [...], "alpha": [...]}``); ``FitResult.to_dict()`` does
@@ -88,8 +96,61 @@ def run_n(run: dict, column: str = "non_embedding_params") -> float:
     return _num(v)
 
 
+def _plan_ratios(results: dict) -> dict[str, float]:
+    out = {}
+    for m in ((results.get("plan") or {}).get("models") or []):
+        if isinstance(m, dict) and _finite(m.get("ratio")):
+            out[str(m.get("name"))] = _num(m["ratio"])
+    return out
+
+
+def ratio_of(item: dict, results: dict) -> float | None:
+    """The tokens-per-parameter ratio (family) of a run or ``sizes`` row.
+
+    Its own ``ratio`` field; else the plan model of the same name; else the plan's single
+    ``tokens_per_param`` (older single-ratio studies); else None.
+    """
+    if _finite(item.get("ratio")):
+        return _num(item["ratio"])
+    by_name = _plan_ratios(results)
+    if str(item.get("name")) in by_name:
+        return by_name[str(item.get("name"))]
+    tpp = ((results.get("plan") or {}).get("rules") or {}).get("tokens_per_param")
+    return _num(tpp) if _finite(tpp) else None
+
+
+def study_ratios(results: dict) -> list[float]:
+    """The distinct tokens-per-parameter ratios of the finished runs (plan models as fallback)."""
+    rs = {ratio_of(r, results) for r in good_runs(results)} - {None}
+    if not rs:
+        rs = set(_plan_ratios(results).values())
+    return sorted(rs)
+
+
+def primary_ratio(results: dict) -> float | None:
+    """The ratio the study treats as primary (Kaplan fit, headline check).
+
+    ``checks.primary_ratio``, else the Kaplan fit's ``tokens_per_param``, else the study's
+    rule (20 when present, else the largest ratio); None when no ratio is known.
+    """
+    chk = results.get("checks")
+    if isinstance(chk, dict) and _finite(chk.get("primary_ratio")):
+        return _num(chk["primary_ratio"])
+    kap = (results.get("fits") or {}).get("kaplan")
+    if isinstance(kap, dict) and _finite(kap.get("tokens_per_param")):
+        return _num(kap["tokens_per_param"])
+    rs = study_ratios(results)
+    if not rs:
+        return None
+    return 20.0 if 20.0 in rs else rs[-1]
+
+
+def fmt_ratio(r) -> str:
+    return f"{_num(r):g}" if _finite(r) else "?"
+
+
 def size_rows(results: dict) -> list[dict]:
-    """Per-size summaries sorted by N: ``results["sizes"]``, or rebuilt from the runs if absent."""
+    """Per-size summaries sorted by ratio, then N: ``results["sizes"]``, or rebuilt from the runs if absent."""
     rows = [s for s in (results.get("sizes") or []) if isinstance(s, dict)]
     if not rows:
         from scalelab.eval.stats import mean_ci
@@ -99,13 +160,41 @@ def size_rows(results: dict) -> list[dict]:
             groups.setdefault(str(r.get("name", run_n(r))), []).append(r)
         for name, rs in groups.items():
             row = {"name": name, "non_embedding_params": run_n(rs[0]), "params": rs[0].get("params"),
-                   "tokens": rs[0].get("tokens"), "n_seeds": len(rs)}
+                   "tokens": rs[0].get("tokens"), "ratio": ratio_of(rs[0], results), "n_seeds": len(rs)}
             for key in ("loss", "val_bpb"):
                 vals = [_num(r.get(key)) for r in rs if _finite(r.get(key))]
                 if vals:
                     row[key] = mean_ci(vals)
             rows.append(row)
-    return sorted(rows, key=lambda s: _num(s.get("non_embedding_params", s.get("params"))))
+
+    def key(s):
+        r = ratio_of(s, results)
+        return (r if r is not None else -1.0, _num(s.get("non_embedding_params", s.get("params"))))
+
+    return sorted(rows, key=key)
+
+
+def families(results: dict) -> list[tuple[float | None, list[dict]]]:
+    """``[(ratio, size rows sorted by N), ...]`` sorted by ratio: the sizes that may be compared with each other."""
+    out: dict[float | None, list[dict]] = {}
+    for s in size_rows(results):
+        out.setdefault(ratio_of(s, results), []).append(s)
+    return list(out.items())
+
+
+FAMILY_COLORS = ("C0", "C2", "C1", "C4", "C5", "C6")
+FAMILY_MARKERS = ("s", "o", "^", "D", "v", "P")
+
+
+def family_styles(results: dict) -> dict[float | None, dict]:
+    """Colour, marker and line style per ratio family (primary family: solid line)."""
+    rs = study_ratios(results) or [None]
+    prim = primary_ratio(results)
+    out = {}
+    for i, r in enumerate(rs):
+        out[r] = {"color": FAMILY_COLORS[i % len(FAMILY_COLORS)], "marker": FAMILY_MARKERS[i % len(FAMILY_MARKERS)],
+                  "ls": "-" if (r == prim or len(rs) == 1) else ("--", ":", "-.")[i % 3]}
+    return out
 
 
 def fit_usable(fit: Any) -> bool:
@@ -161,6 +250,10 @@ def fit_samples(results: dict, law: str, max_boot: int = 200,
         return None, "the fit has no bootstrap refits"
     n_boot = min(n_boot, max_boot)
     runs = good_runs(results)
+    if law == "kaplan" and _finite(fit.get("tokens_per_param")):
+        runs = [r for r in runs if ratio_of(r, results) == _num(fit["tokens_per_param"])]
+    if _finite(fit.get("runs_used")) and int(_num(fit["runs_used"])) != len(runs):
+        return None, f"cannot rebuild the fit's {int(_num(fit['runs_used']))} runs from results.json ({len(runs)} found)"
     col = fit.get("n_column") or ("non_embedding_params" if law == "kaplan" else "params")
     N = np.array([run_n(r, col) for r in runs])
     L = np.array([_num(r["loss"]) for r in runs])
@@ -317,40 +410,72 @@ def _title(results: dict) -> str:
 
 def plot_loss_vs_params(results: dict, out_dir: Path, logy: bool = False,
                         samples: tuple[dict | None, str] | None = None) -> list[Path]:
+    """Loss vs N; with several tokens-per-parameter ratios, one colour and marker per ratio family,
+    and the Kaplan curve drawn only over the family it was fitted on."""
     runs = good_runs(results)
     fit = (results.get("fits") or {}).get("kaplan")
     col = (fit.get("n_column") if isinstance(fit, dict) else None) or "non_embedding_params"
-    fig = _new_figure(7.5, 5.2)
+    multi = len(study_ratios(results)) > 1
+    fig = _new_figure(7.5, 6.3 if multi else 5.2)
     ax = fig.add_subplot()
     Ns = np.array([run_n(r, col) for r in runs])
     Ls = np.array([_num(r["loss"]) for r in runs])
-    colors = _size_colors(Ns)
-    ax.scatter(Ns * _seed_offsets(runs), Ls, s=22, facecolor="none", edgecolor=[colors[float(n)] for n in Ns],
-               linewidth=1.2, alpha=0.8, zorder=5, label=f"single runs ({len(runs)}; seeds drawn side by side)")
-    rows = [s for s in size_rows(results) if isinstance(s.get("loss"), dict) and _finite(s["loss"].get("mean"))]
-    if rows:
+    fams = [(r, [s for s in rows if isinstance(s.get("loss"), dict) and _finite(s["loss"].get("mean"))])
+            for r, rows in families(results)]
+    styles = family_styles(results)
+    if multi:
+        for ratio in styles:
+            fr = [r for r in runs if ratio_of(r, results) == ratio]
+            if fr:
+                st = styles[ratio]
+                ax.scatter(np.array([run_n(r, col) for r in fr]) * _seed_offsets(fr), [_num(r["loss"]) for r in fr],
+                           s=24, marker=st["marker"], facecolor="none", edgecolor=st["color"], linewidth=1.1,
+                           alpha=0.8, zorder=5)
+    else:
+        colors = _size_colors(Ns)
+        ax.scatter(Ns * _seed_offsets(runs), Ls, s=22, facecolor="none", edgecolor=[colors[float(n)] for n in Ns],
+                   linewidth=1.2, alpha=0.8, zorder=5, label=f"single runs ({len(runs)}; seeds drawn side by side)")
+    all_xs = []
+    for ratio, rows in fams:
+        if not rows:
+            continue
         xs = np.array([_num(s.get(col, s.get("non_embedding_params", s.get("params")))) for s in rows])
+        all_xs += list(xs)
         m = np.array([_num(s["loss"]["mean"]) for s in rows])
         lo = np.array([_num(s["loss"].get("lo")) for s in rows])
         hi = np.array([_num(s["loss"].get("hi")) for s in rows])
         has = np.isfinite(lo) & np.isfinite(hi)
         err = np.vstack([np.where(has, m - lo, 0), np.where(has, hi - m, 0)])
         seeds = sorted({int(_num(s.get("n_seeds", s["loss"].get("n", 0))) or 0) for s in rows})
-        ax.errorbar(xs, m, yerr=err, fmt="o", ms=6, color="black", ecolor="black", elinewidth=1.4, capsize=4,
-                    zorder=4, label=f"mean per size, 95% CI over seeds (n={'/'.join(map(str, seeds))})")
+        st = styles.get(ratio, {"color": "black", "marker": "o"})
+        color, marker = (st["color"], st["marker"]) if multi else ("black", "o")
+        nr = sum(ratio_of(r, results) == ratio for r in runs)
+        label = (f"tokens/param = {fmt_ratio(ratio)}: mean per size, 95% CI over seeds (n={'/'.join(map(str, seeds))});"
+                 f" hollow: its {nr} runs" if multi else
+                 f"mean per size, 95% CI over seeds (n={'/'.join(map(str, seeds))})")
+        ax.errorbar(xs, m, yerr=err, fmt=marker, ms=6, color=color, ecolor=color, elinewidth=1.4, capsize=4,
+                    zorder=4, label=label)
         for x, y, s in zip(xs, m, rows):
             ax.annotate(str(s.get("name", "")), (x, y), textcoords="offset points", xytext=(7, 6), fontsize=8,
-                        color="0.25")
-    lo_x, hi_x = (Ns.min(), Ns.max()) if Ns.size else (1.0, 10.0)
+                        color=color if multi else "0.25")
     status = fit_status(fit)
     if status == "ok" and fit.get("law", "kaplan") == "kaplan":
-        grid = np.geomspace(lo_x / 1.4, hi_x * 1.4, 200)
+        fr = runs
+        fam_txt = ""
+        if _finite(fit.get("tokens_per_param")):
+            fr = [r for r in runs if ratio_of(r, results) == _num(fit["tokens_per_param"])] or runs
+            if multi:
+                fam_txt = f" on the tokens/param = {fmt_ratio(fit['tokens_per_param'])} runs only"
+        fN = np.array([run_n(r, col) for r in fr])
+        lo_x, hi_x = (fN.min(), fN.max()) if fN.size else (1.0, 10.0)
+        pad = 1.15 if multi else 1.4
+        grid = np.geomspace(lo_x / pad, hi_x * pad, 200)
         smp, how = samples if samples is not None else fit_samples(results, "kaplan")
         y, band = kaplan_curve(fit, grid, smp)
         ci = (fit.get("ci") or {}).get("alpha")
         E_txt = "0 (fixed)" if "E" in (fit.get("fixed") or {}) else f"{_num(fit.get('E')):.2f}"
         ax.plot(grid, y, color="C3", lw=2, zorder=2,
-                label=f"fit L = E + A·N$^{{-α}}$: α = {_ci_text(fit['alpha'], ci)}, E = {E_txt}")
+                label=f"fit L = E + A·N$^{{-α}}${fam_txt}: α = {_ci_text(fit['alpha'], ci)}, E = {E_txt}")
         if band is not None:
             ax.fill_between(grid, band[0], band[1], color="C3", alpha=0.18, lw=0, zorder=1,
                             label=f"95% band of the fitted curve: {how}")
@@ -358,6 +483,8 @@ def plot_loss_vs_params(results: dict, out_dir: Path, logy: bool = False,
             ax.plot([], [], " ", label=f"(no band: {how})")
     else:
         _note(ax, f"Kaplan-form fit {status}\n(no curve drawn)", loc="upper right", fontsize=8)
+    rows = bool(all_xs)
+    xs = np.array(all_xs)
     ax.set_xscale("log")
     if logy:
         ax.set_yscale("log")
@@ -368,11 +495,17 @@ def plot_loss_vs_params(results: dict, out_dir: Path, logy: bool = False,
     ax.set_title(f"Final validation loss vs model size — {_title(results)}")
     ax.grid(True, which="major", alpha=0.35)
     ax.grid(True, which="minor", alpha=0.12)
-    ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
-    _note(ax, "Published exponents (reference only, not drawn):\n"
-              f"Kaplan et al. 2020  α_N = {KAPLAN_ALPHA_N}  (pure power law, N→∞ data)\n"
-              f"Hoffmann et al. 2022  α = {CHINCHILLA_ALPHA}, β = {CHINCHILLA_BETA}  (L(N,D))",
-          loc="lower left", fontsize=7.5)
+    if multi:  # more entries, and the families fill the axes: legend (with the references) below the axes
+        ax.plot([], [], " ", label=f"published exponents (reference only, not drawn): Kaplan et al. 2020 "
+                                   f"α_N = {KAPLAN_ALPHA_N}; Hoffmann et al. 2022 α = {CHINCHILLA_ALPHA}, "
+                                   f"β = {CHINCHILLA_BETA}")
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", fontsize=8, framealpha=0.9)
+    else:
+        ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
+        _note(ax, "Published exponents (reference only, not drawn):\n"
+                  f"Kaplan et al. 2020  α_N = {KAPLAN_ALPHA_N}  (pure power law, N→∞ data)\n"
+                  f"Hoffmann et al. 2022  α = {CHINCHILLA_ALPHA}, β = {CHINCHILLA_BETA}  (L(N,D))",
+              loc="lower left", fontsize=7.5)
     return _save(fig, out_dir, "loss_vs_params")
 
 
@@ -410,22 +543,31 @@ def plot_metric_vs_params(results: dict, out_dir: Path) -> list[Path]:
     axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
     seeds = sorted({_num(r.get("seed")) for r in runs if _finite(r.get("seed"))})
     sizes = size_rows(results)
+    fams = families(results) or [(None, sizes)]
+    styles = family_styles(results)
     for ax, (key, title, series) in zip(axes, metrics):
         if key == "val_bpb":
-            rb = [r for r in runs if _finite(r.get("val_bpb"))]
-            Ns = np.array([run_n(r) for r in rb])
-            ys = np.array([_num(r["val_bpb"]) for r in rb])
-            ax.scatter(Ns * _seed_offsets(rb), ys, s=20, facecolor="none", edgecolor="C0", lw=1.1, alpha=0.8,
-                       zorder=5, label="single runs (seeds side by side)")
-            rows = [s for s in sizes if isinstance(s.get("val_bpb"), dict) and _finite(s["val_bpb"].get("mean"))]
-            if rows:
-                xs = np.array([_num(s.get("non_embedding_params", s.get("params"))) for s in rows])
-                m = np.array([_num(s["val_bpb"]["mean"]) for s in rows])
-                lo = np.array([_num(s["val_bpb"].get("lo")) for s in rows])
-                hi = np.array([_num(s["val_bpb"].get("hi")) for s in rows])
-                has = np.isfinite(lo) & np.isfinite(hi)
-                ax.errorbar(xs, m, yerr=np.vstack([np.where(has, m - lo, 0), np.where(has, hi - m, 0)]), fmt="o-",
-                            color="black", capsize=4, ms=5, lw=1, label="mean per size, 95% CI over seeds")
+            multi = len(fams) > 1
+            for ratio, frows in fams:
+                st = styles.get(ratio, {})
+                c_run, c_mean = (st["color"], st["color"]) if multi else ("C0", "black")
+                mk = st["marker"] if multi else "o"
+                tag = f"tokens/param = {fmt_ratio(ratio)}: " if multi else ""
+                rb = [r for r in runs if _finite(r.get("val_bpb")) and (not multi or ratio_of(r, results) == ratio)]
+                if rb:
+                    ax.scatter(np.array([run_n(r) for r in rb]) * _seed_offsets(rb), [_num(r["val_bpb"]) for r in rb],
+                               s=20, marker=mk, facecolor="none", edgecolor=c_run, lw=1.1, alpha=0.8, zorder=5,
+                               label=None if multi else "single runs (seeds side by side)")
+                rows = [s for s in frows if isinstance(s.get("val_bpb"), dict) and _finite(s["val_bpb"].get("mean"))]
+                if rows:
+                    xs = np.array([_num(s.get("non_embedding_params", s.get("params"))) for s in rows])
+                    m = np.array([_num(s["val_bpb"]["mean"]) for s in rows])
+                    lo = np.array([_num(s["val_bpb"].get("lo")) for s in rows])
+                    hi = np.array([_num(s["val_bpb"].get("hi")) for s in rows])
+                    has = np.isfinite(lo) & np.isfinite(hi)
+                    ax.errorbar(xs, m, yerr=np.vstack([np.where(has, m - lo, 0), np.where(has, hi - m, 0)]),
+                                fmt=mk, ls=st.get("ls", "-"), color=c_mean, capsize=4, ms=5, lw=1,
+                                label=f"{tag}mean per size, 95% CI over seeds" + (" (hollow: runs)" if multi else ""))
             ax.set_ylabel("bits per byte")
         else:
             chance = None
@@ -435,8 +577,9 @@ def plot_metric_vs_params(results: dict, out_dir: Path) -> list[Path]:
                 for r in runs:
                     d = (r.get("tasks") or {}).get(key) or {}
                     if _finite(d.get(metric)):
+                        rr = ratio_of(r, results)
                         pts.append((run_n(r), _num(r.get("seed")), _num(d[metric]), _num(d.get(f"{metric}_lo")),
-                                    _num(d.get(f"{metric}_hi"))))
+                                    _num(d.get(f"{metric}_hi")), _num(rr) if rr is not None else -1.0))
                         if _finite(d.get("chance")):
                             chance = _num(d["chance"])
                         if _finite(d.get("n")):
@@ -453,9 +596,14 @@ def plot_metric_vs_params(results: dict, out_dir: Path) -> list[Path]:
                 color = f"C{j}"
                 ax.errorbar(x, P[:, 2], yerr=yerr, fmt="o", ms=3.5, color=color, alpha=0.6, elinewidth=0.9,
                             capsize=2, label=f"{metric} per run (95% Wilson CI)")
-                uN = np.unique(P[:, 0])
-                ax.plot(uN, [P[P[:, 0] == n, 2].mean() for n in uN], "-", color=color, lw=1.5,
-                        label=f"{metric}: mean over seeds")
+                fam_r = np.unique(P[:, 5])
+                for rr in fam_r:  # one mean line per ratio family: never average across ratios
+                    Q = P[P[:, 5] == rr]
+                    uN = np.unique(Q[:, 0])
+                    st = styles.get(None if rr < 0 else float(rr), {})
+                    ax.plot(uN, [Q[Q[:, 0] == n, 2].mean() for n in uN], st.get("ls", "-") if len(fam_r) > 1 else "-",
+                            color=color, lw=1.5, label=f"{metric}: mean over seeds"
+                            + (f", tokens/param = {fmt_ratio(rr)}" if len(fam_r) > 1 else ""))
             if chance is not None:
                 ax.axhline(chance, ls="--", color="0.4", lw=1.2, label=f"chance ({chance:g})")
             if n_items:
@@ -481,7 +629,8 @@ def _curve(run: dict) -> list[dict]:
 
 def plot_loss_curves(results: dict, out_dir: Path, logy: bool = False) -> list[Path]:
     runs = [r for r in good_runs(results) if _curve(r)]
-    fig = _new_figure(7.5, 5.2)
+    multi, styles = len(study_ratios(results)) > 1, family_styles(results)
+    fig = _new_figure(7.5, 6.2 if multi else 5.2)
     ax = fig.add_subplot()
     colors = _size_colors([run_n(r) for r in runs] or [1.0])
     seen = set()
@@ -489,21 +638,23 @@ def plot_loss_curves(results: dict, out_dir: Path, logy: bool = False) -> list[P
         pts = _curve(r)
         t = np.array([_num(p["tokens"]) for p in pts])
         c = colors[float(run_n(r))]
+        ls = _run_ls(r, results, styles, multi)
         v = np.array([_num(p.get("val_loss")) for p in pts])
         tr = np.array([_num(p.get("train_loss")) for p in pts])
         label = None
         if run_n(r) not in seen:
             seen.add(run_n(r))
-            label = f"{r.get('name', '')} (N = {_fmt_count(run_n(r))})"
+            label = _size_label(r, multi)
         if np.isfinite(tr).any():
             ok = np.isfinite(tr)
-            ax.plot(t[ok], tr[ok], "-", color=c, lw=0.9, alpha=0.3)
+            ax.plot(t[ok], tr[ok], ls, color=c, lw=0.9, alpha=0.3)
         if np.isfinite(v).any():
             ok = np.isfinite(v)
-            ax.plot(t[ok], v[ok], "-", color=c, lw=1.6, alpha=0.9, marker=".", ms=3, label=label)
+            ax.plot(t[ok], v[ok], ls, color=c, lw=1.6, alpha=0.9, marker=".", ms=3, label=label)
     # the style key
     ax.plot([], [], "-", color="0.3", lw=1.6, label="validation loss")
     ax.plot([], [], "-", color="0.3", lw=0.9, alpha=0.3, label="training loss (faint)")
+    _ratio_key(ax, styles, multi, colors)
     train_tokens = _num((results.get("data") or {}).get("train_tokens"))
     if runs and math.isfinite(train_tokens) and train_tokens > 0:
         tmax = max(_num(p["tokens"]) for r in runs for p in _curve(r))
@@ -521,18 +672,69 @@ def plot_loss_curves(results: dict, out_dir: Path, logy: bool = False) -> list[P
     ax.set_title(f"Learning curves, all runs and seeds — {_title(results)}")
     ax.grid(True, which="major", alpha=0.35)
     ax.grid(True, which="minor", alpha=0.12)
-    ax.legend(fontsize=8, loc="lower left", framealpha=0.9)
+    _legend(fig, ax, multi, "lower left")
     return _save(fig, out_dir, "loss_curves")
 
 
-def frontier_points(results: dict) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _run_ls(run: dict, results: dict, styles: dict, multi: bool) -> str:
+    return styles.get(ratio_of(run, results), {}).get("ls", "-") if multi else "-"
+
+
+def _size_label(run: dict, multi: bool) -> str | None:
+    if multi:  # one colour per model size (proxy entries from _ratio_key); the ratio is the line style
+        return None
+    return f"{run.get('name', '')} (N = {_fmt_count(run_n(run))})"
+
+
+def _ratio_key(ax, styles: dict, multi: bool, colors: dict | None = None) -> None:
+    """Legend proxies for multi-ratio studies: a solid line per model size colour, a grey line per ratio style."""
+    if multi:
+        for n, c in sorted((colors or {}).items()):
+            ax.plot([], [], "-", color=c, lw=1.6, label=f"non-emb. N = {_fmt_count(n)}")
+        for ratio, st in styles.items():
+            ax.plot([], [], st["ls"], color="0.3", lw=1.4, label=f"tokens/param = {fmt_ratio(ratio)}")
+
+
+def _legend(fig, ax, multi: bool, loc: str) -> None:
+    """Inside the axes for one ratio; below them (two columns) when several ratios make the key long."""
+    if multi:
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=8, framealpha=0.9)
+    else:
+        ax.legend(fontsize=8, loc=loc, framealpha=0.9)
+
+
+def _flops_per_token(run: dict, n_column: str | None = None) -> float:
+    """Training FLOPs per token: 6·N with N = ``n_column`` when given, else the run's recorded FLOPs / tokens."""
+    if n_column:
+        return 6.0 * run_n(run, n_column)
+    if _finite(run.get("flops")) and _finite(run.get("tokens")) and _num(run["tokens"]) > 0:
+        return _num(run["flops"]) / _num(run["tokens"])
+    return 6.0 * run_n(run)
+
+
+def frontier_column(results: dict) -> str | None:
+    """The N convention of the compute axis: the Chinchilla fit's ``n_column`` when that fit is drawn
+    (its L_opt(C) assumes C = 6·N·D with that N), else None (the runs' recorded FLOPs)."""
+    fit = (results.get("fits") or {}).get("chinchilla")
+    if fit_status(fit) == "ok" and fit.get("n_column"):
+        return str(fit["n_column"])
+    return None
+
+
+def compute_axis_label(results: dict) -> str:
+    col = frontier_column(results)
+    if col == "params":
+        return "training compute C = 6 · N · D, N = total parameters (the Chinchilla fit's N)"
+    if col:
+        return f"training compute C = 6 · N · D, N = {col.replace('_', '-')} (the Chinchilla fit's N)"
+    return "training FLOPs C (≈ 6 · N · tokens)"
+
+
+def frontier_points(results: dict, n_column: str | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(C, L, size name) of every validation point of every run, C = tokens x FLOPs per token."""
     C, L, who = [], [], []
     for r in good_runs(results):
-        if _finite(r.get("flops")) and _finite(r.get("tokens")) and _num(r["tokens"]) > 0:
-            per_tok = _num(r["flops"]) / _num(r["tokens"])
-        else:
-            per_tok = 6.0 * run_n(r)
+        per_tok = _flops_per_token(r, n_column)
         for p in _curve(r):
             if _finite(p.get("val_loss")):
                 C.append(_num(p["tokens"]) * per_tok)
@@ -557,35 +759,64 @@ def lower_envelope(C: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return idx, C[idx], L[idx]
 
 
+def chinchilla_data_range(results: dict) -> dict | None:
+    """The N (in the Chinchilla fit's convention) and D ranges of the runs that fit was made on."""
+    fit = (results.get("fits") or {}).get("chinchilla")
+    if fit_status(fit) != "ok":
+        return None
+    col = fit.get("n_column") or "params"
+    runs = good_runs(results)
+    N = [run_n(r, col) for r in runs]
+    D = [_num(r.get("tokens")) for r in runs if _finite(r.get("tokens"))]
+    if not N or not D:
+        return None
+    return {"n_column": col, "N": (min(N), max(N)), "D": (min(D), max(D))}
+
+
+def opt_inside_data(results: dict, fit: dict, C) -> np.ndarray:
+    """True where the fit's compute-optimal N_opt and D_opt both lie inside the trained N and D ranges."""
+    from scalelab.scaling.fit import compute_optimal
+
+    C = np.atleast_1d(np.asarray(C, float))
+    rng = chinchilla_data_range(results)
+    if rng is None:
+        return np.zeros(C.shape, bool)
+    opt = compute_optimal(C, **{k: _num(fit[k]) for k in ("E", "A", "B", "alpha", "beta")})
+    N, D = np.asarray(opt["N_opt"], float), np.asarray(opt["D_opt"], float)
+    (n0, n1), (d0, d1) = rng["N"], rng["D"]
+    return (N >= n0 * 0.999) & (N <= n1 * 1.001) & (D >= d0 * 0.999) & (D <= d1 * 1.001)
+
+
 def plot_compute_frontier(results: dict, out_dir: Path, logy: bool = False,
                           samples: tuple[dict | None, str] | None = None) -> list[Path]:
     runs = [r for r in good_runs(results)]
-    fig = _new_figure(7.5, 5.2)
+    multi, styles = len(study_ratios(results)) > 1, family_styles(results)
+    fig = _new_figure(7.5, 6.4 if multi else 5.2)
     ax = fig.add_subplot()
+    col = frontier_column(results)  # the compute axis uses the Chinchilla fit's N when its L_opt(C) is drawn
     colors = _size_colors([run_n(r) for r in runs] or [1.0])
     seen = set()
     for r in sorted(runs, key=run_n):
-        if _finite(r.get("flops")) and _finite(r.get("tokens")) and _num(r["tokens"]) > 0:
-            per_tok = _num(r["flops"]) / _num(r["tokens"])
-        else:
-            per_tok = 6.0 * run_n(r)
+        per_tok = _flops_per_token(r, col)
         pts = [p for p in _curve(r) if _finite(p.get("val_loss"))]
         if not pts:
             continue
         label = None
         if run_n(r) not in seen:
             seen.add(run_n(r))
-            label = f"{r.get('name', '')} (N = {_fmt_count(run_n(r))})"
-        ax.plot([_num(p["tokens"]) * per_tok for p in pts], [_num(p["val_loss"]) for p in pts], "-",
-                color=colors[float(run_n(r))], lw=1.2, alpha=0.75, label=label)
-    C, L, _ = frontier_points(results)
+            label = _size_label(r, multi)
+        ax.plot([_num(p["tokens"]) * per_tok for p in pts], [_num(p["val_loss"]) for p in pts],
+                _run_ls(r, results, styles, multi), color=colors[float(run_n(r))], lw=1.2, alpha=0.75, label=label)
+    _ratio_key(ax, styles, multi, colors)
+    C, L, _ = frontier_points(results, col)
     if C.size:
         _, ec, el = lower_envelope(C, L)
         ax.plot(ec, el, "-", color="black", lw=5, alpha=0.22, solid_capstyle="round", zorder=1,
                 label="empirical frontier: lower envelope of all runs")
     fit = (results.get("fits") or {}).get("chinchilla")
     status = fit_status(fit)
-    finals = np.array([c for c in (_num(r.get("flops")) for r in runs) if math.isfinite(c) and c > 0])
+    finals = np.array([c for c in (_num(r.get("tokens")) * _flops_per_token(r, col) for r in runs)
+                       if math.isfinite(c) and c > 0])
     if finals.size and status == "ok" and C.size:
         ax.axvline(finals.max(), ls=":", color="0.45", lw=1)
         ax.text(finals.max(), 0.02, " largest run:\n beyond is\n extrapolation", transform=ax.get_xaxis_transform(),
@@ -595,7 +826,14 @@ def plot_compute_frontier(results: dict, out_dir: Path, logy: bool = False,
         grid = np.geomspace(c0, max(C.max(), c0) * 3, 200)
         smp, how = samples if samples is not None else fit_samples(results, "chinchilla")
         y, band = chinchilla_opt_curve(fit, grid, smp)
-        ax.plot(grid, y, "--", color="C3", lw=2, label="Chinchilla fit: predicted compute-optimal loss L_opt(C)")
+        inside = opt_inside_data(results, fit, grid)
+        lab = "Chinchilla fit: predicted compute-optimal loss L_opt(C)"
+        if inside.any():
+            ax.plot(grid, np.where(inside, y, np.nan), "--", color="C3", lw=2, label=lab)
+        if (~inside).any():
+            ax.plot(grid, np.where(inside, np.nan, y), ":", color="C3", lw=2,
+                    label=("Chinchilla fit: L_opt(C)" if not inside.any() else "L_opt(C)")
+                    + ", extrapolated\n(its N_opt or D_opt lies outside the trained range)")
         if band is not None:
             ax.fill_between(grid, band[0], band[1], color="C3", alpha=0.15, lw=0, label=f"95% band ({how})")
         else:
@@ -611,7 +849,7 @@ def plot_compute_frontier(results: dict, out_dir: Path, logy: bool = False,
                 grid_hi = max(grid.max(), xs.max())
                 if grid_hi > grid.max():
                     g2 = np.geomspace(grid.max(), grid_hi, 50)
-                    ax.plot(g2, chinchilla_opt_curve(fit, g2)[0], "--", color="C3", lw=2)
+                    ax.plot(g2, chinchilla_opt_curve(fit, g2)[0], ":", color="C3", lw=2)
             else:
                 ax.plot([], [], " ", label=f"(no band: {how})")
         if "warn" not in how:
@@ -625,12 +863,12 @@ def plot_compute_frontier(results: dict, out_dir: Path, logy: bool = False,
     ax.set_xscale("log")
     if logy:
         ax.set_yscale("log")
-    ax.set_xlabel("training FLOPs C (≈ 6 · N · tokens)")
+    ax.set_xlabel(compute_axis_label(results))
     ax.set_ylabel(LOSS_LABEL)
     ax.set_title(f"Loss vs training compute — {_title(results)}")
     ax.grid(True, which="major", alpha=0.35)
     ax.grid(True, which="minor", alpha=0.12)
-    ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
+    _legend(fig, ax, multi, "upper right")
     return _save(fig, out_dir, "compute_frontier")
 
 
