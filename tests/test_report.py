@@ -1,4 +1,10 @@
-"""Report: figures + NOTE.md from a study's results.json (fixture: tests/fixtures/study_results.json)."""
+"""Report: figures + NOTE.md from a study's results.json.
+
+Fixtures (tests/fixtures/make_study_results.py): ``study_results.json`` (one tokens-per-parameter
+ratio) and ``study_results_ratios.json`` (4 sizes x ratios 5 and 20 x 2 seeds, like
+configs/study-cpu.yaml; one step of the ratio-5 family is not beyond the noise, every step of
+the primary ratio-20 family is).
+"""
 from __future__ import annotations
 
 import copy
@@ -11,10 +17,11 @@ import pytest
 from scalelab.errors import DataError
 from scalelab.report import note as note_mod
 from scalelab.report import plots
-from scalelab.report.note import pairwise_check, write_note, write_report
+from scalelab.report.note import matched_compute_pairs, pairwise_check, study_check, write_note, write_report
 from scalelab.report.plots import lower_envelope
 
 FIXTURE = Path(__file__).parent / "fixtures" / "study_results.json"
+FIXTURE_RATIOS = Path(__file__).parent / "fixtures" / "study_results_ratios.json"
 STEMS = ("loss_vs_params", "metric_vs_params", "loss_curves", "compute_frontier")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -22,6 +29,11 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture
 def results() -> dict:
     return json.loads(FIXTURE.read_text())
+
+
+@pytest.fixture
+def ratios() -> dict:
+    return json.loads(FIXTURE_RATIOS.read_text())
 
 
 def _with_samples(res: dict, law: str = "kaplan", n: int = 40) -> dict:
@@ -192,3 +204,140 @@ def test_formatting_helpers():
     assert note_mod.fci(0.5, [None, 1]) == "0.500 [no CI]"
     assert note_mod.sci(3.05e11) == "3.05e11" and note_mod.sci(9.999e11) == "1.00e12"
     assert note_mod.count(50368) == "50.4K"
+
+
+# --------------------------------------------------------------------------------------
+# Studies with several tokens-per-parameter ratios
+# --------------------------------------------------------------------------------------
+
+
+def _section(text: str, start: str, end: str = "\n### ") -> str:
+    i = text.index(start)
+    j = text.find(end, i + len(start))
+    return text[i:j if j > 0 else None]
+
+
+def _table_rows(block: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines()
+            if line.startswith("| ") and not line.startswith("|---")]
+
+
+def _ratio_by_name(res: dict) -> dict:
+    return {s["name"]: s["ratio"] for s in res["sizes"]}
+
+
+def test_two_ratio_note(tmp_path, ratios):
+    text = write_note(ratios, tmp_path, []).read_text()
+    chk = ratios["checks"]
+    # summary: distinct sizes and ratios counted separately
+    assert "4 model sizes × 2 tokens-per-parameter ratios (5, 20) × 2 seeds = 16 runs" in text
+    assert "8 model sizes" not in text
+    assert "At the primary ratio (tokens/param = 20), mean final validation loss falls from" in text
+    # the verdict is the study's own check (true here, although one ratio-5 step fails the rule)
+    assert chk["loss_decreases_beyond_noise"] is True
+    assert any(not d["beyond_noise"] and not d["counts_for_verdict"] for d in chk["detail"])
+    assert "**Verdict: yes**" in text and "**Loss decreases with size beyond seed noise:** **yes**" in text
+    assert chk["rule"] in text
+    # §3.2: one row per detail row, never a pair across ratios; the counted family is marked
+    sec = _section(text, "### 3.2")
+    by_ratio = _ratio_by_name(ratios)
+    steps = [r[0] for r in _table_rows(sec) if "→" in r[0]]
+    assert sorted(steps) == sorted(f"{d['from']} → {d['to']}" for d in chk["detail"])
+    for st in steps:
+        a, b = st.split(" → ")
+        assert by_ratio[a] == by_ratio[b], st
+    assert "**tokens/param = 20** — counts for the verdict" in sec
+    assert "**tokens/param = 5** — for information (not in the verdict)" in sec
+    for d in chk["detail"]:
+        row = next(r for r in _table_rows(sec) if r[0] == f"{d['from']} → {d['to']}")
+        assert row[1] == f"{d['drop']:+.3f}" and row[3] == f"{d['z']:.2f}"
+        assert row[4] == ("**yes**" if d["beyond_noise"] else "no")
+    # §3.1 sorted by ratio, then size, with the ratio shown
+    rows = [r for r in _table_rows(_section(text, "### 3.1")) if r[0] != "tokens/param"]
+    keys = [(float(r[0]), int(r[2].replace(",", ""))) for r in rows]
+    assert keys == sorted(keys) and len(rows) == 8
+    # hyper-parameters, Kaplan fit family, Chinchilla collinearity, caveat
+    assert "D = r × N for r in {5, 20}" in text and "D = 20 × N tokens per model" not in text
+    k = ratios["fits"]["kaplan"]
+    assert f"fitted on the {k['runs_used']} runs at tokens/param = 20" in text
+    assert "nearly collinear" not in text
+    assert "Compute-optimal ratio not measured directly" in text and "assumed, not measured" not in text
+    assert "separate the N" in text and "IsoFLOP grid" in text
+    # appendix sorted by ratio too
+    app = _table_rows(_section(text, "### Appendix A"))[1:]
+    assert [by_ratio[r[0]] for r in app] == sorted(by_ratio[r[0]] for r in app)
+
+
+def test_note_follows_the_stored_verdict(tmp_path, ratios):
+    res = copy.deepcopy(ratios)
+    res["checks"]["loss_decreases_beyond_noise"] = False  # whatever the rows say, the study's verdict is the headline
+    text = write_note(res, tmp_path, []).read_text()
+    assert "**Verdict: no**" in text and "does not match its own rows" in text
+
+
+def test_legacy_checks_without_family_flags(tmp_path, ratios):
+    """A results.json written before per-family verdicts (like runs/study-cpu): every family counted."""
+    res = copy.deepcopy(ratios)
+    chk = res["checks"]
+    for d in chk["detail"]:
+        for key in ("ratio", "counts_for_verdict"):
+            d.pop(key)
+    chk.pop("primary_ratio")
+    chk["rule"] = "drop > 2 x combined stderr of the seed means"
+    chk["loss_decreases_beyond_noise"] = all(d["beyond_noise"] for d in chk["detail"])
+    assert chk["loss_decreases_beyond_noise"] is False
+    sc = study_check(res)
+    assert sc["verdict"] is False and not sc["per_family"] and all(x["counts"] for x in sc["steps"])
+    assert {x["ratio"] for x in sc["steps"]} == {5.0, 20.0}  # recovered from the sizes
+    text = write_note(res, tmp_path, []).read_text()
+    assert "**Verdict: no**" in text and "counts the steps of every family" in text
+    assert "Within the primary family alone (tokens/param = 20), 3 of 3 steps are beyond the noise" in text
+
+
+def test_check_recomputed_when_absent(tmp_path, ratios):
+    res = copy.deepcopy(ratios)
+    stored = res.pop("checks")
+    sc = study_check(res)
+    assert sc["source"] == "recomputed" and sc["verdict"] is stored["loss_decreases_beyond_noise"]
+    for x, d in zip(sc["steps"], stored["detail"]):
+        assert (x["from"], x["to"], x["counts"]) == (d["from"], d["to"], d["counts_for_verdict"])
+        assert x["z"] == pytest.approx(d["z"]) and x["beyond"] == d["beyond_noise"]
+    assert "has no usable `checks`" in write_note(res, tmp_path, []).read_text()
+
+
+def test_pairwise_and_matched_compute_stay_within_or_across_families(ratios):
+    by_ratio = _ratio_by_name(ratios)
+    pairs = pairwise_check(ratios)["pairs"]
+    assert len(pairs) == 6 and all(by_ratio[p["smaller"]] == by_ratio[p["larger"]] for p in pairs)
+    mc = matched_compute_pairs(ratios)
+    assert mc and all(by_ratio[m["high"]["name"]] > by_ratio[m["low"]["name"]] for m in mc)
+    assert all(0.8 < m["flops_high"] / m["flops_low"] < 1.25 for m in mc)
+
+
+def test_single_ratio_note_keeps_its_wording(tmp_path, results, ratios):
+    res = copy.deepcopy(results)
+    res["fits"]["chinchilla"] = copy.deepcopy(ratios["fits"]["chinchilla"])  # a usable fit with warnings
+    assert res["fits"]["chinchilla"]["warnings"]
+    text = write_note(res, tmp_path, []).read_text()
+    assert "4 model sizes at 20 tokens per parameter × 2 seeds = 8 runs" in text
+    assert "D = 20 × N tokens per model" in text and "nearly collinear" in text
+    assert "assumed, not measured" in text and "tokens/param" not in _section(text, "### 3.1")
+
+
+def test_kaplan_band_refits_only_its_family(ratios):
+    s, how = plots.fit_samples(ratios, "kaplan", max_boot=4)
+    assert s is not None, how  # a refit on all 16 runs would not reproduce the stored estimate
+    res = copy.deepcopy(ratios)
+    res["fits"]["kaplan"]["runs_used"] = 16
+    s, how = plots.fit_samples(res, "kaplan", max_boot=4)
+    assert s is None and "cannot rebuild" in how
+
+
+def test_two_ratio_report_figures(tmp_path, ratios):
+    res = _with_samples(_with_samples(ratios), "chinchilla")
+    study = _study(tmp_path, res)
+    out = write_report(study)
+    _check_files(out, study)
+    text = out["note"].read_text()
+    assert "drawn only over the family it was fitted on (tokens/param = 20)" in text
+    assert "C = 6·N·D with N = total parameters" in text  # Figure 4 uses the Chinchilla fit's N

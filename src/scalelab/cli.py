@@ -143,9 +143,13 @@ def cmd_study(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from scalelab.release_cli import format_report_run, is_run_dir, report_run
     from scalelab.report.note import write_report
 
-    out = write_report(args.study_dir)
+    if is_run_dir(args.target):  # a training run: model card, benchmark, loss curve, samples, write-up
+        print(format_report_run(report_run(args.target, samples=not args.no_samples)))
+        return 0
+    out = write_report(args.target)
     print(f"wrote {out['note']}")
     for f in out["figures"]:
         print(f"wrote {f}")
@@ -252,10 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_study)
 
-    p = sub.add_parser("report", help="figures and NOTE.md for a finished study dir",
-                       description="Regenerate figures/ and NOTE.md from STUDY_DIR/results.json.")
-    p.add_argument("study_dir")
+    p = sub.add_parser("report", help="documents for a study (NOTE.md + figures) or a training run (model card, ...)",
+                       description="For a study dir: regenerate figures/ and NOTE.md from results.json. For a "
+                       "training run dir: write MODEL_CARD.md, BENCHMARK.md, LOSS_CURVE.png, SAMPLES.md and "
+                       "WRITEUP.md from the run's files (and its eval/results.json when present).")
+    p.add_argument("target", metavar="STUDY_OR_RUN_DIR")
+    p.add_argument("--no-samples", action="store_true", help="run reports: skip generating SAMPLES.md")
     p.set_defaults(func=cmd_report)
+
+    from scalelab.release_cli import register as register_release
+
+    register_release(sub)
 
     return parser
 

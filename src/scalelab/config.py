@@ -87,6 +87,10 @@ class TrainConfig:
     # Evaluation, checkpoints, logging.
     eval_every: int = 100
     eval_tokens: int = 65536
+    # Zero-shot tasks scored at each evaluation on a fixed seeded subset (e.g. [hellaswag]);
+    # `scalelab eval --help` lists the task names.
+    eval_tasks: list[str] = field(default_factory=list)
+    eval_tasks_limit: int = 200
     ckpt_every: int = 200
     log_every: int = 10
     keep_best: bool = True
@@ -329,3 +333,4 @@ def validate(cfg: RunConfig) -> None:
     for key in ("eval_every", "ckpt_every", "log_every"):
         _check(getattr(t, key) >= 1, f"train.{key} must be >= 1, got {getattr(t, key)}")
     _check(t.eval_tokens >= m.seq_len, f"train.eval_tokens must be >= model.seq_len ({m.seq_len})")
+    _check(t.eval_tasks_limit >= 1, f"train.eval_tasks_limit must be >= 1, got {t.eval_tasks_limit}")

@@ -222,7 +222,8 @@ class Trainer:
         return min(candidates) if candidates else None
 
     def _maybe_resume(self) -> None:
-        ckpt_io.clean_stale(self.out_dir) if self.info.is_main else None
+        if self.info.is_main:
+            ckpt_io.clean_stale(self.out_dir)  # torn writes of a killed run
         barrier()
         path = ckpt_io.find_checkpoint(self.out_dir, "last")
         if path is None:
@@ -343,7 +344,29 @@ class Trainer:
         out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": int(sums[1].item())}
         if self.token_bytes is not None and sums[2] > 0:
             out["val_bpb"] = (sums[0] / (math.log(2) * sums[2])).item()
+        out.update(self._task_metrics(model))
         return out
+
+    def _task_metrics(self, model) -> dict[str, float]:
+        """Zero-shot task accuracy on a fixed subset (train.eval_tasks), logged as task_<name>."""
+        t = self.cfg.train
+        if not t.eval_tasks:
+            return {}
+        from scalelab.data.prepare import load_data_tokenizer
+        from scalelab.eval.tasks import run_tasks_in_training
+
+        if getattr(self, "_task_tokenizer", None) is None:
+            self._task_tokenizer = load_data_tokenizer(self.cfg.data.dir)
+            if self._task_tokenizer is None:
+                raise ConfigError(f"train.eval_tasks needs a tokenizer, and data dir '{self.cfg.data.dir}' has "
+                                  f"none; set train.eval_tasks=[] or use data prepared by `scalelab data`")
+        # Under FSDP the forward is collective: every rank scores the same requests.
+        if self.parallel != "fsdp" and not self.info.is_main:
+            return {}
+        target = self.ema.module if self.ema is not None else (model if self.parallel == "fsdp" else self.raw_model)
+        scores = run_tasks_in_training(target, self._task_tokenizer, list(t.eval_tasks), limit=t.eval_tasks_limit,
+                                       device=self.device, seed=self.cfg.seed)
+        return {f"task_{k}": float(v) for k, v in scores.items()}
 
     # -- the loop ------------------------------------------------------------
 

@@ -1,0 +1,159 @@
+"""CLI of the release pipeline: `scalelab lr-find`, `scalelab export`, and the run report.
+
+The main CLI calls `register(subparsers)` to add `lr-find` and `export`; `scalelab report
+PATH` calls `report_run(PATH)` when PATH is a training run (`is_run_dir(PATH)`) rather
+than a study dir. Each handler parses, calls one library function, prints a summary, and
+returns an exit code; user errors are ScalelabError (printed as one line by the main CLI).
+
+    scalelab lr-find configs/100m.yaml [key=value ...] [--min-lr 1e-6 --max-lr 1 --steps 100 --out DIR]
+    scalelab export runs/100m --hf export/100m [--which best|last] [--weights ema] [--push me/mini-gpt]
+    scalelab report runs/100m        # MODEL_CARD.md BENCHMARK.md LOSS_CURVE.png SAMPLES.md WRITEUP.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+LR_FIND_EPILOG = """The sweep uses the config's model, optimizer (AdamW groups, betas, weight decay),
+batch (train.batch_tokens with accumulation), clipping, dtype and data, on a fresh model.
+It writes lr_find.json and lr_find.png into --out (default OUT_DIR/lr_find, which
+`scalelab report RUN` reads). Suggested LR: the smoothed-loss minimum / 10 (steepest
+descent reported alongside). Overrides work as for `scalelab train`, e.g.
+  scalelab lr-find configs/100m.yaml train.batch_tokens=131072 --steps 200
+"""
+
+EXPORT_EPILOG = """OUT is loadable with transformers alone:
+  AutoModelForCausalLM.from_pretrained(OUT); AutoTokenizer.from_pretrained(OUT)
+The export is verified before it is moved into place (same token ids, logits within 1e-4
+in fp32). Only Llama-shaped checkpoints export (swiglu, no qk_norm, no logit_softcap).
+--push needs huggingface_hub and a login (huggingface-cli login or HF_TOKEN).
+"""
+
+
+def register(subparsers) -> None:
+    from scalelab.train.lr_find import LRFindSettings
+
+    d = LRFindSettings()
+    p = subparsers.add_parser(
+        "lr-find", help="LR range test: exponential LR sweep on a fresh model, suggested LR, plot",
+        description="Learning-rate range test (Smith 2017 / fastai): train a fresh copy of the config's model "
+        "while the LR grows exponentially from --min-lr to --max-lr; smooth the loss (bias-corrected EMA), stop "
+        "when it diverges, suggest an LR and plot loss vs LR.",
+        epilog=LR_FIND_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", help="YAML config, e.g. configs/100m.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, as for scalelab train")
+    p.add_argument("--min-lr", type=float, default=d.min_lr, help=f"start of the sweep (default {d.min_lr:g})")
+    p.add_argument("--max-lr", type=float, default=d.max_lr, help=f"end of the sweep (default {d.max_lr:g})")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps of the sweep (default {d.steps})")
+    p.add_argument("--beta", type=float, default=d.beta, help=f"EMA smoothing of the loss (default {d.beta})")
+    p.add_argument("--stop-factor", type=float, default=d.stop_factor,
+                   help=f"stop when the smoothed loss exceeds this x its best (default {d.stop_factor:g})")
+    p.add_argument("--out", help="output directory (default OUT_DIR/lr_find)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--json", action="store_true", help="print lr_find.json (without the per-step records)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_lr_find)
+
+    p = subparsers.add_parser(
+        "export", help="export a checkpoint as a Hugging Face Llama model directory (+ tokenizer, card)",
+        description="Write RUN's checkpoint as a transformers LlamaForCausalLM directory with its tokenizer, "
+        "generation config and model card, verified against the checkpoint; optionally push it to the Hub.",
+        epilog=EXPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="a run dir (with checkpoints/) or a checkpoint dir")
+    p.add_argument("--hf", required=True, metavar="OUT", help="output directory (must not exist, see --overwrite)")
+    p.add_argument("--which", choices=["last", "best"], default="last", help="which checkpoint of a run dir")
+    p.add_argument("--weights", choices=["model", "ema"], default="model",
+                   help="the trained weights, or their EMA (runs trained with train.ema_decay)")
+    p.add_argument("--tokenizer", help="tokenizer to use when the run's data dir is elsewhere (identity checked)")
+    p.add_argument("--push", metavar="REPO", help="also upload OUT to the Hugging Face Hub repo owner/name")
+    p.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT (atomically)")
+    p.add_argument("--no-verify", action="store_true", help="skip the reload-and-compare check")
+    p.add_argument("--json", action="store_true", help="print scalelab_export.json")
+    p.set_defaults(func=cmd_export)
+
+
+def _load_config(config: str | None, overrides: list[str]):
+    from scalelab.config import load_config
+
+    overrides = list(overrides)
+    if config and "=" in config and not config.endswith((".yaml", ".yml")):
+        overrides.insert(0, config)
+        config = None
+    return load_config(config, overrides)
+
+
+def cmd_lr_find(args) -> int:
+    from scalelab.train.lr_find import LRFindSettings, format_lr_find, lr_find
+
+    cfg = _load_config(args.config, args.overrides)
+    settings = LRFindSettings(min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps, beta=args.beta,
+                              stop_factor=args.stop_factor)
+    result = lr_find(cfg, settings, out_dir=args.out, device=args.device, progress=not (args.quiet or args.json))
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k not in ("records", "config")}, indent=2))
+    else:
+        print(format_lr_find(result))
+        print(f"wrote {result['json_path']} and {result['plot_path']}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from scalelab.export import export_hf, format_export
+
+    info = export_hf(args.run, args.hf, which=args.which, weights=args.weights, push=args.push,
+                     private=args.private, verify=not args.no_verify, overwrite=args.overwrite,
+                     tokenizer=args.tokenizer)
+    print(json.dumps(info, indent=2) if args.json else format_export(info))
+    return 0
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """A training run dir (what `scalelab train` writes), as opposed to a study dir."""
+    p = Path(path)
+    if (p / "results.json").is_file() and not (p / "metrics.jsonl").is_file():
+        return False  # a study (or an eval output dir)
+    return any((p / name).exists() for name in ("metrics.jsonl", "summary.json", "checkpoints"))
+
+
+def report_run(run_dir: str | Path, samples: bool = True, device: str | None = None) -> dict[str, Any]:
+    """Write the five report files of a training run; returns paths and headline numbers."""
+    from scalelab.report.run_report import report_run as _report_run
+
+    return _report_run(run_dir, samples=samples, device=device)
+
+
+def format_report_run(result: dict[str, Any]) -> str:
+    lines = [f"wrote {path}" for path in result["files"].values()]
+    if result.get("missing"):
+        lines.append("not available (said so in the documents): " + ", ".join(result["missing"]))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (`python -m scalelab.release_cli ...`), also used by the tests."""
+    from scalelab.errors import ScalelabError
+
+    parser = argparse.ArgumentParser(prog="scalelab")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    register(sub)
+    p = sub.add_parser("report", help="the report of a training run")
+    p.add_argument("run_dir")
+    p.add_argument("--no-samples", action="store_true")
+    p.set_defaults(func=lambda a: print(format_report_run(report_run(a.run_dir, samples=not a.no_samples))) or 0)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args) or 0
+    except ScalelabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
