@@ -239,15 +239,19 @@ def _parse_scalar(text: str) -> Any:
     return value
 
 
-def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `a.b.c=value` overrides to a nested dict (validated later by _build)."""
-    valid = all_keys()
+def apply_overrides(tree: dict[str, Any], overrides: list[str], valid: list[str] | None = None) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides to a nested dict (types are checked later by _build).
+
+    `valid`: the accepted dotted keys (default: RunConfig's); None-valued entries of a
+    caller's own schema can pass `valid=[]` to skip the key check (checked at build time).
+    """
+    valid = all_keys() if valid is None else valid
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.lr=3e-3)")
         key, text = item.split("=", 1)
         key = key.strip().lstrip("-")
-        if key not in valid:
+        if valid and key not in valid:
             raise ConfigError(_unknown_key_message(key, valid))
         node = tree
         parts = key.split(".")
@@ -259,19 +263,23 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return tree
 
 
+def load_yaml_mapping(path: str | Path, what: str = "config file", example: str = "configs/") -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping; clear errors for missing/invalid files."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} '{p}' does not exist; see {example} for examples")
+    try:
+        tree = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} '{p}' is not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{what} '{p}' must contain a mapping at the top level")
+    return tree
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML config (or defaults), apply overrides, validate. Raises ConfigError."""
-    tree: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file '{p}' does not exist; see configs/ for examples")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file '{p}' is not valid YAML: {e}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config file '{p}' must contain a mapping at the top level")
+    tree: dict[str, Any] = load_yaml_mapping(path) if path is not None else {}
     tree = apply_overrides(tree, overrides or [])
     cfg = _build(RunConfig, tree, "")
     validate(cfg)

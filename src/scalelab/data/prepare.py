@@ -35,6 +35,7 @@ from scalelab.data import shards as S
 from scalelab.data.sources import iter_documents
 from scalelab.data.tokenizer import Tokenizer, gpt2_tokenizer, load_tokenizer, train_tokenizer
 from scalelab.errors import DataError
+from scalelab.io import fsync_dir
 
 if TYPE_CHECKING:
     from scalelab.config import DataConfig
@@ -374,7 +375,7 @@ def _publish(tmp: Path, out: Path) -> None:
         old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
         os.replace(out, old)
     os.replace(tmp, out)
-    S._fsync_dir(out.parent)
+    fsync_dir(out.parent)
     if old is not None:
         if old.is_dir() and not old.is_symlink():
             shutil.rmtree(old, ignore_errors=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from scalelab.errors import DataError
+from scalelab.io import fsync_dir
 
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
@@ -76,19 +77,6 @@ def _header_array(version: int, num_tokens: int) -> np.ndarray:
     return header
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class ShardFileWriter:
     """Writes one shard incrementally into a temp file; `close()` publishes it atomically.
 
@@ -128,7 +116,7 @@ class ShardFileWriter:
         except BaseException:
             self.abort()
             raise
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         return self.path
 
     def abort(self) -> None:

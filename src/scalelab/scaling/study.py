@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from scalelab.config import RunConfig, build_dataclass, config_from_dict
+from scalelab.config import RunConfig, apply_overrides, build_dataclass, config_from_dict, load_yaml_mapping
 from scalelab.errors import ConfigError, ScalelabError, TrainingError
 from scalelab.io import atomic_write_json, atomic_write_text, git_hash, software_versions
 from scalelab.scaling.plan import PlanRules, parse_size, plan_family
@@ -73,27 +73,12 @@ class StudyConfig:
 
 
 def load_study_config(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"study config '{p}' does not exist; see configs/study-cpu.yaml")
-    try:
-        tree = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"study config '{p}' is not valid YAML: {e}") from None
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. seeds=[0,1,2])")
-        key, text = item.split("=", 1)
-        node = tree
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[parts[-1]] = yaml.safe_load(text)
+    tree = load_yaml_mapping(path, "study config", "configs/study-cpu.yaml")
+    # Keys are checked when the dataclass is built (base.* is a free-form training config).
+    tree = apply_overrides(tree, overrides or [], valid=[])
     cfg = build_dataclass(StudyConfig, tree)
     if not (cfg.plan.sizes or cfg.plan.compute):
-        raise ConfigError(f"study config '{p}': set plan.sizes (e.g. [10M, 50M]) or plan.compute")
+        raise ConfigError(f"study config '{path}': set plan.sizes (e.g. [10M, 50M]) or plan.compute")
     if not cfg.seeds:
         raise ConfigError("seeds must list at least one seed")
     if cfg.parallel_runs < 1:
