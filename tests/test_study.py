@@ -12,11 +12,17 @@ from scalelab.scaling.study import check_monotone, load_study_config, run_study
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
+    task = root / "news_topic.jsonl"  # a user task file: query / choices / gold
+    rows = [{"query": f"Article {i}: shares and profits rose. Topic:", "choices": [" business", " sport"], "gold": 0}
+            for i in range(6)] + [{"query": f"Match {i}: the team won the cup. Topic:",
+                                   "choices": [" business", " sport"], "gold": 1} for i in range(6)]
+    task.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = {
         "name": "mini", "out_dir": str(root / "out"), "seeds": [0, 1], "parallel_runs": 2,
         "plan": {"sizes": ["3K", "7K", "14K"], "tokens_per_param": [3], "batch_tokens": 1024,
                  "max_micro_batch": 16, "aspect_ratio": 16, "head_dim": 16, "multiple_of": 16, "lr": 0.02},
         "fit": {"n_boot": 20},
+        "eval": {"tasks": [str(task)], "limit": None},
         "base": {"data": {"source": "builtin:bbcnews", "max_docs": 150, "vocab_size": 384,
                           "dir": str(root / "data")},
                  "model": {"seq_len": 64},
@@ -36,6 +42,8 @@ def test_study_results_have_runs_sizes_fits_and_report(study):
     assert {r["seed"] for r in saved["runs"]} == {0, 1}
     for r in saved["runs"]:
         assert r["loss"] > 0 and r["tokens"] > 0 and r["curve"]
+        t = r["tasks"]["news_topic"]
+        assert t["n"] == 12 and 0 <= t["acc_lo"] <= t["acc"] <= t["acc_hi"] <= 1 and t["chance"] == 0.5
     sizes = saved["sizes"]
     assert len(sizes) == 3 and all(s["n_seeds"] == 2 for s in sizes)
     assert [s["non_embedding_params"] for s in sizes] == sorted(s["non_embedding_params"] for s in sizes)

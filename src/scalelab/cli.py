@@ -264,9 +264,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-samples", action="store_true", help="run reports: skip generating SAMPLES.md")
     p.set_defaults(func=cmd_report)
 
+    # Subcommands that live beside their library code.
+    from scalelab.eval.cli import register as register_eval
+    from scalelab.golf.cli import register as register_golf
     from scalelab.release_cli import register as register_release
+    from scalelab.tune.cli import register as register_tune
 
+    register_eval(sub)
     register_release(sub)
+    register_tune(sub)
+    register_golf(sub)
 
     return parser
 

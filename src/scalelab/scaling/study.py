@@ -61,6 +61,13 @@ class StudyFit:
 
 
 @dataclass
+class StudyEval:
+    tasks: list[str] = field(default_factory=list)  # zero-shot tasks per finished run, e.g. [hellaswag, arc_easy]
+    limit: int | None = 500  # fixed seeded subset per task (None = all examples)
+    seed: int = 0
+
+
+@dataclass
 class StudyConfig:
     name: str = "study"
     out_dir: str = "runs/study"
@@ -69,6 +76,7 @@ class StudyConfig:
     launcher: str = ""  # e.g. "torchrun --standalone --nproc_per_node 8"; empty = one process
     plan: StudyPlan = field(default_factory=StudyPlan)
     fit: StudyFit = field(default_factory=StudyFit)
+    eval: StudyEval = field(default_factory=StudyEval)
     base: dict[str, Any] = field(default_factory=dict)  # a training config: data, model, train sections
 
 
@@ -153,7 +161,7 @@ def _run_is_done(run_dir: Path, steps: int) -> bool:
         return False
 
 
-def _train_in_worker(config_path: str, run_dir: str, threads: int | None) -> None:
+def _train_in_worker(config_path: str, run_dir: str, threads: int | None, eval_cfg: StudyConfig | None = None) -> None:
     """Train one run inside a long-lived pool process (torch is imported once per worker,
     not once per run), with its output going to the run's train.log."""
     import contextlib
@@ -171,6 +179,8 @@ def _train_in_worker(config_path: str, run_dir: str, threads: int | None) -> Non
             contextlib.redirect_stderr(log):
         try:
             train(load_config(config_path))
+            if eval_cfg is not None and eval_cfg.eval.tasks:  # warm the eval cache while the pool is busy
+                evaluate_tasks({"run_dir": run_dir}, eval_cfg)
         except ScalelabError as e:
             print(f"error: {e}", flush=True)
             raise TrainingError(f"run {Path(run_dir).name} failed: {e}") from None
@@ -225,6 +235,45 @@ def collect_run(model: dict[str, Any], seed: int, run_dir: Path) -> dict[str, An
         "lr": model["lr"], "batch_tokens": model["batch_tokens"], "ratio": model.get("ratio"),
         "curve": _curve(run_dir),
     }
+
+
+def evaluate_tasks(run: dict[str, Any], cfg: StudyConfig) -> dict[str, Any]:
+    """Zero-shot task metrics (with 95% CIs) of a finished run, cached in <run_dir>/eval/."""
+    import json
+
+    from scalelab.eval.loading import load_model_for_eval
+    from scalelab.eval.tasks import evaluate, get_spec, write_results
+
+    out_dir = Path(run["run_dir"]) / "eval"
+    cached = out_dir / "results.json"
+    want = sorted(get_spec(t).name for t in cfg.eval.tasks)
+    results = None
+    if cached.is_file():
+        results = json.loads(cached.read_text())
+        conf = results.get("config", {})
+        if sorted(results.get("results", {})) != want or conf.get("limit") != cfg.eval.limit \
+                or conf.get("seed") != cfg.eval.seed:
+            results = None
+    if results is None:
+        model = load_model_for_eval(run["run_dir"])
+        results = evaluate(model, list(cfg.eval.tasks), limit=cfg.eval.limit, seed=cfg.eval.seed, progress=False)
+        write_results(results, out_dir)
+    tasks = {}
+    for name, res in results["results"].items():
+        row = {"n": res.get("n")}
+        for metric in ("acc", "acc_norm"):
+            if metric in res:
+                lo, hi = res.get(f"{metric}_ci") or [None, None]
+                row.update({metric: res[metric], f"{metric}_lo": lo, f"{metric}_hi": hi})
+        samples = results.get("samples", {}).get(name)
+        if isinstance(samples, list) and samples and "lls" in samples[0]:
+            row["chance"] = sum(1.0 / len(r["lls"]) for r in samples) / len(samples)
+        elif isinstance(samples, str) and (out_dir / samples).is_file():
+            recs = [json.loads(line) for line in (out_dir / samples).read_text().splitlines() if line]
+            if recs and "lls" in recs[0]:
+                row["chance"] = sum(1.0 / len(r["lls"]) for r in recs) / len(recs)
+        tasks[name] = row
+    return tasks
 
 
 def summarize_sizes(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -414,7 +463,7 @@ def run_study(path: str | Path, overrides: list[str] | None = None, *, progress:
         # spawn, not fork: forking a process that already runs torch threads is unsafe.
         with ProcessPoolExecutor(max_workers=min(cfg.parallel_runs, len(todo)),
                                  mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(_train_in_worker, str(job[3]), str(job[2]), threads): (job, time.perf_counter())
+            futures = {pool.submit(_train_in_worker, str(job[3]), str(job[2]), threads, cfg): (job, time.perf_counter())
                        for job in todo}
             for fut in as_completed(futures):
                 job, t0 = futures[fut]
@@ -428,6 +477,10 @@ def run_study(path: str | Path, overrides: list[str] | None = None, *, progress:
                             + errors[0])
 
     runs = [collect_run(m, seed, run_dir) for m, seed, run_dir, _ in jobs]
+    if cfg.eval.tasks:
+        say(f"evaluating {', '.join(cfg.eval.tasks)} on {len(runs)} runs (limit {cfg.eval.limit})", flush=True)
+        for r in runs:
+            r["tasks"] = evaluate_tasks(r, cfg)
     sizes = summarize_sizes(runs)
     results = {
         "format_version": FORMAT_VERSION, "kind": "scalelab.study", "name": cfg.name,
