@@ -1,0 +1,107 @@
+"""`scalelab tune` and `scalelab suggest`: argument parsing only; the work is in search.py / suggest.py.
+
+The main CLI calls `register(subparsers)` once.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def cmd_tune(args) -> int:
+    from scalelab.tune.search import load_tune_config, run_tune
+
+    overrides = list(args.overrides)
+    for key, value in (("trials", args.trials), ("budget_s", args.budget_s), ("budget_gpu_hours", args.budget_gpu_hours),
+                       ("out_dir", args.out), ("sampler", args.sampler), ("pruner", args.pruner)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    cfg = load_tune_config(args.config, overrides)
+    result = run_tune(cfg, progress=not (args.quiet or args.json))
+    if args.json:
+        slim = {k: v for k, v in result.items() if k != "trials"}
+        slim["trials"] = [{k: v for k, v in t.items() if k not in ("step_times", "intermediate_values")}
+                          for t in result["trials"]]
+        print(json.dumps(slim, indent=2, default=str))
+        return 0
+    w = result["winner"]
+    out = result["out_dir"]
+    if w:
+        val = (w.get("remeasured") or {})
+        print(f"best: trial #{w['trial']}, {w['value']:,.0f} tokens/s/proc"
+              + (f" [{val['lo']:,.0f}, {val['hi']:,.0f}]" if val.get("lo") is not None else "")
+              + f" ({result['winner_basis']})")
+        g = result.get("gain_over_default")
+        if g and g.get("ratio") not in (None, 1.0):
+            print(f"gain over default: {100 * (g['ratio'] - 1):+.1f}% [{100 * (g['lo'] - 1):+.1f}%, "
+                  f"{100 * (g['hi'] - 1):+.1f}%]")
+        c = result.get("comparison")
+        if c:
+            print("top configs " + ("distinguishable" if c["distinguishable"] else "NOT distinguishable")
+                  + f" (Welch p = {c['p_value']:.3g})")
+        print(f"run it: {w['command']}")
+    else:
+        print("no configuration completed; see the failure reasons in tune.json")
+    print(f"wrote {out}/tune.json, {out}/RECIPE.md, {out}/plots/")
+    return 0
+
+
+def cmd_suggest(args) -> int:
+    from scalelab.tune.suggest import format_suggestion, suggest
+
+    result = suggest(params=args.params, gpus=args.gpus, gpu_mem_gib=args.gpu_mem, tokens=args.tokens,
+                     seq_len=args.seq, vocab_size=args.vocab_size, gpu_name=args.gpu, peak_tflops=args.peak_tflops,
+                     mfu=args.mfu, calibrate=args.calibrate, global_batch_tokens=args.batch_tokens,
+                     max_micro_batch=args.max_micro_batch, dtype=args.dtype)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print(format_suggestion(result))
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "tune", help="search throughput knobs with Optuna (subprocess trials, CIs, pruning, SQLite, recipe)",
+        description="Search the fastest training configuration: each trial runs the base training config in a "
+        "fresh process (torchrun for several processes) with one setting of the knobs, measures tokens/s per "
+        "process after warm-up with a 95%% CI, and reports windows to the pruner. The study lives in "
+        "OUT/tune.db (resumable; optuna-dashboard sqlite:///OUT/tune.db). The best configs are re-measured "
+        "before the winner is declared. Writes OUT/tune.json, OUT/RECIPE.md and OUT/plots/.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="tune YAML: base training config + space + budget (e.g. configs/tune-cpu.yaml)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the tune YAML (e.g. measure_steps=20 "
+                   "base.train.threads=1)")
+    p.add_argument("--trials", type=int, help="total trials of the study (over all sessions)")
+    p.add_argument("--budget-s", dest="budget_s", type=float, help="wall-clock budget of the study in seconds")
+    p.add_argument("--budget-gpu-hours", dest="budget_gpu_hours", type=float,
+                   help="budget in GPU-hours (wall seconds = GPU-hours x 3600 / GPUs per trial)")
+    p.add_argument("--out", help="output directory (default: out_dir of the tune YAML)")
+    p.add_argument("--sampler", choices=["tpe", "random", "grid"], help="Optuna sampler (default tpe)")
+    p.add_argument("--pruner", choices=["percentile", "median", "none"], help="pruner of slow trials")
+    p.add_argument("--json", action="store_true", help="print tune.json (without per-step times)")
+    p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
+    p.set_defaults(func=cmd_tune)
+
+    p = subparsers.add_parser(
+        "suggest", help="a starting config for N params on G GPUs: parallelism, micro-batch, memory, tokens/s, time",
+        description="Suggest parallelism (DDP / FSDP), micro-batch, accumulation, activation checkpointing and loader "
+        "workers for a model of N non-embedding parameters on G GPUs of a given memory, with the estimated memory "
+        "per GPU, tokens/s per GPU and wall time -- each with the formula or measurement it came from.")
+    p.add_argument("--params", required=True, help="non-embedding parameters, e.g. 124M, 1.3B")
+    p.add_argument("--gpus", type=int, required=True, help="number of GPUs")
+    p.add_argument("--gpu-mem", dest="gpu_mem", type=float, required=True, help="memory per GPU in GiB, e.g. 80")
+    p.add_argument("--tokens", required=True, help="training tokens, e.g. 2.5B")
+    p.add_argument("--seq", type=int, default=1024, help="sequence length (default 1024)")
+    p.add_argument("--vocab-size", dest="vocab_size", type=int, default=50257, help="vocabulary (default 50257)")
+    p.add_argument("--gpu", default="H100", help="GPU name for the bf16 peak table (default H100)")
+    p.add_argument("--peak-tflops", dest="peak_tflops", type=float, help="bf16 peak TFLOP/s (overrides --gpu)")
+    p.add_argument("--mfu", type=float, default=None, help="assumed model FLOPs utilization (default 0.35)")
+    p.add_argument("--calibrate", help="a tune.json whose measured throughput calibrates the MFU")
+    p.add_argument("--batch-tokens", dest="batch_tokens", type=int, help="global batch in tokens (default: DeepSeek "
+                   "rule 0.292 C^0.3271)")
+    p.add_argument("--max-micro-batch", dest="max_micro_batch", type=int, default=64,
+                   help="largest micro-batch considered (default 64)")
+    p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="training precision (default bf16)")
+    p.add_argument("--json", action="store_true", help="print the suggestion as JSON")
+    p.set_defaults(func=cmd_suggest)

@@ -1,0 +1,624 @@
+"""`scalelab tune`: an Optuna search for the fastest training configuration under a budget.
+
+    run_tune(load_tune_config("configs/tune-cpu.yaml"))
+
+1. Load the tune config (base training config + search space + budget), resolve the space
+   against the hardware (knobs that mean nothing here are dropped with a note).
+2. Open (or resume) the Optuna study in SQLite (`sqlite:///OUT/tune.db`; watch it with
+   `optuna-dashboard sqlite:///OUT/tune.db`). Trials left RUNNING by an interrupted session
+   are marked failed ("interrupted"); finished trials are never repeated. The base
+   configuration is enqueued as trial 0, so the default is measured like any other.
+3. Search: ask the sampler (TPE by default; random, grid) for a configuration, run it
+   as a fresh subprocess (measure.py), report each window's tokens/s to the pruner, tell
+   the result. Failures (OOM, timeout, crash, config error) become FAIL trials with their
+   reason. A configuration already measured is not run again: its value (or its pruning,
+   or its deterministic failure) is reused, as in Optuna's FAQ; one that timed out or hung
+   gets another try. The search stops at `trials` (total, over all sessions) or when the
+   next trial would not fit in the search share of the budget.
+4. Re-measure the best `remeasure_top` configurations and the default, interleaved over
+   `remeasure_rounds` rounds (the search values of the winners are biased upward: they
+   won partly by luck). Results are stored in the study, so a resumed session reuses them.
+5. Analyse and write tune.json, plots and RECIPE.md (recipe.py).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import statistics
+import subprocess
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from scalelab.config import RunConfig, build_dataclass, load_config
+from scalelab.errors import ConfigError
+from scalelab.tune.measure import MeasureSettings, RunResult, measurement_overrides, run_measurement, train_command
+from scalelab.tune.space import Hardware, ResolvedSpace, parse_space, resolve_space
+
+SAMPLERS = ("tpe", "random", "grid")
+_TRANSIENT = ("timeout", "hang", "budget", "interrupted")  # failures worth another try
+
+PRUNERS = ("percentile", "median", "none")
+
+
+@dataclass
+class TuneConfig:
+    name: str = "tune"  # Optuna study name
+    out_dir: str = "runs/tune"
+    base: Any = None  # training config: a YAML path (relative to cwd or to this file) or an inline mapping
+    base_overrides: list[str] = field(default_factory=list)  # key=value applied to the base in every trial
+    device: str = "auto"  # auto | cpu | cuda
+    nproc: int = 0  # processes per trial (GPUs on CUDA, gloo processes on CPU); 0 = all GPUs / 1 on CPU
+    warmup_steps: int = 5  # dropped from every measurement
+    measure_steps: int = 30
+    windows: int = 5  # measured steps are cut into this many windows (pruning reports, batch means)
+    trials: int = 30  # total over all sessions of this study
+    budget_s: float | None = None  # wall seconds for the whole study (search + re-measurement)
+    budget_gpu_hours: float | None = None  # alternative: GPU-hours (= budget_s x nproc / 3600)
+    trial_timeout_s: float = 600.0
+    stall_timeout_s: float = 300.0
+    sampler: str = "tpe"  # tpe | random | grid
+    pruner: str = "percentile"  # percentile | median | none
+    prune_slowest: float = 25.0  # percentile pruner: stop a trial in the slowest 25% at a window
+    prune_startup_trials: int = 4  # no pruning before this many finished trials
+    importance: str = "fanova"  # fanova | ped-anova
+    seed: int = 0
+    remeasure_top: int = 3
+    remeasure_rounds: int = 1
+    remeasure_share: float = 0.25  # share of the budget kept for the re-measurement
+    storage: str | None = None  # default sqlite:///OUT_DIR/tune.db
+    space: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None  # the YAML file this came from (set by the loader)
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    node = tree
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def load_tune_config(path: str | Path, overrides: list[str] | None = None) -> TuneConfig:
+    """Read a tune YAML; `key=value` overrides set its keys: `trials=10`, `base.train.threads=1`
+    (appended to base_overrides when the base is a file), `space.train.compile=[false]`."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"tune config '{p}' does not exist; see configs/tune-cpu.yaml")
+    try:
+        tree = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"tune config '{p}' is not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"tune config '{p}' must hold a mapping at the top level")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. trials=10)")
+        key, text = item.split("=", 1)
+        key = key.strip().lstrip("-")
+        if key.startswith("base.") and not isinstance(tree.get("base"), dict):
+            tree.setdefault("base_overrides", []).append(key[len("base."):] + "=" + text)
+            continue
+        if key.startswith("space."):  # knob names contain dots: space.train.compile=[false]
+            if not isinstance(tree.get("space"), dict):
+                tree["space"] = {}
+            tree["space"][key[len("space."):]] = yaml.safe_load(text)
+            continue
+        _set_dotted(tree, key, yaml.safe_load(text))
+    tree["source"] = str(p)
+    cfg = build_dataclass(TuneConfig, tree)
+    validate_tune_config(cfg)
+    return cfg
+
+
+def validate_tune_config(cfg: TuneConfig) -> None:
+    def check(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(msg)
+
+    check(cfg.base is not None, "tune config: set 'base' to a training config (a YAML path or an inline mapping)")
+    check(isinstance(cfg.base, (str, dict)), f"tune config: 'base' must be a path or a mapping, got {cfg.base!r}")
+    check(cfg.sampler in SAMPLERS, f"tune config: sampler must be one of {', '.join(SAMPLERS)}; got '{cfg.sampler}'")
+    check(cfg.pruner in PRUNERS, f"tune config: pruner must be one of {', '.join(PRUNERS)}; got '{cfg.pruner}'")
+    check(cfg.importance in ("fanova", "ped-anova"), f"tune config: importance must be fanova or ped-anova; got "
+          f"'{cfg.importance}'")
+    check(cfg.device in ("auto", "cpu", "cuda"), f"tune config: device must be auto, cpu or cuda; got '{cfg.device}'")
+    check(cfg.nproc >= 0, f"tune config: nproc must be >= 0 (0 = auto), got {cfg.nproc}")
+    check(cfg.warmup_steps >= 0, f"tune config: warmup_steps must be >= 0, got {cfg.warmup_steps}")
+    check(cfg.measure_steps >= 2, f"tune config: measure_steps must be >= 2, got {cfg.measure_steps}")
+    check(2 <= cfg.windows <= cfg.measure_steps,
+          f"tune config: windows must be in [2, measure_steps={cfg.measure_steps}], got {cfg.windows}")
+    check(cfg.trials >= 1, f"tune config: trials must be >= 1, got {cfg.trials}")
+    for key in ("budget_s", "budget_gpu_hours"):
+        v = getattr(cfg, key)
+        check(v is None or v > 0, f"tune config: {key} must be > 0 (or null), got {v}")
+    check(cfg.trial_timeout_s > 0, "tune config: trial_timeout_s must be > 0")
+    check(0 <= cfg.remeasure_share < 1, "tune config: remeasure_share must be in [0, 1)")
+    check(cfg.remeasure_top >= 0 and cfg.remeasure_rounds >= 0, "tune config: remeasure_top/rounds must be >= 0")
+    check(0 < cfg.prune_slowest < 100, "tune config: prune_slowest must be in (0, 100) (percent of trials)")
+    parse_space(cfg.space)  # syntax errors now, not after the data is prepared
+
+
+# ---------------------------------------------------------------------------- set-up
+
+
+@dataclass
+class TuneSetup:
+    cfg: TuneConfig
+    out: Path
+    base_path: Path
+    base: RunConfig
+    hw: Hardware
+    space: ResolvedSpace
+    settings: MeasureSettings
+    tokens_per_step: float  # per process
+    model: dict[str, Any]  # sizes, flops per token
+    hardware: dict[str, Any]
+
+    def command(self, run_dir: Path, overrides: list[str]) -> list[str]:
+        over = merge_overrides(self.cfg.base_overrides,
+                               measurement_overrides(run_dir, self.settings, self.base.model.seq_len), overrides)
+        return train_command(self.base_path, over, self.hw.nproc)
+
+
+def merge_overrides(*groups: list[str]) -> list[str]:
+    """Concatenate key=value lists; a later group's key replaces an earlier one (in place)."""
+    merged: dict[str, str] = {}
+    for group in groups:
+        for item in group:
+            key = item.split("=", 1)[0].strip()
+            merged.pop(key, None)
+            merged[key] = item
+    return list(merged.values())
+
+
+def _resolve_base(cfg: TuneConfig, out: Path) -> Path:
+    if isinstance(cfg.base, dict):
+        path = out / "base.yaml"
+        from scalelab.io import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(cfg.base, sort_keys=False))
+        return path
+    p = Path(cfg.base)
+    if p.is_file():
+        return p
+    if cfg.source and (Path(cfg.source).parent / p).is_file():
+        return Path(cfg.source).parent / p
+    raise ConfigError(f"tune config: base training config '{cfg.base}' does not exist (relative to the current "
+                      f"directory or to the tune config)")
+
+
+def _hardware(device: str, nproc: int) -> Hardware:
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("tune config: device=cuda but no CUDA GPU is visible; use device: cpu (or auto)")
+    if nproc == 0:
+        nproc = torch.cuda.device_count() if device == "cuda" else 1
+    if device == "cuda" and nproc > torch.cuda.device_count():
+        raise ConfigError(f"tune config: nproc={nproc} but only {torch.cuda.device_count()} GPUs are visible")
+    return Hardware(device=device, nproc=nproc)
+
+
+def describe_hardware(hw: Hardware, threads: int | None) -> dict[str, Any]:
+    """Device name, count, peak FLOP/s (vendor table on GPU, measured matmul on CPU), load."""
+    import os
+    import platform
+
+    import torch
+
+    from scalelab.io import software_versions
+    from scalelab.train.hardware import gpu_peak_flops, machine_load, measure_matmul_peak
+
+    info: dict[str, Any] = {"device": hw.device, "nproc": hw.nproc, "cpu_count": os.cpu_count(),
+                            "load_avg_start": list(machine_load()), "platform": platform.platform(),
+                            "versions": software_versions()}
+    if hw.device == "cuda":
+        info["name"] = torch.cuda.get_device_name(0)
+        info["gpu_memory_gib"] = torch.cuda.get_device_properties(0).total_memory / 1024**3
+        info["peak_flops"] = gpu_peak_flops(0)
+        info["peak_source"] = "vendor dense bf16 peak (train/hardware.py table)"
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            for line in open("/proc/cpuinfo"):
+                if line.lower().startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        info["name"] = name
+        info["peak_flops"] = measure_matmul_peak(torch.float32, seconds=0.5, threads=threads or 1)
+        info["peak_source"] = f"measured fp32 matmul peak, {threads or 1} thread(s), at the start of this session"
+    return info
+
+
+def prepare(cfg: TuneConfig, progress: bool = True) -> TuneSetup:
+    """Everything before the first trial: base config, hardware, space, data, model size."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base_path = _resolve_base(cfg, out)
+    base = load_config(base_path, list(cfg.base_overrides) + ["train.max_steps=1"])
+    hw = _hardware(cfg.device, cfg.nproc)
+    space = resolve_space(parse_space(cfg.space), base, hw)
+    if not space.knobs:
+        raise ConfigError("tune config: no knob of the space applies to this hardware ("
+                          + "; ".join(f"{d['knob']}: {d['reason']}" for d in space.dropped) + ")")
+    settings = MeasureSettings(warmup_steps=cfg.warmup_steps, measure_steps=cfg.measure_steps, windows=cfg.windows,
+                               timeout_s=cfg.trial_timeout_s, stall_timeout_s=cfg.stall_timeout_s)
+    from scalelab.data.prepare import load_meta, prepare_data
+
+    data_dir = Path(base.data.dir)
+    if not (data_dir.is_dir() and any(data_dir.glob("train_*.bin"))):  # as the trainer does (ensure_data)
+        prepare_data(base.data, progress=progress)
+    meta = load_meta(base.data.dir)
+    vocab = base.model.vocab_size or (meta.get("tokenizer") or {}).get("vocab_size")
+    model: dict[str, Any] = {}
+    if vocab:
+        import dataclasses
+
+        from scalelab.model.sizing import count_params, flops_per_token
+
+        mcfg = dataclasses.replace(base.model, vocab_size=int(vocab))
+        model = {**count_params(mcfg), "flops_per_token": flops_per_token(mcfg), "config": dataclasses.asdict(mcfg)}
+    hardware = describe_hardware(hw, base.train.threads)
+    return TuneSetup(cfg=cfg, out=out, base_path=base_path, base=base, hw=hw, space=space, settings=settings,
+                     tokens_per_step=base.train.batch_tokens / hw.nproc, model=model, hardware=hardware)
+
+
+# ---------------------------------------------------------------------------- study
+
+
+def _sampler(name: str, space: ResolvedSpace, seed: int):
+    import optuna
+
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        return optuna.samplers.GridSampler(space.grid(), seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5, multivariate=True)
+
+
+def _pruner(cfg: TuneConfig):
+    import optuna
+
+    if cfg.pruner == "none":
+        return optuna.pruners.NopPruner()
+    # Optuna's percentile is the share of trials *kept* (25 keeps the top quarter); ours is the
+    # slowest share pruned, so "clearly slow" means what it says.
+    keep = 50.0 if cfg.pruner == "median" else 100.0 - cfg.prune_slowest
+    return optuna.pruners.PercentilePruner(keep, n_startup_trials=cfg.prune_startup_trials, n_warmup_steps=1)
+
+
+def fingerprint(setup: TuneSetup) -> dict[str, Any]:
+    """What makes measurements comparable: resuming with anything else is refused."""
+    base = setup.base.to_dict()
+    base["train"].pop("max_steps", None)
+    base.pop("out_dir", None)
+    return {"space": setup.space.grid(), "base": base, "nproc": setup.hw.nproc, "device": setup.hw.device,
+            "warmup_steps": setup.settings.warmup_steps, "measure_steps": setup.settings.measure_steps,
+            "windows": setup.settings.windows}
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def params_key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+def open_study(setup: TuneSetup, sampler_seed: int | None = None):
+    """Create or load the study; refuse to resume one measured differently."""
+    import optuna
+
+    cfg = setup.cfg
+    url = cfg.storage or f"sqlite:///{(setup.out / 'tune.db').resolve()}"
+    storage = optuna.storages.RDBStorage(url)
+    seed = cfg.seed if sampler_seed is None else sampler_seed
+    study = optuna.create_study(study_name=cfg.name, storage=storage, direction="maximize", load_if_exists=True,
+                                sampler=_sampler(cfg.sampler, setup.space, seed), pruner=_pruner(cfg))
+    fp = fingerprint(setup)
+    old = study.user_attrs.get("fingerprint")
+    if old is None:
+        study.set_user_attr("fingerprint", fp)
+        study.set_user_attr("fingerprint_digest", _digest(fp))
+        study.set_user_attr("default_params", setup.space.default_params)
+    elif _digest(old) != _digest(fp):
+        diff = [k for k in fp if json.dumps(fp[k], sort_keys=True, default=str)
+                != json.dumps(old.get(k), sort_keys=True, default=str)]
+        raise ConfigError(f"study '{cfg.name}' in {url} was measured with a different {', '.join(diff)}; "
+                          f"resume it with the same tune config, or choose another out_dir (--out)")
+    return study, storage
+
+
+def fail_interrupted(study, storage) -> int:
+    """Trials left RUNNING by a killed session: mark FAIL with reason 'interrupted'."""
+    from optuna.trial import TrialState
+
+    n = 0
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        if t.state == TrialState.WAITING:
+            continue
+        tid = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        storage.set_trial_user_attr(tid, "failure_kind", "interrupted")
+        storage.set_trial_user_attr(tid, "failure", "interrupted: the tuning session ended while this trial ran")
+        storage.set_trial_state_values(tid, TrialState.FAIL)
+        n += 1
+    return n
+
+
+def _distributions(space: ResolvedSpace):
+    from optuna.distributions import CategoricalDistribution
+
+    return {k.name: CategoricalDistribution(k.values) for k in space.knobs}
+
+
+def _fmt_params(params: dict[str, Any], default: dict[str, Any]) -> str:
+    from scalelab.tune.space import format_value, same_value
+
+    changed = [f"{k.replace('train.', '')}={format_value(v)}" for k, v in params.items()
+               if not same_value(v, default.get(k))]
+    return " ".join(changed) if changed else "(default config)"
+
+
+class _Clock:
+    """Wall time spent on the study over all sessions (stored in the study)."""
+
+    def __init__(self, study):
+        self.study = study
+        self.before = float(study.user_attrs.get("spent_s", 0.0))
+        self.t0 = time.monotonic()
+
+    def spent(self) -> float:
+        return self.before + time.monotonic() - self.t0
+
+    def save(self) -> None:
+        self.study.set_user_attr("spent_s", self.spent())
+
+
+def budget_seconds(cfg: TuneConfig, nproc: int) -> float | None:
+    if cfg.budget_s is not None:
+        return float(cfg.budget_s)
+    if cfg.budget_gpu_hours is not None:
+        return cfg.budget_gpu_hours * 3600.0 / max(1, nproc)
+    return None
+
+
+def _attrs_from_result(res: RunResult) -> dict[str, Any]:
+    attrs: dict[str, Any] = {"duration_s": round(res.duration_s, 3), "window_rates": res.window_rates,
+                             "step_times": res.step_times, "log": res.log}
+    if res.stats:
+        attrs.update({"ci_lo": res.stats["lo"], "ci_hi": res.stats["hi"], "stderr": res.stats["stderr"],
+                      "n_steps": res.stats["n_steps"], "n_windows": res.stats["n_windows"]})
+    if res.status != "ok":
+        attrs["failure_kind"] = res.kind
+        attrs["failure"] = res.reason
+    return attrs
+
+
+def _run_config(setup: TuneSetup, params: dict[str, Any], run_dir: Path, timeout_s: float | None,
+                on_window: Callable[[int, float], bool] | None = None) -> RunResult:
+    overrides, env = setup.space.split(params)
+    try:
+        res = run_measurement(setup.command(run_dir, overrides), run_dir, setup.tokens_per_step, setup.settings,
+                              env=env, on_window=on_window, timeout_s=timeout_s)
+    except (OSError, ValueError, subprocess.SubprocessError) as e:  # could not even start: still a failed trial
+        return RunResult(status="failed", kind="crash", reason=f"could not run the trial: {type(e).__name__}: {e}")
+    if res.kind == "timeout" and timeout_s is not None and timeout_s < setup.settings.timeout_s:
+        res.kind = "budget"
+        res.reason = f"budget: stopped after {res.duration_s:.0f} s, when the study's budget ran out"
+    return res
+
+
+def _tell(study, trial, *args, **kwargs) -> bool:
+    """study.tell; True when the grid sampler says the grid is exhausted.
+
+    GridSampler calls study.stop() after the last grid point, which Optuna refuses outside
+    optimize(); the trial's state is stored before that (in a `finally`), so it is safe to
+    catch here.
+    """
+    try:
+        study.tell(trial, *args, **kwargs)
+    except RuntimeError as e:
+        if "Study.stop" not in str(e):
+            raise
+        return True
+    return False
+
+
+def search(setup: TuneSetup, study, clock: _Clock, log: Callable[[str], None]) -> dict[str, Any]:
+    """The search loop (step 3 of the module doc). Returns notes on why it stopped."""
+    from optuna.trial import TrialState
+
+    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    cfg = setup.cfg
+    dists = _distributions(setup.space)
+    budget = budget_seconds(cfg, setup.hw.nproc)
+    search_budget = budget * (1.0 - cfg.remeasure_share) if budget else None
+    target = cfg.trials
+    if cfg.sampler == "grid":
+        target = min(target, setup.space.size() + 1)  # + the enqueued default
+    if not study.trials:
+        study.enqueue_trial(setup.space.default_params, user_attrs={"is_default": True})
+    stop_reason = "trials"
+    dup_streak = 0
+    while len(study.trials) < target:
+        done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+                and "duration_s" in t.user_attrs and t.user_attrs.get("duplicate_of") is None]
+        est = statistics.median([t.user_attrs["duration_s"] for t in done]) if done else 0.0
+        if search_budget is not None and clock.spent() + est > search_budget:
+            stop_reason = "budget"
+            break
+        trial = study.ask(dists)
+        params = dict(trial.params)
+        key = params_key(params)
+        if key == params_key(setup.space.default_params):
+            trial.set_user_attr("is_default", True)
+        earlier = [t for t in study.get_trials(deepcopy=False, states=finished)
+                   if params_key(t.params) == key and t.user_attrs.get("failure_kind") not in _TRANSIENT
+                   and t.user_attrs.get("duplicate_of") is None]
+        total = f"#{trial.number} ({trial.number + 1}/{target})"
+        if earlier:  # measured before: reuse the outcome (value, pruning or deterministic failure)
+            first = earlier[0]
+            trial.set_user_attr("duplicate_of", first.number)
+            for a in ("ci_lo", "ci_hi", "stderr", "failure_kind", "failure"):
+                if a in first.user_attrs:
+                    trial.set_user_attr(a, first.user_attrs[a])
+            if first.state == TrialState.COMPLETE:
+                exhausted = _tell(study, trial, first.value)
+            else:
+                exhausted = _tell(study, trial, state=first.state)
+            log(f"trial {total}: {_fmt_params(params, setup.space.default_params)} = trial #{first.number} "
+                f"(not run again)")
+            dup_streak += 1
+            if dup_streak >= 20 or exhausted:
+                stop_reason = "exhausted"
+                break
+            continue
+        dup_streak = 0
+        remaining = (budget - clock.spent()) if budget is not None else None
+
+        def on_window(i: int, rate: float) -> bool:
+            trial.report(rate, i)
+            return trial.should_prune()
+
+        res = _run_config(setup, params, setup.out / "trials" / f"{trial.number:04d}", remaining, on_window)
+        for k, v in _attrs_from_result(res).items():
+            trial.set_user_attr(k, v)
+        desc = _fmt_params(params, setup.space.default_params)
+        if res.status == "ok":
+            exhausted = _tell(study, trial, res.stats["mean"])
+            s = res.stats
+            log(f"trial {total}: {desc} -> {s['mean']:,.0f} tok/s/proc [{s['lo']:,.0f}, {s['hi']:,.0f}] "
+                f"({res.duration_s:.0f} s; spent {clock.spent():.0f}"
+                + (f"/{budget:.0f} s)" if budget else " s)"))
+        elif res.status == "pruned":
+            exhausted = _tell(study, trial, state=TrialState.PRUNED)
+            log(f"trial {total}: {desc} -> {res.reason}")
+        else:
+            exhausted = _tell(study, trial, state=TrialState.FAIL)
+            log(f"trial {total}: {desc} -> FAILED ({res.kind}): {res.reason}")
+        clock.save()
+        if res.kind == "budget":
+            stop_reason = "budget"
+            break
+        if exhausted:
+            stop_reason = "exhausted"
+            break
+    return {"stop_reason": stop_reason, "target_trials": target}
+
+
+def candidates(study, default_params: dict[str, Any], top: int) -> list:
+    """The best `top` distinct completed configurations, plus the default (if it completed)."""
+    from optuna.trial import TrialState
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("duplicate_of") is None]
+    done.sort(key=lambda t: t.value, reverse=True)
+    chosen, seen = [], set()
+    for t in done:
+        k = params_key(t.params)
+        if k in seen:
+            continue
+        seen.add(k)
+        if len(chosen) < top:
+            chosen.append(t)
+    dkey = params_key(default_params)
+    if not any(params_key(t.params) == dkey for t in chosen):
+        default = [t for t in done if params_key(t.params) == dkey]
+        if default:
+            chosen.append(default[0])
+    return chosen
+
+
+def remeasure(setup: TuneSetup, study, clock: _Clock, log: Callable[[str], None]) -> dict[str, Any]:
+    """Step 4: re-measure the candidates, interleaved by round; records live in the study."""
+    cfg = setup.cfg
+    records: dict[str, Any] = dict(study.user_attrs.get("remeasure", {}))
+    chosen = candidates(study, setup.space.default_params, cfg.remeasure_top) if cfg.remeasure_rounds else []
+    budget = budget_seconds(cfg, setup.hw.nproc)
+    skipped = []
+    for rnd in range(cfg.remeasure_rounds):
+        for t in chosen:
+            key = f"{t.number}:{rnd}"
+            if key in records:
+                continue
+            est = float(t.user_attrs.get("duration_s", 0.0))
+            remaining = (budget - clock.spent()) if budget is not None else None
+            if remaining is not None and est > remaining:
+                skipped.append(key)
+                continue
+            res = _run_config(setup, t.params, setup.out / "remeasure" / f"{t.number:04d}-r{rnd}", remaining)
+            rec = {"trial": t.number, "round": rnd, "status": res.status, "window_rates": res.window_rates,
+                   "duration_s": round(res.duration_s, 3)}
+            if res.stats:
+                rec.update({"mean": res.stats["mean"], "lo": res.stats["lo"], "hi": res.stats["hi"]})
+                log(f"re-measure trial #{t.number} (round {rnd + 1}/{cfg.remeasure_rounds}): "
+                    f"{res.stats['mean']:,.0f} tok/s/proc [{res.stats['lo']:,.0f}, {res.stats['hi']:,.0f}]")
+            else:
+                rec.update({"failure_kind": res.kind, "failure": res.reason})
+                log(f"re-measure trial #{t.number} (round {rnd + 1}): FAILED ({res.kind}): {res.reason}")
+            records[key] = rec
+            study.set_user_attr("remeasure", records)
+            clock.save()
+    return {"candidates": [t.number for t in chosen], "records": records, "skipped_for_budget": skipped}
+
+
+def run_tune(cfg: TuneConfig, progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) a tuning study end to end; returns the tune.json dict."""
+    import optuna
+
+    from scalelab.tune.recipe import analyze, write_outputs
+
+    if log is None:
+        log = (lambda msg: print(msg, flush=True)) if progress else (lambda msg: None)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    setup = prepare(cfg, progress=progress)
+    for d in setup.space.dropped:
+        log(f"note: knob {d['knob']} dropped: {d['reason']}")
+    for n in setup.space.notes:
+        log(f"note: {n}")
+    study, storage = open_study(setup)
+    interrupted = fail_interrupted(study, storage)
+    if interrupted:
+        log(f"note: {interrupted} trial(s) of an interrupted session marked failed")
+    # A resumed session draws fresh random numbers (the same seed would replay the first trials).
+    if study.trials:
+        study.sampler = _sampler(cfg.sampler, setup.space, cfg.seed + len(study.trials))
+    clock = _Clock(study)
+    budget = budget_seconds(cfg, setup.hw.nproc)
+    log(f"tune '{cfg.name}': {len(setup.space.knobs)} knobs ({setup.space.size():,} configurations), "
+        f"{setup.hw.nproc} x {setup.hw.device} per trial, {cfg.sampler} sampler, "
+        + (f"budget {budget:.0f} s ({clock.spent():.0f} s spent), " if budget else "")
+        + f"{len(study.trials)}/{cfg.trials} trials done -> {setup.out}")
+    try:
+        stop = search(setup, study, clock, log)
+        rm = remeasure(setup, study, clock, log)
+    finally:
+        clock.save()
+    setup.hardware["load_avg_end"] = list(__import__("scalelab.train.hardware", fromlist=["machine_load"])
+                                          .machine_load())
+    result = analyze(setup, study, rm, stop, clock.spent(), budget)
+    write_outputs(setup, study, result)
+    return result
+
+
+def copy_config(cfg: TuneConfig, **changes: Any) -> TuneConfig:
+    new = copy.deepcopy(cfg)
+    for k, v in changes.items():
+        if v is not None:
+            setattr(new, k, v)
+    validate_tune_config(new)
+    return new

@@ -1,0 +1,326 @@
+"""`scalelab suggest`: a starting configuration from model size, GPUs, GPU memory and tokens.
+
+Every number carries the formula or measurement it came from:
+- shape: model/sizing.shape_for_params (aspect ratio 64, head_dim 64, SwiGLU), the same
+  rule `scalelab plan` uses; parameters and FLOPs per token from model/sizing.py.
+- global batch: DeepSeek LLM's B_opt = 0.2920 C^0.3271 tokens with C = 6 N D
+  (scaling/plan.batch_for_compute), rounded to a power-of-two number of sequences that
+  the GPUs divide; learning rate 0.3118 C^-0.125 alongside.
+- memory per GPU: tune/memory.py (16 B/param mixed-precision AdamW, DDP buckets, FSDP
+  sharding, activations per layer after Korthikanti et al. 2022 for our block), against
+  `headroom x GiB - reserved` usable bytes (CUDA context, NCCL buffers, allocator
+  fragmentation).
+- choice: the first that fits of DDP without checkpointing, FSDP without checkpointing,
+  DDP with checkpointing, FSDP with checkpointing (one GPU: no parallelism), each with the
+  largest power-of-two micro-batch (<= max_micro_batch) that fits and divides the
+  per-GPU batch; accumulation makes up the global batch.
+- tokens/s/GPU = peak bf16 FLOP/s x MFU / (6N + 12 L H Q T) FLOPs per token, MFU assumed
+  (0.35) or calibrated from a tuning study's measured winner (--calibrate tune.json);
+  activation checkpointing recomputes the forward pass, so it multiplies by 3/4.
+- wall time = tokens / (tokens/s/GPU x GPUs). Communication is assumed overlapped.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from scalelab.errors import ConfigError, ScalelabError
+from scalelab.model.gpt import GPTConfig
+from scalelab.model.sizing import count_params, flops_per_token, shape_for_params
+from scalelab.tune.memory import GIB, MemorySetup, estimate_memory
+
+DEFAULT_MFU = 0.35
+HEADROOM = 0.90  # fraction of GPU memory the tensors may use (allocator fragmentation, spikes)
+RESERVED_GIB = 1.0  # CUDA context + NCCL buffers, outside the allocator's count
+CKPT_SPEED = 0.75  # recomputing the forward pass: 6N -> 8N FLOPs per token
+
+
+class DoesNotFitError(ScalelabError):
+    """The model cannot be trained on the given GPUs even with full sharding and checkpointing."""
+
+
+def _size(value: Any, what: str) -> float:
+    from scalelab.scaling.plan import parse_size
+
+    if isinstance(value, (int, float)):
+        if value <= 0:
+            raise ConfigError(f"{what} must be > 0, got {value}")
+        return float(value)
+    return parse_size(str(value))
+
+
+def model_for_params(params: float, seq_len: int, vocab_size: int) -> GPTConfig:
+    shape = shape_for_params(params)
+    return GPTConfig(vocab_size=vocab_size, seq_len=seq_len, **shape)
+
+
+def global_batch(params_nonemb: float, tokens: float, seq_len: int, gpus: int,
+                 batch_tokens: int | None = None) -> dict[str, Any]:
+    from scalelab.scaling.plan import batch_for_compute, lr_for_compute
+
+    C = 6.0 * params_nonemb * tokens
+    if batch_tokens:
+        target, rule = float(batch_tokens), "given (--batch-tokens)"
+    else:
+        target, rule = batch_for_compute(C), f"DeepSeek LLM: 0.2920 x C^0.3271 with C = 6 N D = {C:.3g}"
+    seqs = 2 ** max(0, round(math.log2(max(1.0, target / seq_len))))
+    seqs = max(seqs, gpus)
+    if seqs % gpus:
+        seqs = math.ceil(seqs / gpus) * gpus
+    return {"tokens": seqs * seq_len, "sequences": seqs, "target_tokens": target, "rule": rule,
+            "lr": lr_for_compute(C), "lr_rule": "DeepSeek LLM: 0.3118 x C^-0.125", "compute_6nd": C,
+            "rounding": "power-of-two sequences (at least one per GPU, a multiple of the GPU count)"}
+
+
+def _micro_options(per_gpu: int, max_micro: int) -> list[int]:
+    out, m = [], 1
+    while m <= min(per_gpu, max_micro):
+        if per_gpu % m == 0:
+            out.append(m)
+        m *= 2
+    return sorted(out, reverse=True)
+
+
+def _estimate(cfg: GPTConfig, mode: str, ckpt: bool, micro: int, gpus: int, dtype: str) -> dict[str, Any]:
+    return estimate_memory(cfg, MemorySetup(micro_batch=micro, world=gpus, parallel=mode, dtype=dtype,
+                                            checkpointing=ckpt, optimizer_temporaries=False))
+
+
+def choose_layout(cfg: GPTConfig, gpus: int, per_gpu_seqs: int, usable: float, max_micro: int,
+                  dtype: str = "bf16") -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The first fitting (parallel, checkpointing) in preference order with its largest micro-batch."""
+    modes = ["none"] if gpus == 1 else ["ddp", "fsdp"]
+    order = [(m, False) for m in modes] + [(m, True) for m in modes]
+    tried = []
+    chosen = None
+    for mode, ckpt in order:
+        fit = None
+        for micro in _micro_options(per_gpu_seqs, max_micro):
+            est = _estimate(cfg, mode, ckpt, micro, gpus, dtype)
+            if est["peak_bytes"] <= usable:
+                fit = (micro, est)
+                break
+        smallest = _estimate(cfg, mode, ckpt, 1, gpus, dtype)
+        tried.append({"parallel": mode, "checkpointing": ckpt, "max_micro_batch": fit[0] if fit else None,
+                      "peak_gib": (fit[1] if fit else smallest)["peak_gib"],
+                      "fits": fit is not None})
+        if fit and chosen is None:
+            chosen = {"parallel": mode, "checkpointing": ckpt, "micro_batch": fit[0], "memory": fit[1]}
+    return chosen, tried
+
+
+def _min_gpus(cfg: GPTConfig, usable: float, dtype: str) -> int | None:
+    """Fewest GPUs with which FSDP + checkpointing + micro-batch 1 fits (None: no count does)."""
+    g = 1
+    while g <= 2**20:
+        if _estimate(cfg, "fsdp", True, 1, g, dtype)["peak_bytes"] <= usable:
+            lo, hi = g // 2 + 1, g
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if _estimate(cfg, "fsdp", True, 1, mid, dtype)["peak_bytes"] <= usable:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            return max(1, lo)
+        g *= 2
+    return None
+
+
+def calibration_from(path: str | Path) -> dict[str, Any]:
+    """MFU measured by a tuning study's winner (with its CI)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--calibrate: '{p}' does not exist (give the tune.json of a `scalelab tune` run)")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--calibrate: '{p}' is not valid JSON ({e})") from None
+    if data.get("kind") != "scalelab.tune":
+        raise ConfigError(f"--calibrate: '{p}' is not a scalelab tune.json (kind={data.get('kind')!r})")
+    w = data.get("winner")
+    fpt = (data.get("model") or {}).get("flops_per_token")
+    peak = (data.get("hardware") or {}).get("peak_flops")
+    if not w or not fpt or not peak:
+        raise ConfigError(f"--calibrate: '{p}' has no completed winner with a model FLOP count and a device peak")
+    val = w.get("remeasured") or {"mean": w.get("value"), "lo": None, "hi": None}
+    ckpt = bool((w.get("params") or {}).get("train.activation_checkpointing", False))
+    scale = fpt / peak / (CKPT_SPEED if ckpt else 1.0)  # hardware utilization, recompute removed
+    hw = data.get("hardware") or {}
+    return {"source": str(p), "tokens_per_s": val.get("mean"), "lo": val.get("lo"), "hi": val.get("hi"),
+            "hfu": val["mean"] * scale, "hfu_lo": val["lo"] * scale if val.get("lo") else None,
+            "hfu_hi": val["hi"] * scale if val.get("hi") else None, "device": hw.get("device"),
+            "device_name": hw.get("name"), "flops_per_token": fpt, "peak_flops": peak,
+            "checkpointing": ckpt, "basis": data.get("winner_basis")}
+
+
+def suggest(params: Any, gpus: int, gpu_mem_gib: float, tokens: Any, seq_len: int = 1024, vocab_size: int = 50257,
+            gpu_name: str | None = "H100", peak_tflops: float | None = None, mfu: float | None = None,
+            calibrate: str | Path | None = None, global_batch_tokens: int | None = None,
+            max_micro_batch: int = 64, dtype: str = "bf16", headroom: float = HEADROOM,
+            reserved_gib: float = RESERVED_GIB) -> dict[str, Any]:
+    """The suggestion as a dict (see the module doc for every rule)."""
+    from scalelab.train.hardware import peak_for_name
+
+    N = _size(params, "--params")
+    D = _size(tokens, "--tokens")
+    if gpus < 1:
+        raise ConfigError(f"--gpus must be >= 1, got {gpus}")
+    if gpu_mem_gib <= 0:
+        raise ConfigError(f"--gpu-mem must be > 0 GiB, got {gpu_mem_gib}")
+    if seq_len < 2:
+        raise ConfigError(f"--seq must be >= 2, got {seq_len}")
+    if mfu is not None and not (0 < mfu <= 1):
+        raise ConfigError(f"--mfu must be in (0, 1], got {mfu}")
+    if dtype not in ("bf16", "fp32"):
+        raise ConfigError(f"dtype must be bf16 or fp32, got {dtype!r}")
+    cfg = model_for_params(N, seq_len, vocab_size)
+    sizes = count_params(cfg)
+    fpt = flops_per_token(cfg)
+    batch = global_batch(sizes["non_embedding"], D, seq_len, gpus, global_batch_tokens)
+    per_gpu = batch["sequences"] // gpus
+    usable = headroom * gpu_mem_gib * GIB - reserved_gib * GIB
+    chosen, tried = choose_layout(cfg, gpus, per_gpu, usable, max_micro_batch, dtype)
+    if chosen is None:
+        worst = _estimate(cfg, "fsdp" if gpus > 1 else "none", True, 1, gpus, dtype)
+        need = worst["peak_bytes"]
+        short = (need - usable) / GIB
+        g_min = _min_gpus(cfg, usable, dtype)
+        how = (f"it would fit on {g_min} GPUs of this size with FSDP" if g_min else
+               "no number of GPUs helps: the unsharded part (activations of one sequence, gathered blocks) "
+               "alone exceeds it; use a shorter --seq")
+        raise DoesNotFitError(
+            f"a {sizes['total'] / 1e6:,.0f}M-parameter model ({cfg.n_layer} x {cfg.d_model}, seq {seq_len}) does not fit "
+            f"on {gpus} GPU(s) of {gpu_mem_gib:g} GiB even with "
+            f"{'full FSDP sharding, ' if gpus > 1 else ''}activation checkpointing and micro-batch 1: it needs "
+            f"{need / GIB:.1f} GiB per GPU, {usable / GIB:.1f} GiB are usable ({headroom:.0%} of {gpu_mem_gib:g} GiB "
+            f"- {reserved_gib:g} GiB reserved): short by {short:.1f} GiB. {how[0].upper() + how[1:]}.")
+    micro = chosen["micro_batch"]
+    accum = per_gpu // micro
+    ckpt = chosen["checkpointing"]
+
+    # Throughput.
+    notes: list[str] = []
+    if peak_tflops:
+        peak, peak_src = peak_tflops * 1e12, "given (--peak-tflops)"
+    else:
+        peak = peak_for_name(gpu_name or "")
+        if peak is None:
+            raise ConfigError(f"unknown GPU '{gpu_name}' for the bf16 peak table; pass --peak-tflops (e.g. 989 for "
+                              f"an H100 SXM)")
+        peak_src = f"vendor dense bf16 peak of '{gpu_name}' (train/hardware.py)"
+    speed = CKPT_SPEED if ckpt else 1.0
+    tput: dict[str, Any]
+    if calibrate:
+        cal = calibration_from(calibrate)
+        hfu = cal["hfu"]
+        eff = hfu * speed
+        tput = {"tokens_per_s_per_gpu": peak * eff / fpt, "mfu": eff,
+                "lo": peak * cal["hfu_lo"] * speed / fpt if cal["hfu_lo"] else None,
+                "hi": peak * cal["hfu_hi"] * speed / fpt if cal["hfu_hi"] else None,
+                "source": f"calibrated: the measured winner of {cal['source']} ({cal['tokens_per_s']:,.0f} tokens/s per "
+                          f"process on {cal['device_name']}, {cal['basis']}) is {hfu:.1%} of that device's peak "
+                          f"({cal['peak_flops'] / 1e12:.3g} TFLOP/s) at {cal['flops_per_token']:.3g} FLOPs/token; "
+                          "the same utilization is assumed here", "calibration": cal}
+        if cal["device"] != "cuda":
+            notes.append("the calibration comes from a CPU study: its utilization of a measured CPU matmul peak "
+                         "says little about GPUs; prefer a study run on the target GPUs")
+        elif gpu_name and cal["device_name"] and gpu_name.upper() not in str(cal["device_name"]).upper():
+            notes.append(f"the calibration ran on {cal['device_name']}, not on {gpu_name}")
+    else:
+        m = DEFAULT_MFU if mfu is None else mfu
+        eff = m * speed
+        tput = {"tokens_per_s_per_gpu": peak * eff / fpt, "mfu": eff, "lo": None, "hi": None,
+                "source": (f"assumed MFU {m:.0%}" + (" (--mfu)" if mfu is not None else
+                           " (typical of tuned bf16 GPT training with torch.compile; calibrate with --calibrate "
+                           "tune.json from `scalelab tune` on the target GPUs)"))}
+    tput["formula"] = (f"peak {peak / 1e12:,.0f} TFLOP/s ({peak_src}) x MFU {eff:.3f}"
+                       + (" (x 3/4: checkpointing recomputes the forward)" if ckpt else "")
+                       + f" / {fpt:.4g} FLOPs/token (6N + 12 L H Q T, model/sizing.py)")
+    tok_s = tput["tokens_per_s_per_gpu"]
+    wall = D / (tok_s * gpus)
+    time_est = {"wall_s": wall, "wall_hours": wall / 3600, "gpu_hours": wall * gpus / 3600,
+                "formula": f"{D:.3g} tokens / ({tok_s:,.0f} tokens/s/GPU x {gpus} GPUs)"}
+    if tput.get("lo") and tput.get("hi"):
+        time_est["wall_hours_range"] = [D / (tput["hi"] * gpus) / 3600, D / (tput["lo"] * gpus) / 3600]
+
+    mem = chosen["memory"]
+    memory = {"peak_gib": mem["peak_gib"], "usable_gib": usable / GIB, "gpu_mem_gib": gpu_mem_gib,
+              "usable_formula": f"{headroom:.0%} x {gpu_mem_gib:g} GiB - {reserved_gib:g} GiB (CUDA context, NCCL)",
+              "peak_phase": mem["peak_phase"], "formula": mem["formula"], "precision": mem["precision"],
+              "terms": {k: {"gib": v["bytes"] / GIB, "formula": v["formula"]} for k, v in mem["terms"].items()},
+              "per_layer_bytes_per_token": mem["per_layer_bytes_per_token"],
+              "source": "tune/memory.py; checked against measured peaks in docs/bench-tune.md"}
+    reason = {
+        ("none", False): "one GPU: no data parallelism",
+        ("none", True): "one GPU; checkpointing needed to fit",
+        ("ddp", False): "the full model states fit on every GPU (DDP: least communication)",
+        ("fsdp", False): "the model states do not fit replicated; FSDP shards them over the GPUs",
+        ("ddp", True): "DDP fits only with activation checkpointing",
+        ("fsdp", True): "only full sharding plus activation checkpointing fits",
+    }[(chosen["parallel"], ckpt)]
+    parallel = chosen["parallel"] if gpus > 1 else "none"
+    overrides = [f"model.n_layer={cfg.n_layer}", f"model.d_model={cfg.d_model}", f"model.n_head={cfg.n_head}",
+                 f"model.seq_len={seq_len}", f"train.batch_tokens={batch['tokens']}", f"train.micro_batch={micro}",
+                 f"train.parallel={parallel}", f"train.activation_checkpointing={'true' if ckpt else 'false'}",
+                 f"train.dtype={dtype}", "train.loader_workers=2", "train.pin_memory=true",
+                 f"train.max_tokens={int(D)}", f"train.lr={batch['lr']:.3g}", "train.compile=true"]
+    launcher = f"torchrun --nproc_per_node={gpus} -m scalelab train" if gpus > 1 else "scalelab train"
+    return {
+        "kind": "scalelab.suggest",
+        "inputs": {"params": N, "gpus": gpus, "gpu_mem_gib": gpu_mem_gib, "tokens": D, "seq_len": seq_len,
+                   "vocab_size": vocab_size, "gpu": gpu_name, "dtype": dtype, "max_micro_batch": max_micro_batch},
+        "model": {"n_layer": cfg.n_layer, "d_model": cfg.d_model, "n_head": cfg.n_head, "ffn_dim": cfg.ffn_dim,
+                  **sizes, "flops_per_token": fpt,
+                  "source": "model/sizing.shape_for_params (aspect ratio 64, head_dim 64, SwiGLU) and count_params"},
+        "compute": {"flops": fpt * D, "flops_6nd": 6 * sizes["non_embedding"] * D,
+                    "formula": "FLOPs/token (6N + 12 L H Q T, N with lm_head) x tokens"},
+        "batch": {**batch, "per_gpu_sequences": per_gpu, "micro_batch": micro, "grad_accum": accum,
+                  "formula": f"{batch['sequences']} sequences = {gpus} GPUs x micro-batch {micro} x {accum} accumulation"},
+        "parallel": {"mode": parallel, "checkpointing": ckpt, "reason": reason, "options": tried},
+        "loader": {"workers": 2, "pin_memory": True,
+                   "reason": "the loader gathers windows from memory-mapped token shards (microseconds per batch); two "
+                             "workers per GPU keep it off the critical path -- confirm with `scalelab tune`"},
+        "memory": memory,
+        "throughput": tput,
+        "time": time_est,
+        "overrides": overrides,
+        "command": f"{launcher} CONFIG.yaml " + " ".join(overrides),
+        "notes": notes,
+    }
+
+
+def format_suggestion(s: dict[str, Any]) -> str:
+    m, b, p, mem, t, tm = s["model"], s["batch"], s["parallel"], s["memory"], s["throughput"], s["time"]
+    i = s["inputs"]
+    lines = [
+        f"model:       {m['n_layer']} x {m['d_model']} ({m['n_head']} heads, ffn {m['ffn_dim']}), "
+        f"{m['total']:,} params ({m['non_embedding']:,} non-embedding), {m['flops_per_token']:.3g} FLOPs/token",
+        f"             <- {m['source']}",
+        f"global batch {b['tokens']:,} tokens ({b['sequences']} x {i['seq_len']}); lr {b['lr']:.3g}",
+        f"             <- {b['rule']} = {b['target_tokens']:,.0f} tokens, {b['rounding']}",
+        f"layout:      {p['mode']}, activation checkpointing {'on' if p['checkpointing'] else 'off'}, "
+        f"micro-batch {b['micro_batch']}, accumulation {b['grad_accum']}",
+        f"             <- {p['reason']}; {b['formula']}",
+        f"loader:      {s['loader']['workers']} workers, pin_memory   <- {s['loader']['reason']}",
+        f"memory/GPU:  {mem['peak_gib']:.2f} GiB of {mem['usable_gib']:.1f} usable ({mem['usable_formula']})",
+    ]
+    for k, v in mem["terms"].items():
+        lines.append(f"   {k:20s} {v['gib']:8.2f} GiB  {v['formula']}")
+    lines.append(f"   peak at {mem['peak_phase']}: {mem['formula']}")
+    rng = f" [{t['lo']:,.0f}, {t['hi']:,.0f}]" if t.get("lo") and t.get("hi") else ""
+    lines += [
+        f"tokens/s/GPU {t['tokens_per_s_per_gpu']:,.0f}{rng} (MFU {t['mfu']:.1%})",
+        f"             <- {t['formula']}",
+        f"             <- {t['source']}",
+        f"time:        {tm['wall_hours']:,.1f} h wall, {tm['gpu_hours']:,.0f} GPU-hours   <- {tm['formula']}",
+    ]
+    for opt in p["options"]:
+        lines.append(f"   option {opt['parallel']:4s} ckpt={'on ' if opt['checkpointing'] else 'off'} "
+                     + (f"fits up to micro-batch {opt['max_micro_batch']} ({opt['peak_gib']:.1f} GiB)" if opt["fits"]
+                        else f"does not fit ({opt['peak_gib']:.1f} GiB at micro-batch 1)"))
+    for n in s["notes"]:
+        lines.append(f"note: {n}")
+    lines.append(f"run: {s['command']}")
+    return "\n".join(lines)

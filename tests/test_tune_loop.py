@@ -1,0 +1,249 @@
+"""The whole tuning loop with real training subprocesses on a tiny model, and the analysis
+(importance, distinguishability, gain, RECIPE.md) on a synthetic study."""
+import json
+import math
+
+import pytest
+import yaml
+
+from scalelab.config import load_config
+from scalelab.errors import ConfigError
+from scalelab.tune.search import load_tune_config, run_tune
+
+TINY_BASE = {
+    "data": {"source": "builtin:bbcnews", "max_docs": 150, "vocab_size": 384},
+    "model": {"n_layer": 2, "d_model": 64, "n_head": 2, "seq_len": 32},
+    "train": {"micro_batch": 8, "batch_tokens": 512, "threads": 1, "warmup_steps": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from scalelab.data.prepare import prepare_data
+
+    d = tmp_path_factory.mktemp("tune-data") / "bbc"
+    base = dict(TINY_BASE, data=dict(TINY_BASE["data"], dir=str(d)))
+    cfg = load_config(None, [f"{s}.{k}={v}" for s, sec in base.items() for k, v in sec.items()]
+                      + ["train.max_steps=1"])
+    prepare_data(cfg.data, progress=False)
+    return d
+
+
+def write_tune(tmp_path, data_dir, **kw):
+    base = json.loads(json.dumps(TINY_BASE))
+    base["data"]["dir"] = str(data_dir)
+    cfg = {"name": "t", "out_dir": str(tmp_path / "out"), "base": base, "warmup_steps": 2, "measure_steps": 6,
+           "windows": 3, "trial_timeout_s": 120, "stall_timeout_s": 60, "remeasure_top": 2, "remeasure_rounds": 1,
+           **kw}
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_full_loop_writes_outputs_records_failures_and_resumes(tmp_path, data_dir):
+    # Grid: micro-batch {4, 8} x prefetch_factor {2, 0}; 12 does not divide (excluded); prefetch_factor=0 is
+    # rejected by the trainer's config validation in the subprocess -> FAIL trials with the reason; the study
+    # goes on. Trial 0 is the default (8, 2); its grid twin is not run again.
+    path = write_tune(tmp_path, data_dir, sampler="grid", trials=5, space={
+        "train.micro_batch": [4, 8, 12],
+        "train.prefetch_factor": {"values": [2, 0], "requires": []},
+        "NCCL_ALGO": None,
+    })
+    cfg = load_tune_config(path)
+    logs = []
+    res = run_tune(cfg, progress=False, log=logs.append)
+    out = tmp_path / "out"
+    saved = json.loads((out / "tune.json").read_text())
+    assert saved["kind"] == "scalelab.tune" and len(saved["trials"]) == 5
+    assert {d["knob"] for d in saved["space"]["dropped"]} == {"NCCL_ALGO"}
+    assert any("[12] excluded" in n for n in saved["space"]["notes"])
+    states = [t["state"] for t in saved["trials"]]
+    assert states.count("FAIL") == 2 and states.count("COMPLETE") == 3
+    for t in saved["trials"]:
+        if t["state"] == "FAIL":
+            assert t["params"]["train.prefetch_factor"] == 0
+            assert t["failure_kind"] == "error" and "prefetch_factor must be >= 1" in t["failure"]
+        else:
+            assert t["value"] > 0 and t["ci"][0] < t["value"] < t["ci"][1]
+            if t["duplicate_of"] is None:
+                assert len(t["window_rates"]) == 3 and len(t["step_times"]) == 8
+    assert saved["trials"][0]["is_default"]
+    dups = [t for t in saved["trials"] if t["duplicate_of"] is not None]
+    assert len(dups) == 1 and dups[0]["duplicate_of"] == 0
+    assert saved["counts"]["failures"] == {"error": 2}
+    # re-measurement of the 2 distinct completed configs (one is the default)
+    cands = saved["remeasure"]["candidates"]
+    assert len(cands) == 2 and all(c["remeasured"] and c["remeasured"]["n_windows"] == 3 for c in cands)
+    w = saved["winner"]
+    assert w["trial"] in (c["trial"] for c in cands) and saved["winner_basis"] == "re-measured"
+    assert w["command"].startswith("scalelab train ") and "train.micro_batch=" in w["command"]
+    assert saved["comparison"] is not None and 0 <= saved["comparison"]["p_value"] <= 1
+    assert saved["gain_over_default"]["ratio"] >= 1.0
+    assert saved["hardware"]["device"] == "cpu" and saved["hardware"]["peak_flops"] > 0
+    recipe = (out / "RECIPE.md").read_text()
+    assert "## Best configuration" in recipe and w["command"] in recipe and "NCCL_ALGO: not searched" in recipe
+    for name in ("history", "parallel_coordinate", "remeasure"):
+        assert (out / "plots" / f"{name}.png").stat().st_size > 1000
+    assert (out / "tune.db").is_file()
+    assert any("FAILED (error)" in line for line in logs)
+
+    # Resume: same study, nothing left to do -> no trial and no re-measurement runs again.
+    trial_dirs = sorted(p.name for p in (out / "trials").iterdir())
+    mtimes = {p: p.stat().st_mtime for p in (out / "trials").rglob("metrics.jsonl")}
+    logs2 = []
+    res2 = run_tune(load_tune_config(path), progress=False, log=logs2.append)
+    assert len(res2["trials"]) == 5 and sorted(p.name for p in (out / "trials").iterdir()) == trial_dirs
+    assert {p: p.stat().st_mtime for p in (out / "trials").rglob("metrics.jsonl")} == mtimes
+    assert not any(line.startswith(("trial ", "re-measure")) for line in logs2)
+    assert res2["winner"]["trial"] == res["winner"]["trial"]
+
+    # Resuming with a different space is refused with a clear message.
+    other = write_tune(tmp_path, data_dir, sampler="grid", trials=5, space={"train.micro_batch": [4, 8]})
+    with pytest.raises(ConfigError, match="different space"):
+        run_tune(load_tune_config(other), progress=False, log=lambda m: None)
+
+
+def test_timeouts_are_recorded_and_the_study_goes_on(tmp_path, data_dir):
+    path = write_tune(tmp_path, data_dir, sampler="random", trials=2, trial_timeout_s=1.5, remeasure_rounds=0,
+                      space={"train.micro_batch": [4, 8]})
+    res = run_tune(load_tune_config(path), progress=False, log=lambda m: None)
+    assert [t["state"] for t in res["trials"]] == ["FAIL", "FAIL"]
+    assert all(t["failure_kind"] == "timeout" and "process group killed" in t["failure"] for t in res["trials"])
+    assert res["winner"] is None
+    assert "No configuration completed" in (tmp_path / "out" / "RECIPE.md").read_text()
+
+
+def test_interrupted_trial_is_marked_failed_on_resume(tmp_path, data_dir):
+    import optuna
+
+    from scalelab.tune.search import fail_interrupted, open_study, prepare
+
+    path = write_tune(tmp_path, data_dir, trials=1, space={"train.micro_batch": [4, 8]})
+    setup = prepare(load_tune_config(path), progress=False)
+    study, storage = open_study(setup)
+    study.ask()  # a session killed here leaves this trial RUNNING
+    study2, storage2 = open_study(setup)
+    assert fail_interrupted(study2, storage2) == 1
+    t = study2.trials[0]
+    assert t.state == optuna.trial.TrialState.FAIL and t.user_attrs["failure_kind"] == "interrupted"
+
+
+def test_budget_stops_the_search(tmp_path, data_dir):
+    path = write_tune(tmp_path, data_dir, trials=50, budget_s=1.0, remeasure_rounds=0,
+                      space={"train.micro_batch": [4, 8]})
+    res = run_tune(load_tune_config(path), progress=False, log=lambda m: None)
+    # The first trial starts (nothing to estimate from) and is stopped by the budget.
+    assert len(res["trials"]) == 1 and res["budget"]["stop_reason"] == "budget"
+    assert res["trials"][0]["failure_kind"] == "budget"
+
+
+def test_analysis_on_a_synthetic_study(tmp_path, data_dir):
+    """Importance, distinguishability and gain, without running trials: a study where
+    micro_batch matters a lot and loader_workers not at all."""
+    import numpy as np
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    from scalelab.tune.recipe import analyze, recipe_markdown, write_outputs
+    from scalelab.tune.search import prepare
+
+    path = write_tune(tmp_path, data_dir, space={"train.micro_batch": [2, 4, 8, 16],
+                                                 "train.loader_workers": [0, 1, 2]})
+    setup = prepare(load_tune_config(path), progress=False)
+    study = optuna.create_study(direction="maximize")
+    rng = np.random.default_rng(0)
+    dists = {k.name: CategoricalDistribution(k.values) for k in setup.space.knobs}
+    speed = {2: 1000.0, 4: 1500.0, 8: 2000.0, 16: 2600.0}
+    for i in range(16):
+        params = {"train.micro_batch": [2, 4, 8, 16][i % 4], "train.loader_workers": [0, 1, 2][(i // 4) % 3]}
+        rates = list(speed[params["train.micro_batch"]] + rng.normal(0, 20, 3))
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=float(np.mean(rates)),
+                                                  user_attrs={"window_rates": rates, "duration_s": 1.0}))
+    # default (micro 8, workers 0) = trial 2; best = 16 (trials 3, 7, 11, 15)
+    records = {}
+    for n, base_rate in ((3, 2600.0), (15, 2590.0), (2, 2000.0)):
+        records[f"{n}:0"] = {"trial": n, "round": 0, "status": "ok",
+                             "window_rates": list(base_rate + rng.normal(0, 20, 6))}
+    rm = {"candidates": [3, 15, 2], "records": records}
+    res = analyze(setup, study, rm, {"stop_reason": "trials", "target_trials": 16}, 10.0, None)
+    assert res["importance"]["evaluator"] == "fANOVA"
+    assert res["top_knobs"][0]["knob"] == "train.micro_batch" and res["top_knobs"][0]["best_value"] == 16
+    assert res["top_knobs"][0]["by_value"][0]["value"] == 16
+    assert res["winner"]["trial"] in (3, 15)
+    assert res["comparison"]["distinguishable"] is False  # 2600 vs 2590 with noise 20
+    g = res["gain_over_default"]
+    assert g["default_trial"] == 2 and 1.2 < g["lo"] < g["ratio"] < g["hi"] < 1.4 and g["p_value"] < 1e-6
+    assert math.isclose(res["winner"]["mfu"], res["winner"]["value"] * setup.model["flops_per_token"]
+                        / setup.hardware["peak_flops"])
+    md = recipe_markdown(res)
+    assert "NOT distinguishable" in md and "**train.micro_batch**" in md and "Gain over the default" in md
+    write_outputs(setup, study, res)
+    assert (setup.out / "plots" / "importance.png").is_file() and (setup.out / "tune.json").is_file()
+
+
+def test_tune_config_errors(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump({"base": {"model": {}}, "sampler": "bayes", "space": {"train.compile": None}}))
+    with pytest.raises(ConfigError, match="sampler must be one of"):
+        load_tune_config(p)
+    p.write_text(yaml.safe_dump({"base": {}, "space": {"train.compile": None}, "trails": 3}))
+    with pytest.raises(ConfigError, match="trails"):
+        load_tune_config(p)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_tune_config(tmp_path / "nope.yaml")
+    p.write_text(yaml.safe_dump({"base": "missing.yaml", "space": {"train.compile": None}}))
+    cfg = load_tune_config(p, ["trials=3", "space.train.micro_batch=[1,2]", "base.train.threads=1"])
+    assert cfg.trials == 3 and cfg.space["train.micro_batch"] == [1, 2] and cfg.base_overrides == ["train.threads=1"]
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        run_tune(cfg, progress=False)
+
+
+@pytest.mark.slow
+def test_tpe_study_with_two_gloo_processes_and_pruning(tmp_path, data_dir):
+    """The CPU multi-process path: torchrun trials (gloo), DDP/FSDP knobs live, TPE, pruning."""
+    path = write_tune(tmp_path, data_dir, nproc=2, sampler="tpe", trials=8, pruner="median", prune_startup_trials=2,
+                      measure_steps=12, windows=4, remeasure_top=2, remeasure_rounds=2, space={
+                          "train.micro_batch": [1, 2, 4, 8],
+                          "train.parallel": ["ddp", "fsdp"],
+                          "train.ddp_bucket_mb": [1, 25],
+                          "train.loader_workers": [0, 1],
+                          "NCCL_ALGO": None,
+                      })
+    res = run_tune(load_tune_config(path), progress=False, log=lambda m: None)
+    assert res["hardware"]["nproc"] == 2 and "train.ddp_bucket_mb" in res["space"]["default_params"]
+    assert len(res["trials"]) == 8
+    assert all(t["state"] in ("COMPLETE", "PRUNED") for t in res["trials"])
+    assert res["winner"]["command"].startswith("torchrun --nproc_per_node=2 -m scalelab train")
+    for t in res["trials"]:
+        if t["state"] == "PRUNED":
+            assert 1 <= len(t["intermediate_values"]) < 4
+    done = [t for t in res["trials"] if t["state"] == "COMPLETE" and t["duplicate_of"] is None]
+    if len(done) >= 3:
+        assert res["importance"]["values"] and res["top_knobs"]
+    else:
+        assert "too few completed trials" in res["importance"]["note"]
+
+
+def test_pruner_stops_only_the_slowest_share():
+    import optuna
+
+    from scalelab.tune.search import TuneConfig, _pruner
+
+    study = optuna.create_study(direction="maximize", pruner=_pruner(TuneConfig(prune_slowest=25,
+                                                                                prune_startup_trials=4)))
+    for v in (100.0, 200.0, 300.0, 400.0, 500.0, 600.0, 700.0, 800.0):
+        t = study.ask()
+        t.report(v, 0)
+        t.report(v, 1)
+        study.tell(t, v)
+
+    def pruned_at(v):
+        t = study.ask()
+        t.report(v, 0)
+        t.report(v, 1)
+        out = t.should_prune()
+        study.tell(t, state=optuna.trial.TrialState.PRUNED)
+        return out
+
+    assert pruned_at(150.0)  # slowest quarter
+    assert not pruned_at(350.0)  # below the median, but not clearly slow
