@@ -1,0 +1,1 @@
+"""Parameter golf: the smallest artifact (code + compressed weights) with the best val_bpb."""

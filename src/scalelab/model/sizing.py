@@ -5,8 +5,8 @@ Everything else in scalelab (planner, trainer MFU, reports, scaling fits) calls 
 Parameter conventions
 - `embedding`: the token-embedding table including its padding rows, plus lm_head when
   it is not tied (as allocated: padded_vocab x d_model each).
-- `non_embedding`: everything else (attention, MLP, all RMSNorm weights). This is the
-  N of Kaplan et al. 2020 and of our scaling fits.
+- `non_embedding`: everything else (attention, MLP, all RMSNorm weights, U-Net skip
+  scalars). This is the N of Kaplan et al. 2020 and of our scaling fits.
 
 FLOP conventions (PaLM appendix B; nanoGPT `estimate_mfu`)
 - Training FLOPs per token = 6 * N_matmul + 12 * L * H * Q * T, where
@@ -38,6 +38,8 @@ def _layer_params(cfg: GPTConfig) -> int:
 def count_params(cfg: GPTConfig) -> dict[str, int]:
     """{'total', 'embedding', 'non_embedding'} exactly as GPT(cfg) allocates them."""
     non_embedding = cfg.n_layer * _layer_params(cfg) + cfg.d_model  # + final norm
+    if cfg.unet_skips:
+        non_embedding += cfg.n_layer // 2  # one scalar per U-Net skip connection
     table = cfg.padded_vocab * cfg.d_model
     embedding = table if cfg.tie_embeddings else 2 * table
     return {"total": embedding + non_embedding, "embedding": embedding, "non_embedding": non_embedding}

@@ -1,0 +1,424 @@
+"""Load what gets evaluated: a scalelab run / checkpoint, or any Hugging Face causal LM.
+
+    load_model_for_eval("runs/tiny")              # checkpoints/last of a run
+    load_model_for_eval("runs/tiny@best")         # its best checkpoint
+    load_model_for_eval("runs/tiny/checkpoints/step_000200")
+    load_model_for_eval("hf:path/to/dir")         # or any directory holding config.json
+
+Every target becomes an `EvalModel`: `loglikelihood` on token ids (the harness's
+request format), `token_logprobs`, `encode_pair` (the harness's text -> ids split),
+`generate`, `max_length`, `eot_id`, `tokenizer`, `token_bytes()`, `name`, `hash`.
+A scalelab checkpoint is evaluated with the tokenizer of the data dir it was trained
+on (state.json: config.data.dir), refused if that tokenizer's identity differs from
+the checkpoint's `tokenizer_identity`.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from scalelab.errors import CheckpointError, DataError
+from scalelab.eval import scoring
+from scalelab.eval.scoring import EngineStats, EvalError
+
+HASH_CHARS = 16
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """fp32 on CPU, bf16 on GPUs that have it, unless asked otherwise."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp16": torch.float16, "float16": torch.float16}
+    if dtype not in table:
+        raise EvalError(f"unknown dtype '{dtype}'; use fp32, bf16 or fp16")
+    return table[dtype]
+
+
+def file_hash(paths: Sequence[Path]) -> str:
+    """Short sha256 over the bytes of the weight file(s), in name order."""
+    h = hashlib.sha256()
+    for p in sorted(paths, key=lambda p: p.name):
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:HASH_CHARS]
+
+
+class EvalModel:
+    """A causal LM + tokenizer behind one interface (see the module docstring)."""
+
+    name: str = "model"
+    hash: str | None = None
+    max_length: int
+    eot_id: int
+    tokenizer: Any
+    device: torch.device
+    dtype: torch.dtype
+    backend: Any
+
+    def __init__(self) -> None:
+        self.batch_size = 16  # rows per forward pass
+        self.pack_len = 512  # tokens per packed row (longer requests get a row of their own)
+        self.stats = EngineStats()
+        self.n_truncated = 0  # requests whose context was cut from the left, since creation
+
+    # -- text -> ids ---------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        """Plain text to ids, no special tokens."""
+        return list(self.tokenizer.encode(text))
+
+    def encode_context(self, text: str) -> list[int]:
+        """How the harness encodes a context (`tok_encode`): the tokenizer's default
+        special tokens (a BOS for Llama-style HF tokenizers; none for scalelab's)."""
+        return self.encode(text)
+
+    @property
+    def prefix_id(self) -> int:
+        """The token that stands for an empty context (and starts a document)."""
+        return self.eot_id
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """lm-evaluation-harness's split of (context, continuation) into ids: trailing
+        spaces of the context move to the continuation; the pair is encoded whole and
+        the continuation is what follows the context's own encoding; an empty context
+        becomes the prefix token (BOS/EOT)."""
+        if context == "":
+            cont = self.encode(continuation)
+            if not cont:
+                raise EvalError("empty continuation: nothing to score")
+            if cont[0] != self.prefix_id:
+                return [self.prefix_id], cont
+            return cont[:1], cont[1:]
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces > 0:
+            continuation = context[-n_spaces:] + continuation
+            context = context[:-n_spaces]
+        whole = self.encode_context(context + continuation)
+        ctx = self.encode_context(context)
+        return ctx, whole[len(ctx):]
+
+    def token_bytes(self) -> np.ndarray | None:
+        """UTF-8 bytes of each token's text (special tokens 0), or None when unknown."""
+        return None
+
+    # -- scoring -------------------------------------------------------------
+
+    def token_logprobs(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
+                       progress: bool = False) -> list[np.ndarray]:
+        """Per request, the log-prob of each continuation token (float64 array)."""
+        return [lp for lp, _ in self._score(requests, progress)]
+
+    def loglikelihood(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
+                      progress: bool = False) -> list[tuple[float, bool]]:
+        """Per (context ids, continuation ids): (sum of log-probs, greedy decoding would
+        produce the continuation) -- the harness's `loglikelihood` on ids."""
+        return [(float(lp.sum()), bool(g.all())) for lp, g in self._score(requests, progress)]
+
+    def loglikelihood_text(self, pairs: Sequence[tuple[str, str]], progress: bool = False) -> list[tuple[float, bool]]:
+        return self.loglikelihood([self.encode_pair(c, k) for c, k in pairs], progress)
+
+    def _score(self, requests, progress: bool):
+        out, truncated = scoring.score_requests(self.backend, requests, self.max_length, self.batch_size,
+                                                self.pack_len, self.stats, progress)
+        self.last_truncated = truncated
+        self.n_truncated += sum(truncated)
+        return out
+
+    def run_items(self, items: list[scoring.Item], progress: bool = False, desc: str = "scoring"):
+        return scoring.run_items(self.backend, items, self.batch_size, self.pack_len, self.stats, progress, desc)
+
+    # -- generation ----------------------------------------------------------
+
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+                 use_cache: bool = True, stop_at_eot: bool = True) -> list[int]:
+        raise NotImplementedError
+
+    def autocast(self):
+        if self.device.type == "cuda" and self.dtype in (torch.bfloat16, torch.float16):
+            return torch.autocast("cuda", dtype=self.dtype)
+        return contextlib.nullcontext()
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "hash": self.hash, "kind": self.kind, "max_length": self.max_length,
+                "device": str(self.device), "dtype": str(self.dtype).replace("torch.", "")}
+
+    kind = "?"
+
+
+# ---------------------------------------------------------------------------
+# scalelab GPT
+
+
+class GPTBackend:
+    """Our GPT with per-token positions and an attention mask (for packed/tree rows).
+
+    The packed forward runs the model's own modules (embedding, norms, projections,
+    MLP, head) and differs from `GPT.hidden` only in taking position ids and a mask;
+    `self_check()` compares the two once, and a mismatch (gpt.py changed) switches to
+    unpacked rows through `GPT.hidden` itself, so results stay exact either way.
+    """
+
+    def __init__(self, model, device: torch.device, dtype: torch.dtype):
+        self.model = model
+        self.cfg = model.cfg
+        self.vocab_size = int(model.cfg.vocab_size)
+        self.device = device
+        self.dtype = dtype
+        self.supports_masks = True
+        self._tables: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.supports_masks = self.self_check()
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.dtype != torch.float32:
+            return torch.autocast("cuda", dtype=self.dtype)
+        return contextlib.nullcontext()
+
+    def _rope(self, n: int):
+        from scalelab.model.gpt import rope_tables
+
+        if self._tables is None or self._tables[0].shape[0] < n or self._tables[0].device != self.device:
+            size = max(n, self.cfg.seq_len)
+            self._tables = rope_tables(size, self.cfg.head_dim, self.cfg.rope_theta, device=self.device)
+        return self._tables
+
+    @torch.no_grad()
+    def hidden(self, idx, pos, mask):
+        with self._autocast():
+            if mask is None:
+                return self.model.hidden(idx)
+            return self._packed_hidden(idx, pos, mask)
+
+    def _packed_hidden(self, idx, pos, mask):
+        m = self.model
+        cos, sin = self._rope(int(pos.max()) + 1)
+        cos = cos[pos][:, :, None, :]  # [B, R, 1, D/2]
+        sin = sin[pos][:, :, None, :]
+        attn_mask = mask[:, None]  # [B, 1, R, R], broadcast over heads
+        x = m.tok_emb(idx)
+        for block in m.blocks:
+            x = x + _attention(block.attn, block.attn_norm(x), cos, sin, attn_mask)
+            x = x + block.mlp(block.mlp_norm(x))
+        return m.norm(x)
+
+    @torch.no_grad()
+    def logits(self, h):
+        with self._autocast():
+            return self.model.logits(h).float()
+
+    @torch.no_grad()
+    def self_check(self) -> bool:
+        n = min(12, self.cfg.seq_len)
+        g = torch.Generator().manual_seed(0)
+        idx = torch.randint(0, self.vocab_size, (1, n), generator=g).to(self.device)
+        pos = torch.arange(n, device=self.device)[None]
+        mask = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()[None]
+        try:
+            ref = self.hidden(idx, None, None).float()
+            got = self.hidden(idx, pos, mask).float()
+        except Exception:  # noqa: BLE001 - any failure: use the plain path
+            return False
+        tol = 1e-4 if self.dtype == torch.float32 else 5e-2
+        return bool(torch.allclose(ref, got, atol=tol, rtol=tol))
+
+
+def _rotate(x, cos, sin):
+    """RoPE, HF Llama rotate-half convention (as gpt.apply_rope), cos/sin [B, T, 1, D/2]."""
+    d = x.shape[-1] // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def _attention(attn, x, cos, sin, mask):
+    B, T, _ = x.shape
+    q = attn.wq(x).view(B, T, attn.n_head, attn.head_dim)
+    k = attn.wk(x).view(B, T, attn.kv_heads, attn.head_dim)
+    v = attn.wv(x).view(B, T, attn.kv_heads, attn.head_dim)
+    if attn.q_norm is not None:
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=attn.kv_heads != attn.n_head)
+    return attn.wo(y.transpose(1, 2).reshape(B, T, attn.n_head * attn.head_dim))
+
+
+class GPTEvalModel(EvalModel):
+    """A scalelab `GPT` and its scalelab `Tokenizer`."""
+
+    kind = "scalelab"
+
+    def __init__(self, model, tokenizer, device: str | torch.device | None = None,
+                 dtype: str | torch.dtype | None = None, name: str = "gpt", hash: str | None = None):
+        super().__init__()
+        self.device = resolve_device(device) if device is not None else next(model.parameters()).device
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name, self.hash = name, hash
+        self.max_length = int(model.cfg.seq_len)
+        self.eot_id = int(tokenizer.eot_id)
+        if tokenizer.vocab_size > model.cfg.vocab_size:
+            raise CheckpointError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                                  f"{model.cfg.vocab_size}: wrong tokenizer for this checkpoint")
+        self.backend = GPTBackend(model, self.device, self.dtype)
+
+    def token_bytes(self) -> np.ndarray | None:
+        try:
+            tb = np.asarray(self.tokenizer.token_bytes(), dtype=np.int64)
+        except NotImplementedError:
+            return None
+        if tb.size < self.model.cfg.vocab_size:  # ids the tokenizer never produces
+            tb = np.concatenate((tb, np.zeros(self.model.cfg.vocab_size - tb.size, np.int64)))
+        return tb
+
+    @torch.no_grad()
+    def generate(self, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None, seed=0,
+                 use_cache=True, stop_at_eot=True):
+        ids = list(prompt_ids) or [self.eot_id]
+        idx = torch.tensor([ids], dtype=torch.long, device=self.device)
+        gen = torch.Generator(device=self.device).manual_seed(int(seed))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self.autocast():
+                out = self.model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                          generator=gen, use_cache=use_cache)
+        finally:
+            self.model.train(was_training)
+        new = out[0, len(ids):].tolist()
+        if stop_at_eot and self.eot_id in new:
+            new = new[:new.index(self.eot_id)]
+        return new
+
+
+def load_gpt(target: str | Path, device=None, dtype=None, tokenizer: str | Path | None = None) -> GPTEvalModel:
+    """A scalelab run dir (`RUN`, `RUN@best`, `RUN@last`) or checkpoint dir."""
+    from scalelab.data.prepare import load_data_tokenizer
+    from scalelab.data.tokenizer import load_tokenizer
+    from scalelab.model.gpt import GPT, GPTConfig
+    from scalelab.train import checkpoint as ck
+
+    text = str(target)
+    which = "last"
+    if "@" in Path(text).name:
+        text, which = text.rsplit("@", 1)
+        if which not in ("last", "best"):
+            raise CheckpointError(f"'{target}': the suffix after @ must be 'last' or 'best', got '{which}'")
+    path = Path(text)
+    if not path.exists():
+        raise CheckpointError(f"'{path}' does not exist: give a scalelab run dir, a checkpoint dir, or hf:PATH "
+                              "for a Hugging Face model")
+    ckpt = ck.find_checkpoint(path, which)
+    if ckpt is None:
+        raise CheckpointError(f"'{path}' holds no scalelab checkpoint (no {ck.STATE_FILE}, no checkpoints/{which}); "
+                              "train it first, or pass hf:PATH for a Hugging Face model directory")
+    state = ck.load_state(ckpt)
+    mc = state.get("model_config")
+    if not isinstance(mc, dict):
+        raise CheckpointError(f"checkpoint '{ckpt}' has no model_config in {ck.STATE_FILE}; it was not written by "
+                              "scalelab train")
+    known = set(GPTConfig.__dataclass_fields__)
+    unknown = sorted(set(mc) - known)
+    if unknown:
+        raise CheckpointError(f"checkpoint '{ckpt}' has model settings this scalelab does not know ({', '.join(unknown)}); "
+                              "upgrade scalelab")
+    cfg = GPTConfig(**mc)
+
+    # The tokenizer: the run's data dir, or an explicit one; its identity must match.
+    saved_identity = state.get("tokenizer_identity")
+    if tokenizer is not None:
+        tok = load_tokenizer(tokenizer)
+        where = str(tokenizer)
+    else:
+        data_dir = ((state.get("config") or {}).get("data") or {}).get("dir")
+        if not data_dir:
+            raise DataError(f"checkpoint '{ckpt}' does not record its data dir (config.data.dir); pass the "
+                            "tokenizer explicitly (--tokenizer PATH)")
+        candidates = [Path(data_dir)]
+        if not Path(data_dir).is_absolute():  # trained from another working directory?
+            run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt
+            candidates += [run_dir.parent / data_dir, run_dir / Path(data_dir).name]
+        found = next((c for c in candidates if c.is_dir()), None)
+        if found is None:
+            raise DataError(f"the tokenizer of checkpoint '{ckpt}' is missing: its data dir '{data_dir}' "
+                            f"(state.json config.data.dir) does not exist here. Run from the directory you "
+                            f"trained in, or pass --tokenizer PATH (a tokenizer with identity {saved_identity})")
+        try:
+            tok = load_data_tokenizer(found)
+        except DataError as e:
+            raise DataError(f"cannot load the tokenizer of checkpoint '{ckpt}' from '{found}': {e}") from None
+        if tok is None:
+            raise DataError(f"data dir '{found}' of checkpoint '{ckpt}' has no tokenizer (public shards?); pass "
+                            "--tokenizer PATH")
+        where = str(found)
+    if saved_identity and tok.identity != saved_identity:
+        raise CheckpointError(f"wrong tokenizer for checkpoint '{ckpt}': it was trained with {saved_identity} but "
+                              f"'{where}' holds {tok.identity}. Point at the original data dir / tokenizer")
+    if cfg.vocab_size is None:
+        cfg.vocab_size = tok.vocab_size
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    weights_path = ckpt / ck.MODEL_FILE
+    sd = ck.load_weights(weights_path)
+    with torch.device(dev):  # fp32 weights; bf16 on GPU comes from autocast, as in training
+        model = GPT(cfg)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint '{ckpt}' does not fit its own model_config: {str(e).splitlines()[0]}") from None
+    model.eval()
+    run = ckpt.parent.parent.name if ckpt.parent.name == "checkpoints" else ckpt.name
+    name = f"{run}/{ckpt.name}" if ckpt.parent.name == "checkpoints" else run
+    return GPTEvalModel(model, tok, dev, dt, name=name, hash=file_hash([weights_path]))
+
+
+def load_model_for_eval(target: str | Path, device=None, dtype=None, tokenizer: str | Path | None = None,
+                        batch_size: int | None = None) -> EvalModel:
+    """A scalelab run/checkpoint dir, `hf:PATH`, or a directory with config.json (HF)."""
+    text = str(target)
+    if text.startswith("hf:"):
+        from scalelab.eval.hf import load_hf
+
+        model = load_hf(text[3:], device=device, dtype=dtype)
+    elif Path(text).is_dir() and (Path(text) / "config.json").is_file() and not (Path(text) / "state.json").is_file():
+        from scalelab.eval.hf import load_hf
+
+        model = load_hf(text, device=device, dtype=dtype)
+    else:
+        model = load_gpt(text, device=device, dtype=dtype, tokenizer=tokenizer)
+    if batch_size is not None:
+        if batch_size < 1:
+            raise EvalError(f"--batch-size must be >= 1, got {batch_size}")
+        model.batch_size = batch_size
+    elif model.device.type == "cuda":
+        model.batch_size = 64
+    return model
+
+
+def wrap_gpt(model, tokenizer, device=None, name: str = "gpt") -> GPTEvalModel:
+    """An EvalModel around a bare in-memory GPT (in-training evaluation)."""
+    return GPTEvalModel(model, tokenizer, device=device, name=name)

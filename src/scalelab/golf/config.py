@@ -1,0 +1,82 @@
+"""The golf config: a training config (out_dir, seed, data, model, train) plus a `golf:`
+section, in one YAML file; overrides `golf.key=value` patch the golf section, every other
+key the training config (same rules and errors as `scalelab train`).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scalelab.config import RunConfig, all_keys, apply_overrides, build_dataclass, config_from_dict, load_yaml_mapping
+from scalelab.errors import ConfigError
+from scalelab.golf.compress import COMPRESSORS
+from scalelab.golf.quantize import CLIPS, SCHEMES, QuantSpec
+
+
+@dataclass
+class GolfConfig:
+    budget_bytes: int = 16_000_000  # code + compressed weights must fit (decimal bytes, as the challenge)
+    weights: str = "auto"  # which weights to quantize: ema | raw | auto (ema when train.ema_decay is set)
+    quant: str = "int8"  # default scheme for tensors over keep_float_numel values: int8 | int6 | int5 | int4 | fp16
+    quant_overrides: dict[str, str] = field(default_factory=dict)  # fnmatch pattern on names -> scheme
+    clip: str = "mse"  # per-row clip value: max | quantile | mse
+    clip_quantile: float = 0.9999984  # for clip=quantile (the public baseline's value)
+    keep_float_numel: int = 4096  # tensors this small (norm weights, skip scalars) stay fp16
+    compressors: list[str] = field(default_factory=lambda: list(COMPRESSORS))  # smallest output wins
+    sliding_stride: int | None = None  # also report sliding-window val_bpb with this stride (e.g. 64)
+    eval_batch: int = 16  # windows per forward pass in the final evaluations
+    count_tokenizer: bool = False  # add the tokenizer file to the artifact bytes (the challenge does not)
+    precheck: bool = True  # refuse, before training, a model that cannot fit even at 2x compression
+
+    def quant_spec(self) -> QuantSpec:
+        return QuantSpec(default=self.quant, overrides=dict(self.quant_overrides), clip=self.clip,
+                         clip_quantile=self.clip_quantile, keep_float_numel=self.keep_float_numel)
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def validate_golf(g: GolfConfig, run: RunConfig) -> None:
+    _check(g.budget_bytes > 0, f"golf.budget_bytes must be > 0, got {g.budget_bytes}")
+    _check(g.weights in ("auto", "ema", "raw"), f"golf.weights must be auto, ema or raw; got '{g.weights}'")
+    _check(not (g.weights == "ema" and not run.train.ema_decay),
+           "golf.weights=ema needs train.ema_decay (e.g. train.ema_decay=0.995); or use golf.weights=raw")
+    _check(g.quant in SCHEMES, f"golf.quant must be one of {', '.join(SCHEMES)}; got '{g.quant}'")
+    for pattern, scheme in g.quant_overrides.items():
+        _check(scheme in SCHEMES, f"golf.quant_overrides['{pattern}'] must be one of {', '.join(SCHEMES)}; "
+                                  f"got '{scheme}'")
+    _check(g.clip in CLIPS, f"golf.clip must be one of {', '.join(CLIPS)}; got '{g.clip}'")
+    _check(0.5 < g.clip_quantile <= 1.0, f"golf.clip_quantile must be in (0.5, 1], got {g.clip_quantile}")
+    _check(g.keep_float_numel >= 0, f"golf.keep_float_numel must be >= 0, got {g.keep_float_numel}")
+    _check(len(g.compressors) > 0, "golf.compressors must name at least one of " + ", ".join(COMPRESSORS))
+    for c in g.compressors:
+        _check(c in COMPRESSORS, f"golf.compressors: unknown compressor '{c}'; known: {', '.join(COMPRESSORS)}")
+    _check(g.sliding_stride is None or 1 <= g.sliding_stride <= run.model.seq_len,
+           f"golf.sliding_stride must be in [1, model.seq_len={run.model.seq_len}] or null, got {g.sliding_stride}")
+    _check(g.eval_batch >= 1, f"golf.eval_batch must be >= 1, got {g.eval_batch}")
+    _check(run.train.max_time_s is not None,
+           "golf runs under a wall-clock cap: set train.max_time_s (e.g. 300 for 5 minutes)")
+
+
+def golf_keys() -> list[str]:
+    """Every dotted key a golf config accepts: the training config's and golf.*."""
+    return all_keys() + ["golf." + k for k in GolfConfig.__dataclass_fields__]
+
+
+def load_golf_config(path: str | Path | None, overrides: list[str] | None = None) -> tuple[RunConfig, GolfConfig]:
+    """Load and validate a golf YAML (training config + golf section) with overrides."""
+    tree = load_yaml_mapping(path, "golf config", "configs/golf-*.yaml") if path is not None else {}
+    tree = apply_overrides(copy.deepcopy(tree), list(overrides or []), valid=golf_keys())
+    golf_tree = tree.pop("golf", None) or {}
+    run = config_from_dict(tree)
+    golf = build_dataclass(GolfConfig, golf_tree, "golf.")
+    validate_golf(golf, run)
+    return run, golf
+
+
+def to_dict(run: RunConfig, golf: GolfConfig) -> dict[str, Any]:
+    return {**run.to_dict(), "golf": asdict(golf)}

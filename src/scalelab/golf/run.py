@@ -1,0 +1,244 @@
+"""`scalelab golf`: train under a wall-clock cap, quantize, compress, measure, reload, score.
+
+`run_golf(run_cfg, golf_cfg)` is the library entry point. Steps:
+
+1. check that the model can plausibly fit the budget (`golf.precheck`), then train with
+   the normal trainer (`train.max_time_s` is the cap; a wsd schedule decays by time);
+2. take the final weights (EMA or raw), evaluate val_bpb on the full validation split;
+3. quantize (golf.quant / quant_overrides / clip), pack, compress with every compressor
+   and keep the smallest; write the artifact (code files + weights file);
+4. read the weights file back from disk, rebuild the model from those bytes alone, check
+   the dequantized tensors are bit-identical to the in-memory ones, and evaluate val_bpb
+   again (and with a sliding window when golf.sliding_stride is set);
+5. write golf.json + GOLF.md into out_dir; raise BudgetError (exit status 2 from the
+   CLI) when code + weights exceed golf.budget_bytes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scalelab.config import RunConfig
+from scalelab.errors import ScalelabError
+from scalelab.golf import codec
+from scalelab.golf.artifact import check_budget, code_bytes, write_artifact
+from scalelab.golf.compress import compress_best
+from scalelab.golf.config import GolfConfig, to_dict
+from scalelab.golf.evaluate import ByteCounter, evaluate_bpb, load_split_tokens, resolve_tokenizer
+from scalelab.golf.quantize import INT_SCHEMES, quantize_state_dict
+from scalelab.io import atomic_write_json, atomic_write_text, git_hash, software_versions
+from scalelab.model.gpt import GPT, GPTConfig
+
+ARTIFACT_DIR = "artifact"
+PRECHECK_RATIO = 0.5  # no compressor gets the quantized payload below half of its bit-width size
+
+
+class GolfError(ScalelabError):
+    """The golf pipeline found an inconsistency (e.g. a round trip that is not exact)."""
+
+
+def _log(msg: str, progress: bool) -> None:
+    if progress:
+        print(f"[golf] {msg}", flush=True)
+
+
+def _load1() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def _vocab_size(run: RunConfig) -> int:
+    """The vocabulary: model.vocab_size, else the prepared data's tokenizer (preparing it now)."""
+    if run.model.vocab_size:
+        return run.model.vocab_size
+    from scalelab.data.prepare import load_meta, prepare_data
+
+    d = Path(run.data.dir)
+    if not (d.is_dir() and any(d.glob("train_*.bin"))):
+        prepare_data(run.data, progress=run.train.progress)
+    tok = load_meta(d).get("tokenizer") or {}
+    if not tok.get("vocab_size"):
+        raise ScalelabError(f"data dir '{d}' has no tokenizer metadata (public shards?): set model.vocab_size "
+                            f"(1024 for the sp1024 shards)")
+    return int(tok["vocab_size"])
+
+
+def estimate_bytes(model_cfg: GPTConfig, golf: GolfConfig) -> dict[str, int]:
+    """Bytes of the quantized payload at its bit width (before compression), from shapes alone."""
+    with torch.device("meta"):
+        model = GPT(model_cfg)
+    spec = golf.quant_spec()
+    seen, total = set(), 0
+    for name, t in model.state_dict(keep_vars=True).items():
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        scheme = spec.scheme_for(name, t.numel())
+        if scheme in INT_SCHEMES:
+            total += t.numel() * INT_SCHEMES[scheme] / 8 + 2 * (t.shape[0] if t.dim() else 1)
+        else:
+            total += t.numel() * (2 if scheme == "fp16" else 4)
+    return {"payload_at_bit_width": int(total), "code": code_bytes()}
+
+
+def precheck(model_cfg: GPTConfig, golf: GolfConfig) -> dict[str, int]:
+    est = estimate_bytes(model_cfg, golf)
+    floor = int(est["payload_at_bit_width"] * PRECHECK_RATIO) + est["code"]
+    if golf.precheck and floor > golf.budget_bytes:
+        from scalelab.golf.artifact import BudgetError
+
+        raise BudgetError(
+            f"this model cannot fit golf.budget_bytes={golf.budget_bytes:,}: its weights are "
+            f"{est['payload_at_bit_width']:,} bytes at golf.quant={golf.quant} before compression, and even "
+            f"{1 / PRECHECK_RATIO:.0f}x compression plus {est['code']:,} bytes of code gives {floor:,}. Make the "
+            f"model smaller or quantize harder (or golf.precheck=false to train anyway)")
+    return est
+
+
+def _final_weights(run: RunConfig, golf: GolfConfig) -> tuple[str, dict[str, torch.Tensor]]:
+    from scalelab.train.checkpoint import MODEL_FILE, find_checkpoint, load_weights
+
+    ckpt = find_checkpoint(run.out_dir, "last")
+    if ckpt is None:
+        raise GolfError(f"training finished but '{run.out_dir}' holds no checkpoint")
+    which = golf.weights if golf.weights != "auto" else ("ema" if run.train.ema_decay else "raw")
+    path = ckpt / ("ema.safetensors" if which == "ema" else MODEL_FILE)
+    if not path.is_file():
+        raise GolfError(f"checkpoint '{ckpt}' has no {path.name} (golf.weights={golf.weights})")
+    return which, load_weights(path)
+
+
+def _markdown(result: dict) -> str:
+    a, e, q = result["artifact"], result["eval"], result["quant"]
+    rows = [
+        ("val_bpb after round trip (score)", f"{e['post']['val_bpb']:.4f}"),
+        ("val_bpb before quantization", f"{e['pre']['val_bpb']:.4f}"),
+        ("quantization cost (bpb)", f"{e['quant_gap_bpb']:+.4f}"),
+    ]
+    if "post_sliding" in e:
+        s = e["post_sliding"]
+        rows.append((f"val_bpb after round trip, sliding window (stride {s['stride']})",
+                     f"{s['val_bpb']:.4f} ({s['seconds']:.1f} s vs {e['post']['seconds']:.1f} s)"))
+    rows += [
+        ("artifact bytes (code + weights)", f"{a['total_bytes']:,} = {a['code_bytes']:,} + {a['weights_bytes']:,}"),
+        ("budget", f"{a['budget_bytes']:,} ({'held' if a['budget_ok'] else 'EXCEEDED'}, "
+                   f"headroom {a['budget_bytes'] - a['total_bytes']:,})"),
+        ("quantization", f"{q['default']} (clip {q['clip']}), {q['params']:,} params, weights from {result['weights']}"),
+        ("compressor", f"{result['compression']['chosen']} "
+                       + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} ({v})"
+                                   for k, v in result['compression']['sizes'].items())),
+        ("training", f"{result['train']['steps']} steps, {result['train']['tokens']:,} tokens, "
+                     f"{result['train']['train_time_s']:.1f} s (cap {result['config']['train']['max_time_s']} s)"),
+        ("round trip bit-exact", str(result["roundtrip_bit_exact"])),
+    ]
+    lines = [f"# Golf run: {result['config']['out_dir']}", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    lines += ["", "Counted code files: " + ", ".join(f"`{f['path']}` ({f['bytes']:,})" for f in a["code_files"]), ""]
+    return "\n".join(lines)
+
+
+def run_golf(run: RunConfig, golf: GolfConfig, device: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """The whole golf pipeline (module doc); returns the golf.json dict."""
+    from scalelab.train.trainer import train
+
+    t_start = time.perf_counter()
+    load_before = _load1()
+    out_dir = Path(run.out_dir)
+    if int(os.environ.get("RANK", "0")) == 0:  # (other ranks wait for rank 0's data in the trainer)
+        est = precheck(dataclasses.replace(run.model, vocab_size=_vocab_size(run)), golf)
+        _log(f"weights at {golf.quant}: ~{est['payload_at_bit_width']:,} bytes before compression + "
+             f"{est['code']:,} bytes of code; budget {golf.budget_bytes:,}", progress)
+
+    summary = train(run, device=device)
+    if not summary or int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 does the rest
+        return {}
+    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if run.train.threads:
+        torch.set_num_threads(run.train.threads)
+    model_cfg = GPTConfig(**summary["model_config"])
+    which, weights = _final_weights(run, golf)
+
+    tok, tok_file = resolve_tokenizer(run.data.dir, run.data.tokenizer)
+    counter = ByteCounter.for_tokenizer(tok, tok_file if tok.name == "sentencepiece" else None)
+    if tok.vocab_size > model_cfg.vocab_size:
+        raise GolfError(f"the tokenizer has {tok.vocab_size} tokens but the model only {model_cfg.vocab_size}")
+    val = load_split_tokens(run.data.dir, "val")
+    autocast = torch.bfloat16 if dev.type == "cuda" else None
+    ev = dict(counter=counter, seq_len=model_cfg.seq_len, batch_size=golf.eval_batch, device=dev,
+              autocast_dtype=autocast)
+
+    model = GPT(model_cfg)
+    model.load_state_dict(weights, strict=True)
+    model.to(dev)
+    pre = evaluate_bpb(model, val, **ev)
+    _log(f"before quantization: val_bpb {pre['val_bpb']:.4f} ({pre['tokens']:,} tokens, {pre['bytes']:,} bytes, "
+         f"{pre['seconds']:.1f} s)", progress)
+
+    t_q = time.perf_counter()
+    qs = quantize_state_dict({k: v.cpu() for k, v in model.state_dict().items()}, golf.quant_spec())
+    raw = codec.pack(dataclasses.asdict(model_cfg), qs.tensors, qs.aliases)
+    chosen, blob, sizes = compress_best(raw, golf.compressors)
+    quant_s = time.perf_counter() - t_q
+    tokenizer_bytes = tok_file.stat().st_size if tok_file is not None else None
+    art = write_artifact(out_dir / ARTIFACT_DIR, blob, tokenizer=tok_file if golf.count_tokenizer else None)
+    total = art["total_bytes"]
+    _log(f"artifact: {total:,} bytes = code {art['code_bytes']:,} + weights {art['weights_bytes']:,} "
+         f"({chosen}; {quant_s:.1f} s to quantize and compress)", progress)
+
+    # Round trip: the model from the file on disk alone.
+    disk = (out_dir / ARTIFACT_DIR / "model.slgf").read_bytes()
+    _, decoded = codec.load_state_dict(disk)
+    expected = qs.dequantized()
+    exact = set(decoded) == set(expected) and all(torch.equal(decoded[k], expected[k]) for k in expected)
+    if not exact:
+        raise GolfError("the weights decoded from the artifact differ from the in-memory quantized weights; "
+                        "this is a bug in scalelab.golf")
+    reloaded = codec.load_model(disk, device=dev)
+    post = evaluate_bpb(reloaded, val, **ev)
+    _log(f"after round trip: val_bpb {post['val_bpb']:.4f} ({post['seconds']:.1f} s)", progress)
+    evals: dict[str, Any] = {"pre": pre, "post": post, "quant_gap_bpb": post["val_bpb"] - pre["val_bpb"]}
+    if golf.sliding_stride:
+        sliding = evaluate_bpb(reloaded, val, stride=golf.sliding_stride, **ev)
+        sliding["cost_vs_windows"] = round(sliding["seconds"] / max(post["seconds"], 1e-9), 2)
+        evals["post_sliding"] = sliding
+        _log(f"after round trip, sliding window stride {golf.sliding_stride}: val_bpb {sliding['val_bpb']:.4f} "
+             f"({sliding['seconds']:.1f} s, {sliding['cost_vs_windows']}x the plain evaluation)", progress)
+
+    stats = qs.stats()
+    result = {
+        "format_version": 1,
+        "config": to_dict(run, golf),
+        "val_bpb": post["val_bpb"],
+        "val_bpb_sliding": evals.get("post_sliding", {}).get("val_bpb"),
+        "weights": which,
+        "train": {k: summary.get(k) for k in ("steps", "tokens", "train_time_s", "params", "non_embedding_params",
+                                              "epochs", "val_loss", "val_bpb", "world_size")},
+        "eval": evals,
+        "quant": {"default": golf.quant, "clip": golf.clip, "overrides": dict(golf.quant_overrides),
+                  "params": stats["params"], "by_scheme": stats["by_scheme"], "aliases": stats["aliases"],
+                  "schemes": qs.schemes, "payload_bytes": len(raw), "seconds": round(quant_s, 3)},
+        "compression": {"chosen": chosen, "sizes": sizes},
+        "artifact": {**art, "budget_bytes": golf.budget_bytes,
+                     "budget_ok": total <= golf.budget_bytes, "tokenizer_bytes": tokenizer_bytes,
+                     "tokenizer_counted": golf.count_tokenizer,
+                     "bits_per_param": round(8 * art["weights_bytes"] / max(stats["params"], 1), 3)},
+        "roundtrip_bit_exact": exact,
+        "model_config": dataclasses.asdict(model_cfg),
+        "machine": {"device": str(dev), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "platform": platform.platform(), "load_1m_before": load_before, "load_1m_after": _load1()},
+        "wall_s": round(time.perf_counter() - t_start, 2),
+        "git": git_hash(),
+        "versions": software_versions(),
+    }
+    atomic_write_json(out_dir / "golf.json", result)
+    atomic_write_text(out_dir / "GOLF.md", _markdown(result))
+    check_budget(total, golf.budget_bytes, art["code_bytes"], art["weights_bytes"])
+    return result
