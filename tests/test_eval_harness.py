@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-lm_eval = pytest.importorskip("lm_eval")
+import lm_eval  # installed by scripts/setup.sh (extra "harness")
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "eval"))
 import eval_helpers as H  # noqa: E402
