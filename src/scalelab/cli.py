@@ -38,7 +38,7 @@ def _config_keys_epilog() -> str:
     return "\n".join(lines)
 
 
-def _load(args) -> "RunConfig":  # noqa: F821
+def _load(args):
     from scalelab.config import load_config
 
     overrides = list(args.overrides)
@@ -280,7 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    return run_parsed(parser, parser.parse_args(argv))
+
+
+def run_parsed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Call the chosen subcommand; a user error prints one line and exits 2 (shared by the
+    stand-alone entry points of subcommand modules)."""
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -135,8 +135,6 @@ def format_report_run(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry (`python -m scalelab.release_cli ...`), also used by the tests."""
-    from scalelab.errors import ScalelabError
-
     parser = argparse.ArgumentParser(prog="scalelab")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     register(sub)
@@ -144,15 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir")
     p.add_argument("--no-samples", action="store_true")
     p.set_defaults(func=lambda a: print(format_report_run(report_run(a.run_dir, samples=not a.no_samples))) or 0)
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    try:
-        return args.func(args) or 0
-    except ScalelabError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from scalelab.cli import run_parsed
+
+    return run_parsed(parser, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -142,8 +142,6 @@ def recipe_command(setup, params: dict[str, Any]) -> str:
 
 def analyze(setup, study, rm: dict[str, Any], stop: dict[str, Any], spent_s: float,
             budget_s: float | None) -> dict[str, Any]:
-    from optuna.trial import TrialState
-
     default = setup.space.default_params
     trials = [trial_record(t, default, setup.space) for t in study.get_trials(deepcopy=False)]
     by_number = {t["number"]: t for t in trials}

@@ -89,15 +89,10 @@ def _set_dotted(tree: dict, key: str, value: Any) -> None:
 def load_tune_config(path: str | Path, overrides: list[str] | None = None) -> TuneConfig:
     """Read a tune YAML; `key=value` overrides set its keys: `trials=10`, `base.train.threads=1`
     (appended to base_overrides when the base is a file), `space.train.compile=[false]`."""
+    from scalelab.config import load_yaml_mapping
+
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"tune config '{p}' does not exist; see configs/tune-cpu.yaml")
-    try:
-        tree = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"tune config '{p}' is not valid YAML: {e}") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"tune config '{p}' must hold a mapping at the top level")
+    tree = load_yaml_mapping(p, "tune config", "configs/tune-cpu.yaml")
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. trials=10)")
