@@ -57,8 +57,8 @@ def test_registered_and_matches_our_scores(tmp_path, monkeypatch):
             assert lls == pytest.approx(ours[s["doc_id"]]["lls"], abs=1e-5)
             assert s["acc"] == ours[s["doc_id"]]["acc"]
     # the harness-facing creation path: model_args string
-    lm2 = cls.create_from_arg_string(f"path={H.run_dir()},device=cpu", {"batch_size": 4})
-    assert lm2.batch_size == 4 and lm2.max_length == 32
+    lm2 = cls.create_from_arg_string(f"path={H.run_dir()},device=cpu,batch_size=4", {"batch_size": 1, "device": "cuda"})
+    assert lm2.batch_size == 4 and lm2.max_length == 32 and lm2.device.type == "cpu"
 
 
 def test_rolling_and_generate_until():

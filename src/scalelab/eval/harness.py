@@ -11,7 +11,8 @@ or from Python:
     lm_eval.simple_evaluate(model="scalelab", model_args="path=runs/tiny", tasks=["arc_easy"])
 
 model_args: path (a run dir, RUN@best, a checkpoint dir, or hf:DIR), device, dtype,
-tokenizer (when the run's data dir is elsewhere), batch_size (rows per forward pass).
+tokenizer (when the run's data dir is elsewhere), batch_size (packed rows per forward
+pass; the harness's own --batch_size counts sequences and is ignored).
 The plain `lm_eval` command does not know "scalelab" (the harness has no plug-in
 mechanism for models), hence the module entry point.
 
@@ -59,6 +60,20 @@ def register():
                     raise ValueError("model_args needs path=RUN_DIR (or hf:DIR)")
                 bs = int(batch_size) if batch_size not in (None, "auto") and str(batch_size).isdigit() else None
                 self.em = load_model_for_eval(target, device=device, dtype=dtype, tokenizer=tokenizer, batch_size=bs)
+
+        @classmethod
+        def create_from_arg_obj(cls, arg_dict, additional_config=None):
+            # model_args win over the harness's --device; its --batch_size (sequences, default 1)
+            # is ignored: ours counts packed rows -- pass model_args batch_size=N to set it
+            extra = {k: v for k, v in (additional_config or {}).items()
+                     if v is not None and k not in arg_dict and k not in ("batch_size", "max_batch_size")}
+            return cls(**arg_dict, **extra)
+
+        @classmethod
+        def create_from_arg_string(cls, arg_string, additional_config=None):
+            from lm_eval import utils
+
+            return cls.create_from_arg_obj(utils.simple_parse_args_string(arg_string), additional_config)
 
         # -- properties the harness reads --------------------------------------
         @property

@@ -27,7 +27,7 @@ import torch
 from scalelab.config import RunConfig
 from scalelab.errors import ScalelabError
 from scalelab.golf import codec
-from scalelab.golf.artifact import check_budget, code_bytes, write_artifact
+from scalelab.golf.artifact import BudgetError, check_budget, code_bytes, write_artifact
 from scalelab.golf.compress import compress_best
 from scalelab.golf.config import GolfConfig, to_dict
 from scalelab.golf.evaluate import ByteCounter, evaluate_bpb, load_split_tokens, resolve_tokenizer
@@ -93,8 +93,6 @@ def precheck(model_cfg: GPTConfig, golf: GolfConfig) -> dict[str, int]:
     est = estimate_bytes(model_cfg, golf)
     floor = int(est["payload_at_bit_width"] * PRECHECK_RATIO) + est["code"]
     if golf.precheck and floor > golf.budget_bytes:
-        from scalelab.golf.artifact import BudgetError
-
         raise BudgetError(
             f"this model cannot fit golf.budget_bytes={golf.budget_bytes:,}: its weights are "
             f"{est['payload_at_bit_width']:,} bytes at golf.quant={golf.quant} before compression, and even "
@@ -131,10 +129,11 @@ def _markdown(result: dict) -> str:
         ("artifact bytes (code + weights)", f"{a['total_bytes']:,} = {a['code_bytes']:,} + {a['weights_bytes']:,}"),
         ("budget", f"{a['budget_bytes']:,} ({'held' if a['budget_ok'] else 'EXCEEDED'}, "
                    f"headroom {a['budget_bytes'] - a['total_bytes']:,})"),
-        ("quantization", f"{q['default']} (clip {q['clip']}), {q['params']:,} params, weights from {result['weights']}"),
-        ("compressor", f"{result['compression']['chosen']} "
-                       + ", ".join(f"{k} {v:,}" if isinstance(v, int) else f"{k} ({v})"
-                                   for k, v in result['compression']['sizes'].items())),
+        ("quantization", f"{q['default']} (clip {q['clip']}; overrides {q['overrides'] or 'none'}), "
+                         f"{q['params']:,} params, {result['weights']} weights"),
+        ("compressor", f"{result['compression']['chosen']} (" + "; ".join(
+            f"{k} {v:,}" if isinstance(v, int) else f"{k}: {v}" for k, v in result['compression']['sizes'].items())
+            + ")"),
         ("training", f"{result['train']['steps']} steps, {result['train']['tokens']:,} tokens, "
                      f"{result['train']['train_time_s']:.1f} s (cap {result['config']['train']['max_time_s']} s)"),
         ("round trip bit-exact", str(result["roundtrip_bit_exact"])),
