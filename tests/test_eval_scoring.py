@@ -14,6 +14,14 @@ from scalelab.eval import scoring  # noqa: E402
 from scalelab.eval.loading import GPTEvalModel  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: threads only add contention on a shared machine
+    yield
+    torch.set_num_threads(n)
+
+
 def random_requests(vocab, n_questions=12, max_ctx=90, seed=0):
     g = np.random.default_rng(seed)
     reqs = []
@@ -152,3 +160,39 @@ def test_fixture_task_requests_equal_brute_force(backend):
     assert len(reqs) > 30
     check_against_brute_force(em, fn, reqs)
     assert em.n_truncated > 0  # PIQA / LAMBADA contexts exceed the tiny windows
+
+
+def test_fsdp_sharded_gpt_goes_through_forward():
+    """FSDP2-sharded parameters (as the trainer passes under FSDP) are gathered by forward
+    hooks: the backend must use forward() and still give the same numbers."""
+    import copy
+    import os
+    import socket
+
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    from scalelab.eval import tasks as T
+
+    assert not dist.is_initialized()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        base = H.trained_gpt()
+        sharded = copy.deepcopy(base)
+        for block in sharded.blocks:
+            fully_shard(block)
+        fully_shard(sharded)
+        em = GPTEvalModel(sharded, H.tokenizer(), device="cpu")
+        assert em.backend.full_logits and not em.backend.supports_masks
+        spec = H.fixture_spec("arc_easy")
+        examples, _, _ = T.build_examples(spec)
+        a = T.score_examples(GPTEvalModel(base, H.tokenizer(), device="cpu"), spec, examples)
+        b = T.score_examples(em, spec, examples)
+        for ra, rb in zip(a, b):
+            assert rb["lls"] == pytest.approx(ra["lls"], abs=1e-4)
+    finally:
+        dist.destroy_process_group()

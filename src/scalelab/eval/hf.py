@@ -135,6 +135,10 @@ class HFBackend:
         out = self.base(**kwargs)
         return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
+    @property
+    def full_logits(self) -> bool:
+        return self.full
+
     @torch.no_grad()
     def logits(self, h):
         if self.full:

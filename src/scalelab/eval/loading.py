@@ -187,9 +187,11 @@ class GPTBackend:
         self.vocab_size = int(model.cfg.vocab_size)
         self.device = device
         self.dtype = dtype
-        self.supports_masks = True
         self._tables: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.supports_masks = self.self_check()
+        # FSDP2-sharded parameters are gathered by hooks around forward(): go through it
+        # (full logits, one plain sequence per row); every rank must make the same calls.
+        self.full_logits = _is_sharded(model)
+        self.supports_masks = False if self.full_logits else self.self_check()
 
     def _autocast(self):
         if self.device.type == "cuda" and self.dtype != torch.float32:
@@ -207,6 +209,8 @@ class GPTBackend:
     @torch.no_grad()
     def hidden(self, idx, pos, mask):
         with self._autocast():
+            if self.full_logits:
+                return self.model(idx)
             if mask is None:
                 return self.model.hidden(idx)
             return self._packed_hidden(idx, pos, mask)
@@ -225,6 +229,8 @@ class GPTBackend:
 
     @torch.no_grad()
     def logits(self, h):
+        if self.full_logits:
+            return h.float()
         with self._autocast():
             return self.model.logits(h).float()
 
@@ -242,6 +248,14 @@ class GPTBackend:
             return False
         tol = 1e-4 if self.dtype == torch.float32 else 5e-2
         return bool(torch.allclose(ref, got, atol=tol, rtol=tol))
+
+
+def _is_sharded(model) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch without distributed
+        return False
+    return any(isinstance(p, DTensor) for p in model.parameters())
 
 
 def _rotate(x, cos, sin):

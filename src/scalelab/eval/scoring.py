@@ -20,7 +20,9 @@ contexts longer than the window truncated from the left: the model sees the last
 A backend supplies `hidden(idx, pos, mask)` (final hidden states; `pos`/`mask` None =
 ordinary causal) and `logits(h)`; `scalelab.eval.loading` (our GPT) and
 `scalelab.eval.hf` (any Hugging Face causal LM) implement it. A backend without
-working masks (`supports_masks = False`) gets one plain sequence per row instead.
+working masks (`supports_masks = False`) gets one plain sequence per row instead; one
+with `full_logits = True` returns logits from `hidden` (a model reachable only through
+its forward, e.g. FSDP-sharded) and gets fewer rows per pass.
 """
 from __future__ import annotations
 
@@ -186,6 +188,8 @@ def run_items(backend: Backend, items: list[Item], batch_size: int = 16, pack_le
         while b < len(rows):
             longest = sum(sizes[i] for i in rows[b])  # rows are sorted longest first
             n = max(1, min(batch_size, MASK_BUDGET // max(1, longest * longest)))
+            if getattr(backend, "full_logits", False):  # the backend returns logits at every position
+                n = max(1, min(n, 4 * LOGITS_BUDGET // max(1, longest * backend.vocab_size)))
             batch_rows = rows[b:b + n]
             b += n
             _run_batch(backend, [[units[i] for i in r] for r in batch_rows], results, stats)

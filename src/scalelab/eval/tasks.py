@@ -157,6 +157,9 @@ def get_spec(name_or_path: str | Path) -> TaskSpec:
     if p.suffix in (".yaml", ".yml", ".jsonl", ".json") or p.exists():
         if not p.is_file():
             raise TaskError(f"task file '{p}' does not exist")
+        if p.suffix not in (".yaml", ".yml", ".jsonl", ".json"):
+            raise TaskError(f"'{p}' is not a task file: give a task YAML (.yaml/.yml) or a JSONL/JSON file of "
+                            "{\"query\", \"choices\", \"gold\"} rows (see docs/EVAL.md)")
         return _spec_from_jsonl(p) if p.suffix in (".jsonl", ".json") else load_spec_file(p)
     names = _builtin_aliases()
     if text in names:
@@ -809,8 +812,9 @@ _TRAIN_CACHE: dict[tuple, tuple[TaskSpec, list[Example]]] = {}
 def run_tasks_in_training(model, tokenizer, task_names: list[str], limit: int | None = 200,
                           device=None, seed: int = 0, batch_size: int | None = None) -> dict[str, float]:
     """acc_norm (acc where a task has none) per task on a fixed seeded subset, for a bare
-    scalelab `GPT` and its `Tokenizer`. Data and prompts are cached across calls. Under
-    FSDP call it on every rank (the forward is collective)."""
+    scalelab `GPT` and its `Tokenizer`. Data and prompts are cached across calls. An
+    FSDP2-sharded model is scored through its forward (the hooks gather the shards):
+    call it on every rank with the same arguments."""
     from scalelab.eval.loading import wrap_gpt
 
     em = wrap_gpt(model, tokenizer, device=device)
