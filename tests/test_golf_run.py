@@ -53,6 +53,7 @@ def test_golf_loop_end_to_end(golf_run):
     meta = json.loads((root / "data" / "meta.json").read_text())
     val_tokens = meta["splits"]["val"]["tokens"]
     assert post["tokens"] == val_tokens - 1
+    assert post["bytes"] == meta["splits"]["val"]["bytes"]  # exact: the UTF-8 bytes of the val documents
     sliding = result["eval"]["post_sliding"]
     assert sliding["tokens"] == val_tokens - 1 and sliding["stride"] == 32 and sliding["seconds"] > 0
     # Bytes: what the report says is what is on disk, and it fits.

@@ -71,8 +71,14 @@ def ensure_data(cfg: RunConfig, info: DistInfo) -> dict[str, Any]:
     """Prepare shards on rank 0 if the data dir has none yet; return its meta."""
     from scalelab.data.prepare import load_meta, prepare_data
 
+    from scalelab.data.shards import list_shards
+    from scalelab.errors import DataError as _DataError
+
     data_dir = Path(cfg.data.dir)
-    has_shards = data_dir.is_dir() and any(data_dir.glob("train_*.bin"))
+    try:  # our own names and the public ones (e.g. fineweb_train_000001.bin)
+        has_shards = data_dir.is_dir() and bool(list_shards(data_dir, "train"))
+    except _DataError:
+        has_shards = False
     if not has_shards and info.is_main:
         prepare_data(cfg.data, progress=cfg.train.progress)
     barrier()
