@@ -97,20 +97,12 @@ def register(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from scalelab.errors import ScalelabError
+    from scalelab.cli import run_parsed
 
     parser = argparse.ArgumentParser(prog="scalelab golf", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(parser)
-    args = parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv)
-    try:
-        return args.func(args) or 0
-    except ScalelabError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_parsed(parser, parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":
