@@ -1,24 +1,15 @@
 """Sampling: reproducible with a seed, KV cache == no cache, SAMPLES.md with its settings."""
-import sys
-from pathlib import Path
 
 import pytest
-import torch
 
-sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "eval"))
-import eval_helpers as H  # noqa: E402
+import eval_helpers as H
 
-from scalelab.eval.generate import DEFAULT_PROMPTS, SampleSettings, read_prompts, sample_prompts, write_samples  # noqa: E402
-from scalelab.eval.loading import GPTEvalModel  # noqa: E402
-from scalelab.eval.scoring import EvalError  # noqa: E402
+from scalelab.eval.generate import DEFAULT_PROMPTS, SampleSettings, read_prompts, sample_prompts, write_samples
+from scalelab.eval.loading import GPTEvalModel
+from scalelab.eval.scoring import EvalError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def model():

@@ -1,28 +1,20 @@
 """The lm-evaluation-harness adapter ("scalelab" model): the harness's own task code,
 run on our checkpoint, gives our per-example log-likelihoods. Only when lm_eval is
 installed (it is an optional integration)."""
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import lm_eval  # installed by scripts/setup.sh (extra "harness")
 
-sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "eval"))
-import eval_helpers as H  # noqa: E402
+import eval_helpers as H
 
-from scalelab.eval import tasks as T  # noqa: E402
-from scalelab.eval.harness import register  # noqa: E402
-from scalelab.eval.loading import load_model_for_eval  # noqa: E402
+from scalelab.eval import tasks as T
+from scalelab.eval.harness import register
+from scalelab.eval.loading import load_model_for_eval
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def harness_task_yaml(tmp_path: Path, task: str, yaml_rel: str) -> Path:

@@ -1,26 +1,18 @@
 """Language-modelling metrics: windows, exact byte accounting, sliding vs non-overlapping."""
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "eval"))
-import eval_helpers as H  # noqa: E402
+import eval_helpers as H
 
-from scalelab.errors import DataError  # noqa: E402
-from scalelab.eval.lm import evaluate_lm, window_plan  # noqa: E402
-from scalelab.eval.loading import GPTEvalModel  # noqa: E402
+from scalelab.errors import DataError
+from scalelab.eval.lm import evaluate_lm, window_plan
+from scalelab.eval.loading import GPTEvalModel
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def model():

@@ -2,25 +2,18 @@
 import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "eval"))
-import eval_helpers as H  # noqa: E402
+import eval_helpers as H
 
-from scalelab.errors import CheckpointError, DataError, ScalelabError  # noqa: E402
-from scalelab.eval.loading import load_model_for_eval  # noqa: E402
+from scalelab.errors import CheckpointError, DataError, ScalelabError
+from scalelab.eval.loading import load_model_for_eval
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def copy_run(tmp_path) -> Path:

@@ -1,25 +1,17 @@
 """The scoring engine equals brute force (full-sequence log-softmax sums) for our GPT and a
 tiny HF Llama; truncation, prefix trees, packing and the acc / acc_norm rules."""
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "eval"))
-import eval_helpers as H  # noqa: E402
+import eval_helpers as H
 
-from scalelab.eval import scoring  # noqa: E402
-from scalelab.eval.loading import GPTEvalModel  # noqa: E402
+from scalelab.eval import scoring
+from scalelab.eval.loading import GPTEvalModel
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: threads only add contention on a shared machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_requests(vocab, n_questions=12, max_ctx=90, seed=0):

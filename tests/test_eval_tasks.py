@@ -2,26 +2,17 @@
 written from the harness YAMLs), data loading, subsets, errors, results and comparisons."""
 import gzip
 import json
-import sys
-from pathlib import Path
 
 import pytest
-import torch
 
-sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "eval"))
-import eval_helpers as H  # noqa: E402
+import eval_helpers as H
 
-from scalelab.errors import ScalelabError  # noqa: E402
-from scalelab.eval import tasks as T  # noqa: E402
-from scalelab.eval.loading import GPTEvalModel  # noqa: E402
+from scalelab.errors import ScalelabError
+from scalelab.eval import tasks as T
+from scalelab.eval.loading import GPTEvalModel
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def example(task, i):

@@ -162,6 +162,17 @@ def test_export_refuses_non_llama(tmp_path_factory, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_llama_check_names_every_golf_only_feature():
+    from scalelab.model.gpt import GPTConfig
+    from scalelab.model.hf_adapter import check_llama_compatible
+
+    check_llama_compatible(GPTConfig(vocab_size=64, n_layer=2, d_model=32, n_head=2, seq_len=16))
+    golf = GPTConfig(vocab_size=64, n_layer=2, d_model=32, n_head=2, seq_len=16, mlp="relu2", qk_norm=True,
+                     logit_softcap=30.0, unet_skips=True)
+    with pytest.raises(ConfigError, match=r"mlp=relu2.*qk_norm.*softcap.*unet_skips"):
+        check_llama_compatible(golf)
+
+
 def test_export_errors_and_atomicity(bpe_run, tmp_path):
     from scalelab.export import ExportError, export_hf
 

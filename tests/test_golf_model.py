@@ -8,13 +8,7 @@ from scalelab.model.sizing import count_params
 from scalelab.train.optim import build_optimizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: one thread avoids OpenMP spin-waiting on shared, loaded cores.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg(**kw):

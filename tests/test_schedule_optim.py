@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from scalelab.config import TrainConfig
+from scalelab.train.muon import Muon, orthogonalize
 from scalelab.train.optim import build_optimizer, param_groups
 from scalelab.train.schedule import lr_at
 
@@ -71,7 +72,7 @@ def test_adamw_betas_and_decoupled_decay():
 def test_muon_takes_hidden_matrices_adam_the_rest():
     m = Tiny()
     muon, adam = build_optimizer(m, TrainConfig(optimizer="muon", lr=0.01, muon_lr=0.02, max_steps=1), "cpu")
-    assert isinstance(muon, torch.optim.Muon)
+    assert isinstance(muon, Muon) and muon.param_groups[0]["ns_dtype"] == "float32"  # fp32 on CPU
     assert {id(p) for g in muon.param_groups for p in g["params"]} == {id(m.proj.weight)}
     adam_ids = {id(p) for g in adam.param_groups for p in g["params"]}
     assert id(m.emb.weight) in adam_ids and id(m.proj.weight) not in adam_ids
@@ -79,3 +80,32 @@ def test_muon_takes_hidden_matrices_adam_the_rest():
 
     set_lr([muon, adam], 0.5)
     assert muon.param_groups[0]["lr"] == pytest.approx(0.01) and adam.param_groups[0]["lr"] == pytest.approx(0.005)
+
+
+def test_muon_matches_torch_muon_in_bf16_and_orthogonalizes_in_fp32():
+    """Our Muon is torch.optim.Muon's update with the Newton-Schulz dtype as a knob."""
+    torch.manual_seed(0)
+    shapes = [(48, 16), (16, 40)]  # tall (lr scaled by sqrt(3)) and wide
+    ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    a = Muon(ours, lr=0.02, momentum=0.95, weight_decay=0.1, ns_dtype=torch.bfloat16)
+    b = torch.optim.Muon(ref, lr=0.02, momentum=0.95, weight_decay=0.1)
+    for _ in range(3):
+        grads = [torch.randn(s) for s in shapes]
+        for p, q, g in zip(ours, ref, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        a.step()
+        b.step()
+    for p, q in zip(ours, ref):
+        assert torch.allclose(p, q, atol=1e-6)
+    g = torch.randn(64, 32)
+    o = orthogonalize(g, dtype=torch.float32)
+    assert o.dtype == torch.float32 and o.shape == g.shape
+    sv = torch.linalg.svdvals(o)
+    assert sv.min() > 0.5 and sv.max() < 1.5  # the quintic's band, not exactly 1
+    stack = torch.randn(3, 32, 64)  # same-shaped matrices go through one batched iteration
+    batched = orthogonalize(stack, dtype=torch.float32)
+    for i in range(3):
+        assert torch.allclose(batched[i], orthogonalize(stack[i], dtype=torch.float32), atol=1e-5)
+    with pytest.raises(ValueError, match="2-D"):
+        Muon([torch.nn.Parameter(torch.zeros(3))])

@@ -50,7 +50,7 @@ class TrainConfig:
     micro_batch: int = 8
     batch_tokens: int = 8192
     # Optimizer: "adamw" (decoupled weight decay; no decay on norms/biases/embeddings), or
-    # "muon" (torch.optim.Muon on the hidden 2-D matrices, AdamW at `lr` for the rest).
+    # "muon" (scalelab.train.muon.Muon on the hidden 2-D matrices, AdamW at `lr` for the rest).
     optimizer: str = "adamw"
     lr: float = 3e-3
     muon_lr: float = 0.02
@@ -69,11 +69,12 @@ class TrainConfig:
     # Stopping: the first of steps / tokens / wall-clock reached. At least one is set.
     max_steps: int | None = None
     max_tokens: int | None = None
-    max_time_s: float | None = None
+    max_time_s: float | None = None  # training steps' time; with compile, the first (compiling) step is not billed
     # Numerics and speed.
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     compile: bool = False
     activation_checkpointing: bool = False
+    fp8: bool = False  # FP8 forward matmuls in the blocks (H100-class GPUs; scalelab.train.fp8)
     parallel: str = "auto"  # auto | none | ddp | fsdp
     deterministic: bool = False
     threads: int | None = None  # torch CPU threads (None = torch default)

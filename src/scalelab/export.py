@@ -255,8 +255,7 @@ def _run_dir_of(ckpt: Path) -> Path:
 def load_source(run: str | Path, which: str = "last", weights: str = "model",
                 tokenizer: str | Path | None = None) -> _Source:
     """The checkpoint, its GPT (weights loaded, eval mode) and its tokenizer."""
-    from scalelab.eval.loading import load_gpt
-    from scalelab.model.gpt import GPTConfig
+    from scalelab.eval.loading import load_gpt, read_checkpoint
     from scalelab.model.hf_adapter import check_llama_compatible
     from scalelab.train import checkpoint as ck
 
@@ -264,23 +263,13 @@ def load_source(run: str | Path, which: str = "last", weights: str = "model",
         raise ConfigError(f"--which must be 'last' or 'best', got '{which}'")
     if weights not in ("model", "ema"):
         raise ConfigError(f"--weights must be 'model' or 'ema', got '{weights}'")
-    path = Path(run)
-    if not path.exists():
-        raise CheckpointError(f"'{path}' does not exist: give a run dir (with checkpoints/) or a checkpoint dir")
-    ckpt = ck.find_checkpoint(path, which)
-    if ckpt is None:
-        raise CheckpointError(f"'{path}' holds no checkpoint (no {ck.STATE_FILE}, no checkpoints/{which}); "
-                              "train it first (scalelab train CONFIG)")
-    state = ck.load_state(ckpt)
-    mc = state.get("model_config")
-    if not isinstance(mc, dict):
-        raise CheckpointError(f"checkpoint '{ckpt}' has no model_config in {ck.STATE_FILE}")
-    cfg = GPTConfig(**mc)
+    ckpt, state, cfg = read_checkpoint(Path(run), which)
     try:
         check_llama_compatible(cfg)
     except ConfigError as e:
         raise ConfigError(f"cannot export '{ckpt}': {e}. Only Llama-shaped models (model.mlp=swiglu, "
-                          "model.qk_norm=false, model.logit_softcap=null) map onto LlamaForCausalLM") from None
+                          "model.qk_norm=false, model.logit_softcap=null, model.unet_skips=false) map onto "
+                          "LlamaForCausalLM") from None
     em = load_gpt(ckpt, device="cpu", dtype="fp32", tokenizer=tokenizer)
     model = em.model
     if weights == "ema":

@@ -328,20 +328,11 @@ class GPTEvalModel(EvalModel):
         return new
 
 
-def load_gpt(target: str | Path, device=None, dtype=None, tokenizer: str | Path | None = None) -> GPTEvalModel:
-    """A scalelab run dir (`RUN`, `RUN@best`, `RUN@last`) or checkpoint dir."""
-    from scalelab.data.prepare import load_data_tokenizer
-    from scalelab.data.tokenizer import load_tokenizer
-    from scalelab.model.gpt import GPT, GPTConfig
+def read_checkpoint(path: Path, which: str = "last"):
+    """(checkpoint dir, its state.json, its GPTConfig) for a run dir or a checkpoint dir."""
+    from scalelab.model.gpt import GPTConfig
     from scalelab.train import checkpoint as ck
 
-    text = str(target)
-    which = "last"
-    if "@" in Path(text).name:
-        text, which = text.rsplit("@", 1)
-        if which not in ("last", "best"):
-            raise CheckpointError(f"'{target}': the suffix after @ must be 'last' or 'best', got '{which}'")
-    path = Path(text)
     if not path.exists():
         raise CheckpointError(f"'{path}' does not exist: give a scalelab run dir, a checkpoint dir, or hf:PATH "
                               "for a Hugging Face model")
@@ -360,6 +351,23 @@ def load_gpt(target: str | Path, device=None, dtype=None, tokenizer: str | Path 
         raise CheckpointError(f"checkpoint '{ckpt}' has model settings this scalelab does not know ({', '.join(unknown)}); "
                               "upgrade scalelab")
     cfg = GPTConfig(**mc)
+    return ckpt, state, cfg
+
+
+def load_gpt(target: str | Path, device=None, dtype=None, tokenizer: str | Path | None = None) -> GPTEvalModel:
+    """A scalelab run dir (`RUN`, `RUN@best`, `RUN@last`) or checkpoint dir."""
+    from scalelab.data.prepare import load_data_tokenizer
+    from scalelab.data.tokenizer import load_tokenizer
+    from scalelab.model.gpt import GPT
+    from scalelab.train import checkpoint as ck
+
+    text = str(target)
+    which = "last"
+    if "@" in Path(text).name:
+        text, which = text.rsplit("@", 1)
+        if which not in ("last", "best"):
+            raise CheckpointError(f"'{target}': the suffix after @ must be 'last' or 'best', got '{which}'")
+    ckpt, state, cfg = read_checkpoint(Path(text), which)
 
     # The tokenizer: the run's data dir, or an explicit one; its identity must match.
     saved_identity = state.get("tokenizer_identity")

@@ -299,38 +299,37 @@ def _render(template: str, doc: dict) -> str:
 # Formatting a document (the harness's doc_to_text / doc_to_target / doc_to_choice)
 
 
+def _from_doc(spec: TaskSpec, v: str, doc: dict, lists: bool = False):
+    """A column's value, else the rendered template: an index when it renders to digits
+    and the task has choices, a list when it renders to one (and `lists`), else the text."""
+    if v in doc:
+        return doc[v]
+    s = _render(v, doc)
+    if s.isdigit() and spec.doc_to_choice is not None:
+        return ast.literal_eval(s)
+    if lists and len(s) >= 2 and s[0] == "[" and s[-1] == "]":
+        try:
+            return ast.literal_eval(s)
+        except (SyntaxError, ValueError):
+            return s
+    return s
+
+
 def doc_to_text(spec: TaskSpec, doc: dict):
     v = spec.doc_to_text
     if isinstance(v, int) and not isinstance(v, bool):
         return v
     if isinstance(v, str):
-        if v in doc:
-            return doc[v]
-        s = _render(v, doc)
-        if s.isdigit() and spec.doc_to_choice is not None:
-            return ast.literal_eval(s)
-        return s
+        return _from_doc(spec, v, doc)
     raise TaskError(f"task '{spec.name}': doc_to_text must be a string (column or template) or an int")
 
 
 def doc_to_target(spec: TaskSpec, doc: dict):
     v = spec.doc_to_target
-    if isinstance(v, int) and not isinstance(v, bool):
-        return v
-    if isinstance(v, list):
+    if (isinstance(v, int) and not isinstance(v, bool)) or isinstance(v, list):
         return v
     if isinstance(v, str):
-        if v in doc:
-            return doc[v]
-        s = _render(v, doc)
-        if s.isdigit() and spec.doc_to_choice is not None:
-            return ast.literal_eval(s)
-        if len(s) >= 2 and s[0] == "[" and s[-1] == "]":
-            try:
-                return ast.literal_eval(s)
-            except (SyntaxError, ValueError):
-                return s
-        return s
+        return _from_doc(spec, v, doc, lists=True)
     raise TaskError(f"task '{spec.name}': doc_to_target must be a column, a template, an int or a list")
 
 

@@ -48,6 +48,8 @@ def check_llama_compatible(cfg: GPTConfig) -> None:
         problems.append("model.qk_norm=true (Llama has no QK-norm)")
     if cfg.logit_softcap is not None:
         problems.append("model.logit_softcap is set (Llama has no logit soft-cap)")
+    if getattr(cfg, "unet_skips", False):
+        problems.append("model.unet_skips=true (Llama has no skip connections between blocks)")
     if problems:
         raise ConfigError("this model cannot be exported as LlamaForCausalLM: " + "; ".join(problems))
 

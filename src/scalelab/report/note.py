@@ -19,6 +19,7 @@ from typing import Any
 
 from scalelab.errors import DataError
 from scalelab.io import atomic_write_text
+from scalelab.report.numbers import finite as _ok, num as _num
 from scalelab.report.plots import (
     chinchilla_data_range, families, fit_status, fmt_ratio, frontier_column, frontier_points, good_runs,
     lower_envelope, plot_study, primary_ratio, ratio_of, run_n, size_rows, study_ratios,
@@ -36,17 +37,6 @@ STUDY_COMMAND = "scalelab study CONFIG"
 # --------------------------------------------------------------------------------------
 # Formatting
 # --------------------------------------------------------------------------------------
-
-
-def _num(x) -> float:
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def _ok(x) -> bool:
-    return math.isfinite(_num(x))
 
 
 def f3(x, nd: int = 3) -> str:

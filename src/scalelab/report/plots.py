@@ -45,6 +45,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from scalelab.io import atomic_write_bytes
+from scalelab.report.numbers import finite as _finite, num as _num
 
 FIGURES = ("loss_vs_params", "metric_vs_params", "loss_curves", "compute_frontier")
 DPI = 150
@@ -64,17 +65,8 @@ N_LABEL = "non-embedding parameters N"
 # --------------------------------------------------------------------------------------
 
 
-def _num(x) -> float:
-    """float(x), or nan for None / junk."""
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return float("nan")
-    return v
 
 
-def _finite(x) -> bool:
-    return math.isfinite(_num(x))
 
 
 def good_runs(results: dict) -> list[dict]:

@@ -32,6 +32,7 @@ import yaml
 from scalelab.errors import CheckpointError, ScalelabError
 from scalelab.io import atomic_write_bytes, atomic_write_text
 from scalelab.report.note import count, duration, f3, intc, sci
+from scalelab.report.numbers import finite as _ok, num as _num
 
 FILES = ("MODEL_CARD.md", "BENCHMARK.md", "LOSS_CURVE.png", "SAMPLES.md", "WRITEUP.md")
 BASELINES_ENV = "SCALELAB_BASELINES"
@@ -189,16 +190,8 @@ def load_run(run_dir: str | Path) -> RunFiles:
 # --------------------------------------------------------------------------------------
 
 
-def _num(x) -> float:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return float("nan")
-    return v
 
 
-def _ok(x) -> bool:
-    return math.isfinite(_num(x))
 
 
 def _pct(x, nd: int = 1) -> str:

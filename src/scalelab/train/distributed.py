@@ -113,13 +113,17 @@ def resolve_parallel(cfg: TrainConfig, info: DistInfo) -> str:
 
 
 def parallelize(model: nn.Module, cfg: TrainConfig, info: DistInfo, param_dtype: torch.dtype) -> nn.Module:
-    """Apply activation checkpointing, torch.compile and DDP/FSDP2 to a built model.
+    """Apply FP8 linears, activation checkpointing, torch.compile and DDP/FSDP2 to a built model.
 
-    Order as in torchtitan: checkpointing, then compile, then data parallelism.
+    Order as in torchtitan: float8, checkpointing, then compile, then data parallelism.
     The model must expose `blocks` (an nn.ModuleList of transformer blocks).
     """
     mode = resolve_parallel(cfg, info)
     blocks = getattr(model, "blocks", [])
+    if cfg.fp8:
+        from scalelab.train.fp8 import enable_fp8
+
+        enable_fp8(model, info.device)
     if cfg.activation_checkpointing:
         for block in blocks:
             _checkpoint_block(block)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from scalelab.config import TrainConfig
+from scalelab.train.muon import Muon
 
 
 def _embedding_ids(model: nn.Module) -> set[int]:
@@ -58,7 +59,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device_type: str) -> lis
     hidden = [p for p in groups[0]["params"] if p.dim() == 2 and id(p) != head_id]
     hidden_ids = {id(p) for p in hidden}
     rest_decay = [p for p in groups[0]["params"] if id(p) not in hidden_ids]
-    muon = torch.optim.Muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay)
+    # bf16 Newton-Schulz on GPUs (tensor cores); fp32 on CPUs, where bf16 matmuls are emulated.
+    ns_dtype = torch.bfloat16 if device_type == "cuda" else torch.float32
+    muon = Muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay, ns_dtype=ns_dtype)
     for g in muon.param_groups:
         g["base_lr"] = g["lr"]
     adam_groups = [g for g in ({"params": rest_decay, "weight_decay": cfg.weight_decay}, groups[1]) if g["params"]]
