@@ -444,10 +444,12 @@ class Trainer:
                 if t.compile and not compiled:
                     # The first step of a process compiles (tens of seconds on GPU); like the
                     # parameter-golf rules, compilation is not billed to the wall-clock cap.
+                    # Nor to throughput: the logging window restarts after it.
                     compiled, self.compile_time = True, step_seconds
+                    window_start, window_tokens = time.perf_counter(), 0
                 else:
                     self.train_time += step_seconds
-                window_tokens += t.batch_tokens
+                    window_tokens += t.batch_tokens
                 loss = loss_sum.item()
                 if not math.isfinite(loss):
                     raise TrainingError(
@@ -459,10 +461,11 @@ class Trainer:
                           "step_time": round(time.perf_counter() - step_start, 6)}
                 if self.step % t.log_every == 0 or self.step == self.total_steps:
                     dt = time.perf_counter() - window_start
-                    tok_s = window_tokens / max(dt, 1e-9)
-                    record["tok_s"] = tok_s
-                    if peak:
-                        record["mfu"] = self.flops_per_token * tok_s / info.world_size / peak
+                    tok_s = window_tokens / max(dt, 1e-9) if window_tokens else None  # None: only the compile step
+                    if tok_s is not None:
+                        record["tok_s"] = tok_s
+                        if peak:
+                            record["mfu"] = self.flops_per_token * tok_s / info.world_size / peak
                     window_start, window_tokens = time.perf_counter(), 0
                     progress.update(t.log_every if self.step % t.log_every == 0 else self.step % t.log_every,
                                     loss=loss, tok_s=tok_s, mfu=record.get("mfu"), lr=f"{lr:.2e}")
