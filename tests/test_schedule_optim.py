@@ -109,3 +109,25 @@ def test_muon_matches_torch_muon_in_bf16_and_orthogonalizes_in_fp32():
         assert torch.allclose(batched[i], orthogonalize(stack[i], dtype=torch.float32), atol=1e-5)
     with pytest.raises(ValueError, match="2-D"):
         Muon([torch.nn.Parameter(torch.zeros(3))])
+
+
+def test_ema_decay_warms_up_then_holds():
+    from torch.optim.swa_utils import AveragedModel
+
+    from scalelab.train.trainer import ema_with_warmup
+
+    lin = nn.Linear(1, 1, bias=False)
+    nn.init.zeros_(lin.weight)
+    ema = AveragedModel(lin, multi_avg_fn=ema_with_warmup(0.99), use_buffers=False)
+    ema.update_parameters(lin)  # the first update copies
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+    ema.update_parameters(lin)  # n = 1: decay min(0.99, 2/11)
+    assert ema.module.weight.item() == pytest.approx(9 / 11)
+    for _ in range(2000):
+        ema.update_parameters(lin)
+    before = ema.module.weight.item()
+    with torch.no_grad():
+        lin.weight.fill_(2.0)
+    ema.update_parameters(lin)  # late: the configured decay
+    assert ema.module.weight.item() == pytest.approx(before + 0.01 * (2.0 - before))

@@ -78,7 +78,7 @@ class TrainConfig:
     parallel: str = "auto"  # auto | none | ddp | fsdp
     deterministic: bool = False
     threads: int | None = None  # torch CPU threads (None = torch default)
-    ema_decay: float | None = None  # keep an EMA of the weights (evaluated and saved as ema.safetensors)
+    ema_decay: float | None = None  # EMA of the weights (evaluated, saved as ema.safetensors); decay warms up as min(d, (1+n)/(10+n))
     # Throughput knobs (see `scalelab tune`): data-loader workers, DDP buckets, FSDP resharding.
     loader_workers: int = 0  # 0 = batches prepared in the training process
     prefetch_factor: int = 2

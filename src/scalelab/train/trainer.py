@@ -123,6 +123,20 @@ OOM_HINT = ("out of memory. Lower train.micro_batch (train.batch_tokens stays th
 # ---------------------------------------------------------------------------
 
 
+def ema_with_warmup(decay: float):
+    """EMA update whose decay warms up as min(decay, (1 + n) / (10 + n)) after n updates.
+
+    A fixed decay d keeps weight d^n on the first weights it saw: with d = 0.997, 180 steps
+    in it is still 58% the early model (measured: it cost 0.5 bpb in a short GPU golf run).
+    The warm-up (as TensorFlow's ExponentialMovingAverage with num_updates) makes the
+    average cover about the last n/10..1/(1-d) steps instead."""
+    def update(ema_params, params, num_averaged):
+        n = float(num_averaged)
+        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+        torch._foreach_lerp_(ema_params, params, weight)
+    return update
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, info: DistInfo):
         self.cfg = cfg
@@ -170,9 +184,9 @@ class Trainer:
         self.autocast = self.dtype == torch.bfloat16 and self.parallel != "fsdp"
         self.ema = None
         if t.ema_decay:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+            from torch.optim.swa_utils import AveragedModel
 
-            self.ema = AveragedModel(raw, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=False)
+            self.ema = AveragedModel(raw, multi_avg_fn=ema_with_warmup(t.ema_decay), use_buffers=False)
 
         from scalelab.data.loader import TokenLoader
         from scalelab.data.prefetch import make_loader
