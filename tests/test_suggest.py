@@ -10,7 +10,7 @@ from scalelab.model.sizing import count_params, flops_per_token, shape_for_param
 from scalelab.scaling.plan import batch_for_compute
 from scalelab.train.hardware import peak_for_name
 from scalelab.tune.memory import GIB, MemorySetup, activation_bytes, estimate_memory, layer_activation_bytes_per_token
-from scalelab.tune.suggest import DEFAULT_MFU, DoesNotFitError, suggest
+from scalelab.tune.suggest import DEFAULT_MFU, DoesNotFitError, recompute_speed, suggest
 
 CFG = GPTConfig(vocab_size=1024, n_layer=2, d_model=128, n_head=4, seq_len=64)  # ffn 384, kv 128
 
@@ -97,7 +97,16 @@ def test_checkpointing_when_needed_and_its_speed_cost():
                                            "peak_gib": pytest.approx(12.2, abs=0.1), "fits": False}
     cfg = GPTConfig(vocab_size=50257, seq_len=4096, **shape_for_params(350e6))
     assert s["throughput"]["tokens_per_s_per_gpu"] == pytest.approx(
-        peak_for_name("4090") * DEFAULT_MFU * 0.75 / flops_per_token(cfg))
+        peak_for_name("4090") * DEFAULT_MFU * recompute_speed(cfg) / flops_per_token(cfg))
+
+
+def test_recompute_speed_counts_only_the_blocks_forward():
+    # Head and embedding are not recomputed: GPT-2 small's big vocabulary makes it 0.80,
+    # a model whose head is negligible approaches the textbook 6N / 8N = 0.75.
+    small = GPTConfig(vocab_size=50257, n_layer=12, d_model=768, n_head=12, seq_len=1024)
+    assert recompute_speed(small) == pytest.approx(0.8045, abs=1e-3)
+    deep = GPTConfig(vocab_size=256, n_layer=48, d_model=2048, n_head=16, seq_len=128)
+    assert 0.75 < recompute_speed(deep) < 0.752
 
 
 def test_calibration_from_a_tune_json(tmp_path):

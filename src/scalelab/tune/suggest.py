@@ -15,8 +15,11 @@ Every number carries the formula or measurement it came from:
   largest power-of-two micro-batch (<= max_micro_batch) that fits and divides the
   per-GPU batch; accumulation makes up the global batch.
 - tokens/s/GPU = peak bf16 FLOP/s x MFU / (6N + 12 L H Q T) FLOPs per token, MFU assumed
-  (0.35) or calibrated from a tuning study's measured winner (--calibrate tune.json);
-  activation checkpointing recomputes the forward pass, so it multiplies by 3/4.
+  (0.35; measured 0.398 for the 124M shape on one H100, docs/bench-gpu.md) or calibrated
+  from a tuning study's measured winner (--calibrate tune.json); activation checkpointing
+  recomputes the blocks' forward pass (not the embedding or output head), so it multiplies
+  by fpt / (fpt + blocks' forward FLOPs): 0.80 for the 124M shape (measured on the H100:
+  34.6% MFU through the trainer with checkpointing vs 39.8% bare, 0.87).
 - wall time = tokens / (tokens/s/GPU x GPUs). Communication is assumed overlapped.
 """
 from __future__ import annotations
@@ -34,7 +37,15 @@ from scalelab.tune.memory import GIB, MemorySetup, estimate_memory
 DEFAULT_MFU = 0.35
 HEADROOM = 0.90  # fraction of GPU memory the tensors may use (allocator fragmentation, spikes)
 RESERVED_GIB = 1.0  # CUDA context + NCCL buffers, outside the allocator's count
-CKPT_SPEED = 0.75  # recomputing the forward pass: 6N -> 8N FLOPs per token
+CKPT_SPEED = 0.75  # recomputing the whole forward pass (6N -> 8N): when the model is unknown
+
+
+def recompute_speed(cfg: GPTConfig) -> float:
+    """Speed factor of activation checkpointing: each block's forward (2 N_blocks + 4 L H Q T
+    FLOPs per token) runs twice; embedding and output head are not checkpointed."""
+    fpt = flops_per_token(cfg)
+    blocks_forward = 2.0 * count_params(cfg)["non_embedding"] + 4.0 * cfg.n_layer * cfg.n_head * cfg.head_dim * cfg.seq_len
+    return fpt / (fpt + blocks_forward)
 
 
 class DoesNotFitError(ScalelabError):
@@ -146,7 +157,9 @@ def calibration_from(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"--calibrate: '{p}' has no completed winner with a model FLOP count and a device peak")
     val = w.get("remeasured") or {"mean": w.get("value"), "lo": None, "hi": None}
     ckpt = bool((w.get("params") or {}).get("train.activation_checkpointing", False))
-    scale = fpt / peak / (CKPT_SPEED if ckpt else 1.0)  # hardware utilization, recompute removed
+    mc = (data.get("model") or {}).get("config")
+    speed = (recompute_speed(GPTConfig(**mc)) if isinstance(mc, dict) else CKPT_SPEED) if ckpt else 1.0
+    scale = fpt / peak / speed  # hardware utilization, recompute removed
     hw = data.get("hardware") or {}
     return {"source": str(p), "tokens_per_s": val.get("mean"), "lo": val.get("lo"), "hi": val.get("hi"),
             "hfu": val["mean"] * scale, "hfu_lo": val["lo"] * scale if val.get("lo") else None,
@@ -210,7 +223,7 @@ def suggest(params: Any, gpus: int, gpu_mem_gib: float, tokens: Any, seq_len: in
             raise ConfigError(f"unknown GPU '{gpu_name}' for the bf16 peak table; pass --peak-tflops (e.g. 989 for "
                               f"an H100 SXM)")
         peak_src = f"vendor dense bf16 peak of '{gpu_name}' (train/hardware.py)"
-    speed = CKPT_SPEED if ckpt else 1.0
+    speed = recompute_speed(cfg) if ckpt else 1.0
     tput: dict[str, Any]
     if calibrate:
         cal = calibration_from(calibrate)
@@ -236,7 +249,7 @@ def suggest(params: Any, gpus: int, gpu_mem_gib: float, tokens: Any, seq_len: in
                            " (typical of tuned bf16 GPT training with torch.compile; calibrate with --calibrate "
                            "tune.json from `scalelab tune` on the target GPUs)"))}
     tput["formula"] = (f"peak {peak / 1e12:,.0f} TFLOP/s ({peak_src}) x MFU {eff:.3f}"
-                       + (" (x 3/4: checkpointing recomputes the forward)" if ckpt else "")
+                       + (f" (x {speed:.3f}: checkpointing recomputes the blocks' forward)" if ckpt else "")
                        + f" / {fpt:.4g} FLOPs/token (6N + 12 L H Q T, model/sizing.py)")
     tok_s = tput["tokens_per_s_per_gpu"]
     wall = D / (tok_s * gpus)
