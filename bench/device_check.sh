@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU checks in one pass (~8 minutes on one H100): the GPU tests, parameter golf ours vs
-# the baseline recipe, training MFU, and the ~100M pipeline (train, resume, eval) on CUDA.
+# the baseline recipe, training MFU, FP8 vs bf16, and the ~100M pipeline (train, resume,
+# eval) on CUDA.
 # Prints the numbers; the small result files land in RESULTS (default runs/device-check).
 #
 #   bash bench/device_check.sh [RESULTS]
@@ -46,6 +47,10 @@ cp "$WORK/golf/bench_golf.md" "$WORK/golf/bench_golf.json" "$RES/" 2>/dev/null
 step "training MFU (bench/bench_train.py, 124M, bf16, compile)"
 timeout 150 $PY bench/bench_train.py --device cuda --compile --batch 32 --steps 20 --warmup 5 \
   --json "$RES/bench_train_gpu.json" 2>&1 | tail -8
+
+step "FP8 vs bf16 step time (bench/bench_fp8.py), eager and compiled"
+timeout 40 $PY bench/bench_fp8.py --steps 8 --rounds 2 2>&1 | tail -4
+timeout 150 $PY bench/bench_fp8.py --steps 8 --rounds 2 --compile 2>&1 | tail -4
 
 step "100M pipeline on CUDA: train 40 steps, resume to 50, eval"
 RUN="$WORK/100m"
