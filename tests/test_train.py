@@ -229,3 +229,18 @@ def test_tensorboard_and_wandb_offline(data_dir, tmp_path, monkeypatch):
     train(tiny_cfg(data_dir, out, "train.max_steps=2", "train.tensorboard=true", "train.wandb=true"))
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert list((out / "wandb").glob("offline-run-*"))
+
+
+def test_compile_step_is_not_billed_to_the_time_cap(data_dir, tmp_path, monkeypatch):
+    """With train.compile the first step of a process (the compiling one) counts as
+    compile_time_s, not train_time_s, and opens no throughput window (compile itself is
+    replaced by a no-op here: the bookkeeping is what is tested; tests/test_gpu.py compiles)."""
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: None)
+    out = tmp_path / "run"
+    s = train(tiny_cfg(data_dir, out, "train.max_steps=4", "train.compile=true", "train.log_every=1"))
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_recs = [r for r in recs if r.get("kind") == "train"]
+    assert s["compile_time_s"] > 0
+    assert train_recs[0]["time"] == 0.0 and "tok_s" not in train_recs[0]
+    assert all(r["time"] > 0 and r["tok_s"] > 0 for r in train_recs[1:])
+    assert s["train_time_s"] == pytest.approx(sum(r["step_time"] for r in train_recs[1:]), rel=0.2)
