@@ -13,8 +13,8 @@ from torch import nn
 from scalelab.eval.lm import evaluate_lm
 from scalelab.eval.loading import load_gpt
 from scalelab.train import fp8
-from scalelab.train.muon import Muon
 from scalelab.train.trainer import train
+from test_schedule_optim import muon_and_torch_muon_after
 from test_train import data_dir, losses, run_cli, cli_args, tiny_cfg  # noqa: F401 (data_dir is a fixture)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -37,18 +37,7 @@ def test_bf16_compile_muon_checkpointing_trains_and_evaluates_like_cpu(data_dir,
 
 
 def test_muon_bf16_on_cuda_matches_torch_muon():
-    torch.manual_seed(0)
-    shapes = [(256, 64), (64, 192)]
-    ours = [torch.nn.Parameter(torch.randn(s, device="cuda")) for s in shapes]
-    ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
-    a = Muon(ours, lr=0.02, weight_decay=0.1, ns_dtype=torch.bfloat16)
-    b = torch.optim.Muon(ref, lr=0.02, weight_decay=0.1)
-    for _ in range(3):
-        for p, q in zip(ours, ref):
-            g = torch.randn_like(p)
-            p.grad, q.grad = g.clone(), g.clone()
-        a.step()
-        b.step()
+    ours, ref = muon_and_torch_muon_after([(256, 64), (64, 192)], device="cuda")
     for p, q in zip(ours, ref):
         assert torch.allclose(p, q, atol=1e-5)
 

@@ -82,20 +82,26 @@ def test_muon_takes_hidden_matrices_adam_the_rest():
     assert muon.param_groups[0]["lr"] == pytest.approx(0.01) and adam.param_groups[0]["lr"] == pytest.approx(0.005)
 
 
-def test_muon_matches_torch_muon_in_bf16_and_orthogonalizes_in_fp32():
-    """Our Muon is torch.optim.Muon's update with the Newton-Schulz dtype as a knob."""
+def muon_and_torch_muon_after(shapes, device="cpu", steps=3):
+    """(ours, torch's) parameters after `steps` identical bf16 Muon steps from the same start
+    (also used by tests/test_gpu.py on CUDA)."""
     torch.manual_seed(0)
-    shapes = [(48, 16), (16, 40)]  # tall (lr scaled by sqrt(3)) and wide
-    ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    ours = [torch.nn.Parameter(torch.randn(s, device=device)) for s in shapes]
     ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
     a = Muon(ours, lr=0.02, momentum=0.95, weight_decay=0.1, ns_dtype=torch.bfloat16)
     b = torch.optim.Muon(ref, lr=0.02, momentum=0.95, weight_decay=0.1)
-    for _ in range(3):
-        grads = [torch.randn(s) for s in shapes]
-        for p, q, g in zip(ours, ref, grads):
+    for _ in range(steps):
+        for p, q in zip(ours, ref):
+            g = torch.randn_like(p)
             p.grad, q.grad = g.clone(), g.clone()
         a.step()
         b.step()
+    return ours, ref
+
+
+def test_muon_matches_torch_muon_in_bf16_and_orthogonalizes_in_fp32():
+    """Our Muon is torch.optim.Muon's update with the Newton-Schulz dtype as a knob."""
+    ours, ref = muon_and_torch_muon_after([(48, 16), (16, 40)])  # tall (lr scaled by sqrt(3)) and wide
     for p, q in zip(ours, ref):
         assert torch.allclose(p, q, atol=1e-6)
     g = torch.randn(64, 32)
