@@ -31,7 +31,7 @@ from typing import Any
 
 from scalelab.errors import ConfigError, ScalelabError
 from scalelab.model.gpt import GPTConfig
-from scalelab.model.sizing import count_params, flops_per_token, shape_for_params
+from scalelab.model.sizing import count_params, flops_per_token, forward_flops_per_token, shape_for_params
 from scalelab.tune.memory import GIB, MemorySetup, estimate_memory
 
 DEFAULT_MFU = 0.35
@@ -44,7 +44,7 @@ def recompute_speed(cfg: GPTConfig) -> float:
     """Speed factor of activation checkpointing: each block's forward (2 N_blocks + 4 L H Q T
     FLOPs per token) runs twice; embedding and output head are not checkpointed."""
     fpt = flops_per_token(cfg)
-    blocks_forward = 2.0 * count_params(cfg)["non_embedding"] + 4.0 * cfg.n_layer * cfg.n_head * cfg.head_dim * cfg.seq_len
+    blocks_forward = forward_flops_per_token(cfg) - 2.0 * cfg.d_model * cfg.padded_vocab  # less the head
     return fpt / (fpt + blocks_forward)
 
 
