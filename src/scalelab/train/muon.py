@@ -4,8 +4,9 @@ orthogonalized by a quintic Newton-Schulz iteration.
 Same update as `torch.optim.Muon` (Nesterov momentum by lerp, the (3.4445, -4.7750, 2.0315)
 quintic, 5 steps, lr scaled by sqrt(max(1, rows/cols)), decoupled weight decay lr*wd), with
 one difference that is the reason this file exists: the iteration's dtype is a parameter.
-torch's runs in bf16, which is right on GPUs and ~80-300x slower than fp32 on CPUs without
-native bf16 matmuls (measured: 10 s vs 0.03 s per step on a 6x192 model, docs/GOLF.md).
+torch's runs in bf16, which is right on GPUs and slow on CPUs without native bf16 matmuls
+(measured on the dev box: 0.9 s vs 30 ms per step on the golf CPU shapes,
+`bench/bench_optim_step.py --torch-muon`). Same-shaped matrices are orthogonalized together.
 `build_optimizer` picks bf16 on CUDA and fp32 elsewhere.
 """
 from __future__ import annotations
