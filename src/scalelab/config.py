@@ -6,6 +6,7 @@ validated -- all before any work starts, so a typo costs a second, not an hour.
 """
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import difflib
 import typing
@@ -27,6 +28,10 @@ class DataConfig:
     hf_config: str | None = None  # e.g. "sample-10BT" for HuggingFaceFW/fineweb-edu
     hf_split: str = "train"
     text_column: str = "text"
+    # Text files (.txt, .jsonl) are decoded with `encoding`; undecodable bytes become
+    # U+FFFD, with a warning, and an error above this fraction of the characters read.
+    encoding: str = "utf-8"
+    max_replaced_fraction: float = 0.01
     max_docs: int | None = None  # cap on documents read (None = all)
     max_bytes: int | None = None  # cap on text bytes read (None = all)
     # Tokenizer: "bpe" (byte-level BPE trained on the source), "sentencepiece"
@@ -305,6 +310,13 @@ def validate(cfg: RunConfig) -> None:
     _check(d.vocab_size >= 64, f"data.vocab_size must be >= 64, got {d.vocab_size}")
     _check(d.shard_tokens >= 1024, f"data.shard_tokens must be >= 1024, got {d.shard_tokens}")
     _check(d.num_workers >= 1, f"data.num_workers must be >= 1, got {d.num_workers}")
+    _check(0 <= d.max_replaced_fraction <= 1,
+           f"data.max_replaced_fraction must be in [0, 1], got {d.max_replaced_fraction}")
+    try:
+        codecs.lookup(d.encoding)
+    except LookupError:
+        raise ConfigError(f"data.encoding '{d.encoding}' is not a known text encoding; use e.g. utf-8, "
+                          "latin-1, cp1252") from None
     m.validate()
     _check(t.micro_batch >= 1, f"train.micro_batch must be >= 1, got {t.micro_batch}")
     _check(t.batch_tokens >= t.micro_batch * m.seq_len,
