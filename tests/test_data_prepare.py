@@ -206,3 +206,75 @@ def test_load_meta_errors_and_public_shards(tmp_path):
     (pub / "meta.json").write_text("{broken")
     with pytest.raises(DataError, match="not valid JSON"):
         load_meta(pub)
+
+
+def test_hints_name_the_cli_flag(prepared, tmp_path):
+    cfg, _ = prepared
+    with pytest.raises(DataError) as e:
+        prepare_data(DataConfig(**{**cfg.__dict__, "vocab_size": 301}), progress=False)
+    assert "pass --overwrite" in str(e.value) and "overwrite=True" not in str(e.value)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x.txt").write_text("x")
+    with pytest.raises(DataError) as e:
+        prepare_data(_cfg(tmp_path), progress=False)
+    assert "--overwrite" in str(e.value) and "overwrite=True" not in str(e.value)
+
+
+def test_meta_without_encoding_still_matches(tmp_path):
+    """A dir prepared before data.encoding existed was decoded as utf-8: reused, not refused."""
+    cfg = _cfg(tmp_path, max_docs=20)
+    meta = prepare_data(cfg, progress=False)
+    del meta["config"]["encoding"]
+    (tmp_path / "d" / "meta.json").write_text(json.dumps(meta))
+    assert prepare_data(cfg, progress=False)["created"] == meta["created"]
+    with pytest.raises(DataError, match="encoding: 'utf-8' -> 'latin-1'"):
+        prepare_data(_cfg(tmp_path, max_docs=20, encoding="latin-1"), progress=False)
+
+
+def test_stale_partial_dirs_are_cleaned(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from scalelab.data.prepare import partial_name
+
+    out = tmp_path / "d"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.05)
+
+        def made_by(pid: int) -> Path:  # a partial dir as process `pid` would name it
+            name = partial_name(out).replace(f"-{os.getpid()}-", f"-{pid}-")
+            p = tmp_path / name
+            p.mkdir()
+            (p / "train_000000.bin").write_bytes(b"half")
+            return p
+
+        killed = made_by(dead.pid)
+        running = made_by(alive.pid)
+        legacy = tmp_path / ".d.partial-0123abcd"  # older scalelab: no pid in the name
+        legacy.mkdir()
+        os.utime(legacy, (time.time() - 3600,) * 2)
+        other_host = tmp_path / f".d.partial-ffffff-{dead.pid}-0123abcd"
+        other_host.mkdir()
+        unrelated = tmp_path / ".e.partial-0123abcd"
+        unrelated.mkdir()
+        os.utime(unrelated, (time.time() - 3600,) * 2)
+
+        prepare_data(_cfg(tmp_path, max_docs=20), progress=False)
+        left = sorted(p.name for p in tmp_path.iterdir())
+        assert killed.name not in left and legacy.name not in left
+        assert running.name in left  # its writer is still at work
+        if other_host.name.split("-")[1] != partial_name(out).split("-")[1]:
+            assert other_host.name in left  # another machine's: not judged from here
+        assert unrelated.name in left  # another data dir's
+        # a live process that started after the dir was last written reuses a dead writer's pid
+        from scalelab.data.prepare import _writer_alive
+
+        assert _writer_alive(alive.pid, time.time()) and not _writer_alive(alive.pid, time.time() - 3600)
+    finally:
+        alive.kill()
+        alive.wait()

@@ -108,3 +108,63 @@ def test_hf_errors(hf_local):
         _docs(source=f"hf:{hf_local}", text_column="body")
     with pytest.raises(DataError, match="needs a dataset name"):
         _docs(source="hf:")
+
+
+# ---------------------------------------------------------------------------
+# Non-UTF-8 text: counted, warned about, refused above a threshold, or decoded right
+
+
+def _latin1_folder(tmp_path, n_bad: int = 1):
+    """Mostly English text; `n_bad` files written in latin-1 with a few accented words."""
+    d = tmp_path / "mixed"
+    d.mkdir()
+    for i in range(6):
+        text = f"Plain file {i}. " + "Some ordinary words repeat here. " * 60
+        if i < n_bad:
+            (d / f"f{i}.txt").write_bytes((text + " Café déjà vu à Noël.").encode("latin-1"))
+        else:
+            (d / f"f{i}.txt").write_text(text, encoding="utf-8")
+    return d
+
+
+def test_latin1_files_warn_with_count_and_names(tmp_path):
+    d = _latin1_folder(tmp_path)
+    with pytest.warns(UserWarning) as rec:
+        docs = _docs(source=str(d))
+    msg = str(rec[0].message)
+    # é, é, à, à, ë: five undecodable bytes, each a U+FFFD, in one document
+    assert "5 characters in 1 documents are not valid utf-8" in msg
+    assert "f0.txt (5)" in msg and "data.encoding=latin-1" in msg
+    assert sum(doc.count("\ufffd") for doc in docs) == 5
+
+
+def test_latin1_above_threshold_is_an_error(tmp_path):
+    d = _latin1_folder(tmp_path, n_bad=6)
+    with pytest.raises(DataError, match=r"30 characters in 6 documents .*more than data.max_replaced_fraction=0.0001"):
+        _docs(source=str(d), max_replaced_fraction=1e-4)
+    with pytest.warns(UserWarning, match="30 characters in 6 documents"):  # the default 1% lets it pass
+        _docs(source=str(d))
+
+
+def test_encoding_key_decodes_latin1(tmp_path, recwarn):
+    d = _latin1_folder(tmp_path, n_bad=6)
+    docs = _docs(source=str(d), encoding="latin-1")
+    assert all(doc.endswith("Café déjà vu à Noël.") for doc in docs)
+    assert not [w for w in recwarn if "U+FFFD" in str(w.message)]
+
+
+def test_jsonl_bytes_counted(tmp_path):
+    p = tmp_path / "a.jsonl"
+    lines = [json.dumps({"text": f"row {i} na\u00efve"}, ensure_ascii=False) for i in range(4)]
+    p.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    with pytest.raises(DataError, match=r"4 characters in 4 documents are not valid utf-8"):
+        _docs(source=str(p))  # 4 of ~80 characters: above 1%
+    assert _docs(source=str(p), encoding="latin-1")[0] == "row 0 na\u00efve"
+
+
+def test_encoding_config_validated():
+    from scalelab.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="data.encoding 'latin-42' is not a known text encoding"):
+        load_config(None, ["data.encoding=latin-42", "train.max_steps=1"])
+    assert load_config(None, ["data.encoding=latin-1", "train.max_steps=1"]).data.encoding == "latin-1"

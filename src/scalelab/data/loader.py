@@ -95,6 +95,7 @@ class _Windows:
         self.starts = np.concatenate(([0], np.cumsum(per_shard))).astype(np.int64)  # one entry per shard
         self.num_windows = int(self.starts[-1])
         self.num_tokens = sum(counts)
+        self.vocab_size = _meta_vocab_size(self.data_dir)
         if self.num_windows == 0:
             raise DataError(f"split '{split}' in {self.data_dir} has {self.num_tokens:,} tokens (largest shard "
                             f"{max(counts):,}), fewer than one window of seq_len + 1 = {seq_len + 1} tokens; "
@@ -109,7 +110,25 @@ class _Windows:
         for b in range(len(windows)):
             o = int(offset[b])
             out[b] = self.shards[int(shard[b])][o:o + T + 1]
+        # A damaged shard body reads as ids past the vocabulary: stop here, naming the
+        # file, instead of an index error deep in the model (or, on GPU, garbage).
+        if self.vocab_size is not None and out.size and int(out.max()) >= self.vocab_size:
+            b = int(np.argmax(out.max(axis=1)))
+            raise DataError(f"token shard {self.paths[int(shard[b])]} holds token id {int(out[b].max())} outside "
+                            f"the vocabulary ({self.vocab_size} tokens, per {self.data_dir / 'meta.json'}): the "
+                            "shard is corrupt; re-run `scalelab data CONFIG --overwrite`")
         return out
+
+
+def _meta_vocab_size(data_dir: Path) -> int | None:
+    """The tokenizer's vocabulary size recorded in meta.json (None for bare public shards)."""
+    if not (data_dir / "meta.json").is_file():
+        return None
+    from scalelab.data.prepare import load_meta
+
+    info = load_meta(data_dir).get("tokenizer") or {}
+    v = info.get("vocab_size")
+    return int(v) if isinstance(v, int) and v > 0 else None
 
 
 def _split_xy(w: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

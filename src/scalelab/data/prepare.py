@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import glob
 import hashlib
 import itertools
 import json
 import multiprocessing
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from scalelab.data import shards as S
+from scalelab.data.outdir import WriteFailed, check_writable, write_failure
 from scalelab.data.sources import iter_documents
 from scalelab.data.tokenizer import Tokenizer, gpt2_tokenizer, load_tokenizer, train_tokenizer
 from scalelab.errors import DataError
@@ -44,11 +47,12 @@ FORMAT_VERSION = 1
 META_FILE = "meta.json"
 SPLITS = ("train", "val")
 # Fields of DataConfig that determine the directory's contents (not dir / num_workers).
-FINGERPRINT_KEYS = ("source", "hf_config", "hf_split", "text_column", "max_docs", "max_bytes", "tokenizer",
-                    "vocab_size", "tokenizer_train_bytes", "val_fraction", "shard_tokens", "split_seed")
+FINGERPRINT_KEYS = ("source", "hf_config", "hf_split", "text_column", "encoding", "max_docs", "max_bytes",
+                    "tokenizer", "vocab_size", "tokenizer_train_bytes", "val_fraction", "shard_tokens", "split_seed")
 CHUNK_BYTES = 256 << 10  # text per work item sent to a tokenizer process
 CHUNK_DOCS = 2048
 _RUN_HINT = "run `scalelab data CONFIG`"
+_DISK_HINT = "or set data.dir to a folder on a disk with room"
 
 
 # ---------------------------------------------------------------------------
@@ -167,6 +171,18 @@ def _fingerprint(cfg: DataConfig) -> dict[str, Any]:
     return {k: getattr(cfg, k) for k in FINGERPRINT_KEYS}
 
 
+def _recorded_fingerprint(meta: dict) -> dict[str, Any]:
+    """meta.json's settings; keys added to FINGERPRINT_KEYS later read as their default
+    (a dir prepared before `encoding` existed was decoded as utf-8)."""
+    from scalelab.config import DataConfig
+
+    old = meta.get("config")
+    if not isinstance(old, dict):
+        return {}
+    defaults = DataConfig()
+    return {**{k: getattr(defaults, k) for k in FINGERPRINT_KEYS if k not in old}, **old}
+
+
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("scalelab", "numpy", "tokenizers", "sentencepiece", "tiktoken", "datasets", "pyarrow"):
@@ -204,19 +220,25 @@ def _make_tokenizer(cfg: DataConfig) -> tuple[Tokenizer, float]:
     return tok, time.perf_counter() - t0
 
 
-def _check_existing(out: Path, cfg: DataConfig) -> dict | None:
-    """The existing meta when `out` already holds exactly this config's data."""
+def _check_existing(out: Path, cfg: DataConfig) -> tuple[dict | None, str]:
+    """(the existing meta, "") when `out` already holds exactly this config's data, else
+    (None, what differs or is damaged)."""
     meta = _read_meta_file(out / META_FILE)
-    if meta.get("config") != _fingerprint(cfg):
-        return None
+    old, new = _recorded_fingerprint(meta), _fingerprint(cfg)
+    if old != new:
+        diff = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in FINGERPRINT_KEYS if old.get(k) != new[k]]
+        return None, f"was prepared with other settings ({'; '.join(diff) or 'unrecorded'})"
     try:
         for split in SPLITS:
             for item in meta["splits"][split]["shards"]:
-                if S.read_header(out / item["file"]).num_tokens != item["tokens"]:
-                    return None
-    except (DataError, KeyError, TypeError):
-        return None
-    return meta
+                n = S.read_header(out / item["file"]).num_tokens
+                if n != item["tokens"]:
+                    return None, f"has a damaged shard ({item['file']}: {n:,} tokens, {META_FILE} says {item['tokens']:,})"
+    except DataError as e:
+        return None, f"has a missing or damaged shard ({e})"
+    except (KeyError, TypeError):
+        return None, f"has a damaged {META_FILE} (no shard list)"
+    return meta, ""
 
 
 def prepare_data(cfg: DataConfig, progress: bool = True, overwrite: bool = False) -> dict:
@@ -228,18 +250,13 @@ def prepare_data(cfg: DataConfig, progress: bool = True, overwrite: bool = False
     """
     out = Path(cfg.dir)
     if (out / META_FILE).is_file() and not overwrite:
-        existing = _check_existing(out, cfg)
+        existing, problem = _check_existing(out, cfg)
         if existing is not None:
             return existing
-        old = _read_meta_file(out / META_FILE).get("config") or {}
-        new = _fingerprint(cfg)
-        diff = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in FINGERPRINT_KEYS if old.get(k) != new[k]]
-        what = "; ".join(diff) if diff else "its shards are missing or damaged"
-        raise DataError(f"data dir {out} was prepared with other settings ({what}); pass --overwrite "
-                        "(overwrite=True) to rebuild it, or choose another data.dir")
+        raise DataError(f"data dir {out} {problem}; pass --overwrite to rebuild it, or choose another data.dir")
     if not (out / META_FILE).is_file() and out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise DataError(f"data dir {out} exists and was not written by `scalelab data` (no {META_FILE}); "
-                        "choose another data.dir or pass --overwrite (overwrite=True) to replace it")
+                        "choose another data.dir or pass --overwrite to replace it")
     if overwrite and out.exists():
         foreign = _foreign_entries(out)
         if foreign:
@@ -247,22 +264,103 @@ def prepare_data(cfg: DataConfig, progress: bool = True, overwrite: bool = False
                             f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); move them away "
                             "or choose another data.dir")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    # Before reading or tokenizing anything: a read-only location fails in a second.
+    check_writable(out, "data.dir", "choose another data.dir (a folder you can write to)", beside=True)
     try:
-        meta = _build(cfg, tmp, progress)
-        _publish(tmp, out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_partials(out)
+        tmp = out.parent / partial_name(out)
+        tmp.mkdir()
+    except OSError as e:
+        raise write_failure(e, out.parent, hint=_DISK_HINT) from None
+    try:
+        try:
+            meta = _build(cfg, tmp, progress)
+        except WriteFailed as e:  # name data.dir, not the hidden temp dir (removed below)
+            raise e.moved(tmp, out, _DISK_HINT) from None
+        try:
+            _publish(tmp, out)
+        except Exception as e:  # noqa: BLE001 - any failure to publish is a write failure
+            raise write_failure(e, out, hint=_DISK_HINT) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return meta
 
 
+# ---------------------------------------------------------------------------
+# Temp dirs of killed runs
+
+_HOST = hashlib.blake2b(platform.node().encode(), digest_size=3).hexdigest()
+_PARTIAL_RE = re.compile(r"\.partial-(?:([0-9a-f]{6})-(\d+)-)?[0-9a-f]{8}$")
+
+
+def partial_name(out: Path) -> str:
+    """`.NAME.partial-<host>-<pid>-<random>`: the writer's host and pid tell a later run
+    whether the dir is still being written."""
+    return f".{out.name}.partial-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _process_start(pid: int) -> float | None:
+    """Start time (epoch seconds) of a live process, from /proc (None where unknown)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open("/proc/stat") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+        return btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _writer_alive(pid: int, since: float) -> bool:
+    """Whether process `pid` exists and is old enough to have written a dir last changed
+    at `since` (a newer process with a recycled pid is not the writer)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    start = _process_start(pid)
+    return start is None or start <= since + 1.0
+
+
+def clean_stale_partials(out: Path) -> list[Path]:
+    """Remove `.NAME.partial-*` dirs that a killed `scalelab data` left beside `out`: on
+    this host, those whose writer process is gone; an unnamed writer (older scalelab)
+    counts as gone when the dir is older than this process. Returns what was removed."""
+    removed = []
+    prefix = f".{out.name}.partial-"
+    me = _process_start(os.getpid()) or time.time()
+    for p in out.parent.glob(f"{glob.escape(prefix)}*"):
+        m = _PARTIAL_RE.search(p.name)
+        if not m or not p.is_dir() or p.is_symlink():
+            continue
+        try:
+            mtime = p.stat().st_mtime
+        except OSError:
+            continue
+        host, pid = m.group(1), m.group(2)
+        if pid is None:
+            stale = mtime < me
+        elif host != _HOST:
+            continue  # another machine's run on a shared filesystem: not ours to judge
+        else:
+            stale = int(pid) != os.getpid() and not _writer_alive(int(pid), mtime)
+        if stale:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
 def _build(cfg: DataConfig, tmp: Path, progress: bool) -> dict:
     t_start = time.perf_counter()
     tok, tok_s = _make_tokenizer(cfg)
-    tok.save(tmp)
+    try:
+        tok.save(tmp)
+    except Exception as e:  # noqa: BLE001 - the tokenizer libraries raise their own types
+        raise write_failure(e, tmp) from None
     version = S.version_for_vocab(tok.vocab_size)
     dtype = S.token_dtype(version)
     writers = {s: S.SplitWriter(tmp, s, cfg.shard_tokens, version) for s in SPLITS}
@@ -348,12 +446,16 @@ def _build(cfg: DataConfig, tmp: Path, progress: bool) -> dict:
 
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2) + "\n"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except Exception as e:  # noqa: BLE001 - any failure: no half-written meta.json
+        tmp.unlink(missing_ok=True)
+        raise write_failure(e, path, len(text)) from None
 
 
 _OWN_FILES = {META_FILE, "tokenizer_meta.json", "tokenizer.json", "tokenizer.model"}

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scalelab.data.outdir import write_failure
 from scalelab.errors import DataError
 from scalelab.io import fsync_dir
 
@@ -92,9 +93,14 @@ class ShardFileWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # A unique hidden temp name beside the target; mode 0o666 minus the umask (like open()).
         self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        self._f = os.fdopen(fd, "wb")
-        self._f.write(_header_array(version, 0).tobytes())
+        self._f = None
+        try:
+            fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            self._f = os.fdopen(fd, "wb")
+            self._f.write(_header_array(version, 0).tobytes())
+        except Exception as e:  # noqa: BLE001 - any write failure (full disk, ...) is one message
+            self.abort()
+            raise write_failure(e, self.path) from None
 
     def write(self, tokens: np.ndarray) -> None:
         arr = np.asarray(tokens)
@@ -102,7 +108,12 @@ class ShardFileWriter:
             return
         if arr.dtype != self.dtype:
             arr = arr.astype(self.dtype)
-        self._f.write(np.ascontiguousarray(arr).tobytes())
+        data = np.ascontiguousarray(arr).tobytes()
+        try:
+            self._f.write(data)
+        except Exception as e:  # noqa: BLE001 - not only OSError: e.g. a closed file's ValueError
+            self.abort()
+            raise write_failure(e, self.path, len(data)) from None
         self.num_tokens += int(arr.size)
 
     def close(self) -> Path:
@@ -113,15 +124,20 @@ class ShardFileWriter:
             os.fsync(self._f.fileno())
             self._f.close()
             os.replace(self._tmp, self.path)
-        except BaseException:
+        except BaseException as e:
             self.abort()
+            if isinstance(e, Exception) and not isinstance(e, DataError):
+                raise write_failure(e, self.path) from None
             raise
         fsync_dir(self.path.parent)
         return self.path
 
     def abort(self) -> None:
         try:
-            self._f.close()
+            if self._f is not None:
+                self._f.close()
+        except Exception:  # noqa: BLE001 - closing flushes, which can fail again on a full disk
+            pass
         finally:
             self._tmp.unlink(missing_ok=True)
 

@@ -18,8 +18,10 @@ Accepted `data.source` forms:
 """
 from __future__ import annotations
 
+import codecs
 import gzip
 import json
+import warnings
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -39,8 +41,14 @@ ACCEPTED_FORMS = ("builtin:bbcnews; a local .txt file (one document), .jsonl/.js
 
 
 def iter_documents(cfg: DataConfig) -> Iterator[str]:
-    """Documents of `cfg.source`, capped by max_docs / max_bytes. DataError if none."""
+    """Documents of `cfg.source`, capped by max_docs / max_bytes. DataError if none.
+
+    Text files are decoded with `cfg.encoding`; bytes that do not decode become U+FFFD.
+    Once the documents are read, a UserWarning gives the count (and a few files); more
+    than `cfg.max_replaced_fraction` of the characters is a DataError."""
     source = str(cfg.source).strip()
+    encoding = getattr(cfg, "encoding", "utf-8") or "utf-8"
+    decoding = Decoding(encoding)
     if source.startswith("builtin:"):
         docs = _iter_builtin(source[len("builtin:"):])
     elif source.startswith("hf:"):
@@ -50,7 +58,7 @@ def iter_documents(cfg: DataConfig) -> Iterator[str]:
         if not path.exists():
             raise DataError(f"data.source '{source}' is neither an existing file or folder nor a known "
                             f"form. Accepted: {ACCEPTED_FORMS}")
-        docs = _iter_path(path, cfg.text_column)
+        docs = _iter_path(path, cfg.text_column, decoding)
     n_docs = n_bytes = 0
     if cfg.max_docs is not None and cfg.max_docs <= 0:
         raise DataError(f"data.max_docs must be positive or null, got {cfg.max_docs}")
@@ -68,6 +76,66 @@ def iter_documents(cfg: DataConfig) -> Iterator[str]:
     if n_docs == 0:
         raise DataError(f"data.source '{source}' yielded no documents (empty files, or only blank text); "
                         "check the path, data.text_column and data.hf_split")
+    decoding.report(source, getattr(cfg, "max_replaced_fraction", 0.01))
+
+
+# ---------------------------------------------------------------------------
+# Decoding with a count of what could not be decoded
+
+_REPLACED = [0]  # U+FFFD written by the "scalelab-count" handler, process-wide
+
+
+def _count_and_replace(exc: UnicodeError):
+    if not isinstance(exc, UnicodeDecodeError):
+        raise exc
+    _REPLACED[0] += 1
+    return "\ufffd", exc.end
+
+
+codecs.register_error("scalelab-count", _count_and_replace)
+
+
+class Decoding:
+    """Decodes the bytes of text files in one encoding, counting replacement characters
+    per file (one U+FFFD per undecodable byte sequence, as errors="replace" does)."""
+
+    def __init__(self, encoding: str):
+        try:
+            self.encoding = codecs.lookup(encoding).name
+        except LookupError:
+            raise DataError(f"data.encoding '{encoding}' is not a known text encoding; use e.g. utf-8, "
+                            "latin-1, cp1252") from None
+        self.chars = 0  # characters decoded
+        self.replaced = 0  # of which replacement characters
+        self.bad_docs = 0
+        self.bad_files: dict[str, int] = {}
+
+    def decode(self, data: bytes, where: Path) -> str:
+        before = _REPLACED[0]
+        text = data.decode(self.encoding, errors="scalelab-count")
+        n = _REPLACED[0] - before
+        self.chars += len(text)
+        if n:
+            self.replaced += n
+            self.bad_docs += 1
+            self.bad_files[str(where)] = self.bad_files.get(str(where), 0) + n
+        return text
+
+    def report(self, source: str, max_fraction: float) -> None:
+        if not self.replaced:
+            return
+        frac = self.replaced / max(1, self.chars)
+        worst = sorted(self.bad_files.items(), key=lambda kv: -kv[1])[:3]
+        files = ", ".join(f"{name} ({n})" for name, n in worst)
+        more = f" and {len(self.bad_files) - len(worst)} more files" if len(self.bad_files) > len(worst) else ""
+        what = (f"data.source '{source}': {self.replaced:,} characters in {self.bad_docs:,} documents are not valid "
+                f"{self.encoding} and were replaced by U+FFFD ({frac:.3%} of {self.chars:,} characters; "
+                f"e.g. {files}{more})")
+        fix = "set data.encoding to the files' encoding (e.g. data.encoding=latin-1)"
+        if frac > max_fraction:
+            raise DataError(f"{what}, more than data.max_replaced_fraction={max_fraction:g}; {fix}, or raise "
+                            "data.max_replaced_fraction to accept the replacements")
+        warnings.warn(f"{what}; {fix}", UserWarning, stacklevel=3)
 
 
 # ---------------------------------------------------------------------------
@@ -101,26 +169,27 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
-def _iter_path(path: Path, column: str) -> Iterator[str]:
+def _iter_path(path: Path, column: str, decoding: Decoding) -> Iterator[str]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and _suffix(p) in FILE_SUFFIXES
                        and not any(part.startswith(".") for part in p.relative_to(path).parts))
         if not files:
             raise DataError(f"folder {path} has no {', '.join(FILE_SUFFIXES)} files to read documents from")
         for f in files:
-            yield from _iter_file(f, column)
+            yield from _iter_file(f, column, decoding)
     else:
-        yield from _iter_file(path, column)
+        yield from _iter_file(path, column, decoding)
 
 
-def _iter_file(path: Path, column: str) -> Iterator[str]:
+def _iter_file(path: Path, column: str, decoding: Decoding) -> Iterator[str]:
     kind = _suffix(path)
     if kind == ".txt":
-        yield path.read_bytes().decode("utf-8", errors="replace")
+        yield decoding.decode(path.read_bytes(), path)
     elif kind in (".jsonl", ".jsonl.gz"):
         opener = gzip.open if kind == ".jsonl.gz" else open
-        with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-            for lineno, line in enumerate(f, 1):
+        with opener(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                line = decoding.decode(raw, path)
                 if not line.strip():
                     continue
                 try:
