@@ -17,7 +17,6 @@ import copy
 import datetime as _dt
 import math
 import os
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ import yaml
 from scalelab.config import RunConfig, apply_overrides, build_dataclass, config_from_dict, load_yaml_mapping
 from scalelab.errors import ConfigError, ScalelabError, TrainingError
 from scalelab.io import atomic_write_json, atomic_write_text, git_hash, software_versions
+from scalelab.scaling.executors import run_jobs
 from scalelab.scaling.plan import PlanRules, parse_size, plan_family
 
 FORMAT_VERSION = 1
@@ -66,6 +66,40 @@ class StudyEval:
     seed: int = 0
 
 
+EXECUTORS = ("local", "slurm")
+SLURM_CLUSTERS = ("slurm", "local")
+
+
+@dataclass
+class StudySlurm:
+    """One SLURM job per run (executor: slurm); see docs/CLUSTER.md."""
+    cluster: str = "slurm"  # slurm | local (submitit's local processes: try a setup without a cluster)
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    time_min: int = 240  # per job; a run that times out is requeued and resumes from its checkpoint
+    nodes: int = 1
+    gpus_per_node: int = 0
+    tasks_per_node: int = 1  # processes per node: 1 with a launcher, else one per GPU
+    cpus_per_task: int = 8
+    mem_gb: float | None = None
+    array_parallelism: int = 64  # jobs of the study's array running at once
+    additional: dict[str, Any] = field(default_factory=dict)  # more sbatch flags, e.g. {constraint: h100}
+    setup: list[str] = field(default_factory=list)  # shell lines run before the job, e.g. module load
+    poll_s: float = 60.0  # status line / sacct refresh interval while waiting
+
+    def __post_init__(self):
+        if self.cluster not in SLURM_CLUSTERS:
+            raise ConfigError(f"slurm.cluster must be one of {', '.join(SLURM_CLUSTERS)}; got '{self.cluster}'")
+        for key in ("time_min", "nodes", "tasks_per_node", "cpus_per_task", "array_parallelism"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"slurm.{key} must be >= 1; got {getattr(self, key)}")
+        if self.gpus_per_node < 0 or self.poll_s <= 0 or (self.mem_gb is not None and self.mem_gb <= 0):
+            raise ConfigError("slurm.gpus_per_node must be >= 0, slurm.poll_s and slurm.mem_gb > 0")
+        if self.cluster == "local" and self.nodes > 1:
+            raise ConfigError("slurm.cluster: local runs on one machine; set slurm.nodes: 1 or cluster: slurm")
+
+
 @dataclass
 class StudyConfig:
     name: str = "study"
@@ -73,10 +107,19 @@ class StudyConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     parallel_runs: int = 1  # training processes at once (CPU: pair with train.threads=1)
     launcher: str = ""  # e.g. "torchrun --standalone --nproc_per_node 8"; empty = one process
+    executor: str = "local"  # local (this machine) | slurm (one SLURM job per run, section slurm)
+    slurm: StudySlurm = field(default_factory=StudySlurm)
     plan: StudyPlan = field(default_factory=StudyPlan)
     fit: StudyFit = field(default_factory=StudyFit)
     eval: StudyEval = field(default_factory=StudyEval)
     base: dict[str, Any] = field(default_factory=dict)  # a training config: data, model, train sections
+
+    def __post_init__(self):
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"config key 'executor' must be one of {', '.join(EXECUTORS)}; got '{self.executor}'")
+        if self.executor == "slurm" and self.launcher and self.slurm.tasks_per_node != 1:
+            raise ConfigError("with executor: slurm and a launcher, set slurm.tasks_per_node: 1 (the launcher "
+                              "starts the per-GPU processes on each node), or drop the launcher")
 
 
 def load_study_config(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
@@ -158,46 +201,6 @@ def _run_is_done(run_dir: Path, steps: int) -> bool:
         return json.loads(s.read_text()).get("steps") == steps
     except ValueError:
         return False
-
-
-def _train_in_worker(config_path: str, run_dir: str, threads: int | None, eval_cfg: StudyConfig | None = None) -> None:
-    """Train one run inside a long-lived pool process (torch is imported once per worker,
-    not once per run), with its output going to the run's train.log."""
-    import contextlib
-
-    os.environ["SCALELAB_NO_PROGRESS"] = "1"
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    from scalelab.config import load_config
-    from scalelab.train.trainer import train
-
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(run_dir) / "train.log", "a") as log, contextlib.redirect_stdout(log), \
-            contextlib.redirect_stderr(log):
-        try:
-            train(load_config(config_path))
-            if eval_cfg is not None and eval_cfg.eval.tasks:  # warm the eval cache while the pool is busy
-                evaluate_tasks({"run_dir": run_dir}, eval_cfg)
-        except ScalelabError as e:
-            print(f"error: {e}", flush=True)
-            raise TrainingError(f"run {Path(run_dir).name} failed: {e}") from None
-
-
-def _train_subprocess(cfg: StudyConfig, config_path: Path, run_dir: Path, threads: int | None) -> None:
-    """Multi-GPU runs go through the configured launcher (e.g. torchrun) in a subprocess."""
-    cmd = cfg.launcher.split() + ["-m", "scalelab", "train", str(config_path)]
-    env = dict(os.environ, SCALELAB_NO_PROGRESS="1")
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "train.log", "a") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode != 0:
-        tail = (run_dir / "train.log").read_text().strip().splitlines()[-3:]
-        raise TrainingError(f"run {run_dir.name} failed (exit {proc.returncode}); see {run_dir / 'train.log'}: "
-                            + " | ".join(tail))
 
 
 def _curve(run_dir: Path) -> list[dict[str, float]]:
@@ -435,7 +438,7 @@ def run_study(path: str | Path, overrides: list[str] | None = None, *, progress:
     todo.sort(key=lambda j: -j[0]["flops"])
     errors = []
 
-    def report(job, t0, err):
+    def on_done(job, err):
         m, seed, run_dir, _ = job
         if err is not None:
             errors.append(str(err))
@@ -447,30 +450,7 @@ def run_study(path: str | Path, overrides: list[str] | None = None, *, progress:
         say(f"  {run_dir.name:>14}: val loss {s['val_loss']:.4f}, trained in {s['train_time_s']:.0f}s "
             f"[{time.perf_counter() - start:.0f}s elapsed]", flush=True)
 
-    if cfg.launcher:
-        for job in todo:
-            t0 = time.perf_counter()
-            try:
-                _train_subprocess(cfg, job[3], job[2], threads)
-                report(job, t0, None)
-            except TrainingError as e:
-                report(job, t0, e)
-    elif todo:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        # spawn, not fork: forking a process that already runs torch threads is unsafe.
-        with ProcessPoolExecutor(max_workers=min(cfg.parallel_runs, len(todo)),
-                                 mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(_train_in_worker, str(job[3]), str(job[2]), threads, cfg): (job, time.perf_counter())
-                       for job in todo}
-            for fut in as_completed(futures):
-                job, t0 = futures[fut]
-                try:
-                    fut.result()
-                    report(job, t0, None)
-                except Exception as e:  # noqa: BLE001 - one failed run must not stop the others
-                    report(job, t0, e)
+    run_jobs(todo, cfg, on_done, threads=threads, say=say)
     if errors:
         raise TrainingError(f"{len(errors)} run(s) failed; fix and re-run the same command to continue: "
                             + errors[0])
