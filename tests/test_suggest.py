@@ -1,6 +1,7 @@
 """`scalelab suggest` and the memory model it rests on: numbers recomputed from the formulas."""
 import argparse
 import json
+import math
 
 import pytest
 
@@ -10,7 +11,7 @@ from scalelab.model.sizing import count_params, flops_per_token, shape_for_param
 from scalelab.scaling.plan import batch_for_compute
 from scalelab.train.hardware import peak_for_name
 from scalelab.tune.memory import GIB, MemorySetup, activation_bytes, estimate_memory, layer_activation_bytes_per_token
-from scalelab.tune.suggest import DEFAULT_MFU, DoesNotFitError, recompute_speed, suggest
+from scalelab.tune.suggest import DEFAULT_MFU, DoesNotFitError, format_suggestion, recompute_speed, suggest
 
 CFG = GPTConfig(vocab_size=1024, n_layer=2, d_model=128, n_head=4, seq_len=64)  # ffn 384, kv 128
 
@@ -130,10 +131,23 @@ def test_calibration_from_a_tune_json(tmp_path):
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(params="abc"), "cannot read model size"),
+    # every message names the flag the user typed (not "model size", not a keyword argument)
+    (dict(params="abc"), r"^--params: cannot read 'abc'"),
+    (dict(tokens=0), r"^--tokens must be > 0"),
+    (dict(tokens="0"), r"^--tokens must be > 0"),
+    (dict(tokens="2.5Q"), r"^--tokens: cannot read '2.5Q'"),
     (dict(gpus=0), "--gpus"),
     (dict(gpu_name="Z9000"), "--peak-tflops"),
     (dict(mfu=1.5), "--mfu"),
+    (dict(peak_tflops=0), r"^--peak-tflops must be > 0"),  # used to fall back to the --gpu table silently
+    (dict(peak_tflops=-5), r"^--peak-tflops must be > 0"),  # used to give negative tokens/s
+    (dict(max_micro_batch=0), r"^--max-micro-batch must be >= 1"),  # used to claim "does not fit, short by -68 GiB"
+    (dict(global_batch_tokens=0), r"^--batch-tokens must be >= 1"),  # used to be ignored
+    (dict(vocab_size=0), r"^--vocab-size must be >= 2"),
+    (dict(dtype="fp16"), r"^--dtype must be bf16 or fp32"),
+    (dict(gpu_mem_gib=0.5), r"^--gpu-mem 0.5 GiB leaves nothing usable.*--gpu-mem 80"),
+    (dict(tokens=500), r"^--tokens 500 is less than one sequence of --seq 1024"),
+    (dict(global_batch_tokens=10**10), r"^--batch-tokens 10,000,000,000 exceeds the whole run \(--tokens 2.5e\+09\)"),
 ])
 def test_suggest_input_errors(kw, match):
     args = {**dict(params="124M", gpus=8, gpu_mem_gib=80, tokens="2.5B"), **kw}
@@ -157,3 +171,44 @@ def test_cli_register_suggest_json(capsys):
     assert "memory/GPU" in text and "tokens/s/GPU" in text and "<-" in text
     args = parser.parse_args(["tune", "cfg.yaml", "--trials", "3", "--sampler", "random"])
     assert args.trials == 3 and args.sampler == "random"
+
+
+def test_gpu_count_never_makes_the_batch_exceed_the_run_and_a_forced_batch_is_flagged():
+    # 1,000,000 GPUs x one 1024-token sequence > 1e9 tokens: not one optimizer step -> refused.
+    with pytest.raises(ConfigError, match=r"^--gpus 1,000,000 needs a global batch of at least 1,024,000,000 tokens.*"
+                                          r"more than the whole run \(--tokens 1e\+09\).*at most 976,562 GPUs"):
+        suggest(params="124M", gpus=1_000_000, gpu_mem_gib=80, tokens="1B")
+    # With 2.5B tokens it fits the run, but the GPU count (not the rule) sets the batch: said plainly.
+    s = suggest(params="124M", gpus=1_000_000, gpu_mem_gib=80, tokens="2.5B")
+    b = s["batch"]
+    assert b["tokens"] <= 2.5e9 and b["sequences"] == 1_000_000 and b["steps"] == pytest.approx(2.5e9 / b["tokens"])
+    forced = [w for w in s["warnings"] if w.startswith("--gpus 1,000,000 forces a global batch")]
+    assert len(forced) == 1 and f"at most {b['max_useful_gpus']} (--gpus {b['max_useful_gpus']})" in forced[0]
+    assert b["max_useful_gpus"] == 2 ** round(math.log2(b["target_tokens"] / 1024)) == 256
+    assert any("only 2.4 optimizer steps" in w for w in s["warnings"])
+    assert json.loads(json.dumps(s))["warnings"] == s["warnings"]
+    assert format_suggestion(s).startswith("WARNING: --gpus 1,000,000 forces")
+    # A sane request has no warning.
+    assert suggest(params="124M", gpus=8, gpu_mem_gib=80, tokens="2.5B")["warnings"] == []
+
+
+def test_the_rule_batch_is_capped_to_the_run_and_odd_gpu_counts_stay_within_it():
+    from scalelab.tune.suggest import global_batch
+
+    # A huge model on few tokens: the rule asks for more tokens than the run has.
+    b = global_batch(1e11, 3e4, 1024, 1)
+    assert b["target_tokens"] > 3e4 and b["sequences"] == 16 and b["tokens"] <= 3e4
+    assert any("exceed the whole run" in w for w in b["warnings"])
+    # Rounding up to a multiple of the GPU count must not overshoot the run either: room for 20
+    # sequences, the capped 16 on 7 GPUs -> 14 (2 per GPU), not 21.
+    b = global_batch(1e11, 20 * 1024, 1024, 7)
+    assert b["sequences"] == 14 and b["tokens"] <= 20 * 1024
+
+
+def test_tiny_and_huge_models_are_named_in_the_message():
+    s = suggest(params=1, gpus=1, gpu_mem_gib=80, tokens="1B")
+    assert any(w.startswith("--params 1: the nearest shape (1 x 16) has") for w in s["warnings"])
+    with pytest.raises(DoesNotFitError, match=r"one gathered block alone exceeds it; use a smaller --params"):
+        suggest(params="1e15", gpus=8, gpu_mem_gib=80, tokens="1T")
+    with pytest.raises(DoesNotFitError, match=r"fit on 7 GPUs of this size with FSDP \(--gpus 7\)"):
+        suggest(params="7B", gpus=1, gpu_mem_gib=24, tokens="1B")

@@ -43,7 +43,8 @@ def write_tune(tmp_path, data_dir, **kw):
 def test_full_loop_writes_outputs_records_failures_and_resumes(tmp_path, data_dir):
     # Grid: micro-batch {4, 8} x prefetch_factor {2, 0}; 12 does not divide (excluded); prefetch_factor=0 is
     # rejected by the trainer's config validation in the subprocess -> FAIL trials with the reason; the study
-    # goes on. Trial 0 is the default (8, 2); its grid twin is not run again.
+    # goes on. Trial 0 is the default (8, 2); its grid twin is not run again (reused, not counted):
+    # trials=5 is capped at the grid's 4 configurations, all measured.
     path = write_tune(tmp_path, data_dir, sampler="grid", trials=5, space={
         "train.micro_batch": [4, 8, 12],
         "train.prefetch_factor": {"values": [2, 0], "requires": []},
@@ -54,11 +55,13 @@ def test_full_loop_writes_outputs_records_failures_and_resumes(tmp_path, data_di
     res = run_tune(cfg, progress=False, log=logs.append)
     out = tmp_path / "out"
     saved = json.loads((out / "tune.json").read_text())
-    assert saved["kind"] == "scalelab.tune" and len(saved["trials"]) == 5
+    ran = [t for t in saved["trials"] if t["duplicate_of"] is None]
+    assert saved["kind"] == "scalelab.tune" and len(ran) == 4 and len(saved["trials"]) in (4, 5)
+    assert saved["budget"]["target_trials"] == 4 and saved["budget"]["measured_trials"] == 4
     assert {d["knob"] for d in saved["space"]["dropped"]} == {"NCCL_ALGO"}
     assert any("[12] excluded" in n for n in saved["space"]["notes"])
-    states = [t["state"] for t in saved["trials"]]
-    assert states.count("FAIL") == 2 and states.count("COMPLETE") == 3
+    states = [t["state"] for t in ran]
+    assert states.count("FAIL") == 2 and states.count("COMPLETE") == 2
     for t in saved["trials"]:
         if t["state"] == "FAIL":
             assert t["params"]["train.prefetch_factor"] == 0
@@ -69,7 +72,7 @@ def test_full_loop_writes_outputs_records_failures_and_resumes(tmp_path, data_di
                 assert len(t["window_rates"]) == 3 and len(t["step_times"]) == 8
     assert saved["trials"][0]["is_default"]
     dups = [t for t in saved["trials"] if t["duplicate_of"] is not None]
-    assert len(dups) == 1 and dups[0]["duplicate_of"] == 0
+    assert all(d["duplicate_of"] == 0 and d["state"] == "COMPLETE" for d in dups)
     assert saved["counts"]["failures"] == {"error": 2}
     # re-measurement of the 2 distinct completed configs (one is the default)
     cands = saved["remeasure"]["candidates"]
@@ -92,7 +95,7 @@ def test_full_loop_writes_outputs_records_failures_and_resumes(tmp_path, data_di
     mtimes = {p: p.stat().st_mtime for p in (out / "trials").rglob("metrics.jsonl")}
     logs2 = []
     res2 = run_tune(load_tune_config(path), progress=False, log=logs2.append)
-    assert len(res2["trials"]) == 5 and sorted(p.name for p in (out / "trials").iterdir()) == trial_dirs
+    assert len(res2["trials"]) == len(saved["trials"]) and sorted(p.name for p in (out / "trials").iterdir()) == trial_dirs
     assert {p: p.stat().st_mtime for p in (out / "trials").rglob("metrics.jsonl")} == mtimes
     assert not any(line.startswith(("trial ", "re-measure")) for line in logs2)
     assert res2["winner"]["trial"] == res["winner"]["trial"]
@@ -184,7 +187,7 @@ def test_analysis_on_a_synthetic_study(tmp_path, data_dir):
 def test_tune_config_errors(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump({"base": {"model": {}}, "sampler": "bayes", "space": {"train.compile": None}}))
-    with pytest.raises(ConfigError, match="sampler must be one of"):
+    with pytest.raises(ConfigError, match=r"sampler \(--sampler\) must be one of"):
         load_tune_config(p)
     p.write_text(yaml.safe_dump({"base": {}, "space": {"train.compile": None}, "trails": 3}))
     with pytest.raises(ConfigError, match="trails"):
@@ -247,3 +250,67 @@ def test_pruner_stops_only_the_slowest_share():
 
     assert pruned_at(150.0)  # slowest quarter
     assert not pruned_at(350.0)  # below the median, but not clearly slow
+
+
+def _tune_parser():
+    import argparse
+
+    from scalelab.tune.cli import register
+
+    parser = argparse.ArgumentParser(prog="scalelab")
+    register(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def test_trials_n_means_n_measured_trials_and_resume_adds_up_to_the_total(tmp_path, data_dir, capsys):
+    # `--trials 1` used to run nothing: the queued default counted as a trial before it ran.
+    path = write_tune(tmp_path, data_dir, sampler="random", trials=30, remeasure_rounds=0,
+                      space={"train.micro_batch": [4, 8]})
+    args = _tune_parser().parse_args(["tune", str(path), "--trials", "1", "--quiet"])
+    assert args.func(args) == 0
+    assert "best: trial #0" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "out" / "tune.json").read_text())
+    assert [(t["state"], t["is_default"]) for t in saved["trials"]] == [("COMPLETE", True)]
+    assert saved["budget"]["measured_trials"] == 1 and saved["budget"]["new_trials"] == 1
+    # Resumed with --trials 2: one more measured trial (2 in the study); a reused configuration
+    # (micro_batch=8 again) is not measured and does not count.
+    logs = []
+    res = run_tune(load_tune_config(path, ["trials=2"]), progress=False, log=logs.append)
+    ran = [t for t in res["trials"] if t["duplicate_of"] is None]
+    assert len(ran) == 2 and {t["params"]["train.micro_batch"] for t in ran} == {4, 8}
+    assert all(t["state"] == "COMPLETE" for t in ran) and res["budget"]["new_trials"] == 1
+    reused = [line for line in logs if "= trial #0" in line]  # the sampler (seed 1) re-proposes micro_batch=8
+    assert reused and all("(not run again, not counted)" in line for line in reused)
+    assert all(t["duplicate_of"] == 0 for t in res["trials"] if t["duplicate_of"] is not None)
+    assert any("(2/2)" in line for line in logs)
+    # Resumed with the same total: nothing new, and the log says why.
+    logs = []
+    res = run_tune(load_tune_config(path, ["trials=2"]), progress=False, log=logs.append)
+    assert res["budget"]["new_trials"] == 0 and any("raise --trials" in line for line in logs)
+
+
+def test_a_study_with_nothing_completed_exits_non_zero_with_the_reason(tmp_path, data_dir, capsys):
+    from scalelab.tune.search import TuneError
+
+    path = write_tune(tmp_path, data_dir, sampler="random", trials=1, trial_timeout_s=1.5, remeasure_rounds=0,
+                      space={"train.micro_batch": [4, 8]})
+    args = _tune_parser().parse_args(["tune", str(path), "--quiet"])
+    with pytest.raises(TuneError, match=r"no configuration completed in 1 measured trial.*1 timeout \(trial #0: "
+                                        r"timeout: no result within .*trial_timeout_s"):
+        args.func(args)
+    assert (tmp_path / "out" / "tune.json").is_file()  # the outputs are still written
+
+
+def test_an_invalid_device_fails_up_front_naming_the_flag(tmp_path, data_dir, monkeypatch):
+    import torch
+
+    path = write_tune(tmp_path, data_dir, space={"train.micro_batch": [4, 8]})
+    with pytest.raises(SystemExit):  # argparse: invalid choice 'tpu' for --device
+        _tune_parser().parse_args(["tune", str(path), "--device", "tpu"])
+    with pytest.raises(ConfigError, match=r"device \(--device\) must be one of auto, cpu, cuda; got 'tpu'"):
+        load_tune_config(path, ["device=tpu"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = _tune_parser().parse_args(["tune", str(path), "--device", "cuda"])
+    with pytest.raises(ConfigError, match=r"device \(--device\) is cuda but .*use --device cpu"):
+        args.func(args)
+    assert not (tmp_path / "out").exists()  # failed before writing or preparing anything

@@ -9,11 +9,12 @@ import json
 
 
 def cmd_tune(args) -> int:
-    from scalelab.tune.search import load_tune_config, run_tune
+    from scalelab.tune.search import check_result, load_tune_config, run_tune
 
     overrides = list(args.overrides)
     for key, value in (("trials", args.trials), ("budget_s", args.budget_s), ("budget_gpu_hours", args.budget_gpu_hours),
-                       ("out_dir", args.out), ("sampler", args.sampler), ("pruner", args.pruner)):
+                       ("out_dir", args.out), ("sampler", args.sampler), ("pruner", args.pruner),
+                       ("device", args.device)):
         if value is not None:
             overrides.append(f"{key}={value}")
     cfg = load_tune_config(args.config, overrides)
@@ -23,6 +24,7 @@ def cmd_tune(args) -> int:
         slim["trials"] = [{k: v for k, v in t.items() if k not in ("step_times", "intermediate_values")}
                           for t in result["trials"]]
         print(json.dumps(slim, indent=2, default=str))
+        check_result(result)  # nothing completed: exit non-zero with the reasons
         return 0
     w = result["winner"]
     out = result["out_dir"]
@@ -40,9 +42,8 @@ def cmd_tune(args) -> int:
             print("top configs " + ("distinguishable" if c["distinguishable"] else "NOT distinguishable")
                   + f" (Welch p = {c['p_value']:.3g})")
         print(f"run it: {w['command']}")
-    else:
-        print("no configuration completed; see the failure reasons in tune.json")
     print(f"wrote {out}/tune.json, {out}/RECIPE.md, {out}/plots/")
+    check_result(result)  # nothing completed: exit non-zero with the reasons
     return 0
 
 
@@ -72,13 +73,17 @@ def register(subparsers) -> None:
     p.add_argument("config", help="tune YAML: base training config + space + budget (e.g. configs/tune-cpu.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the tune YAML (e.g. measure_steps=20 "
                    "base.train.threads=1)")
-    p.add_argument("--trials", type=int, help="total trials of the study (over all sessions)")
+    p.add_argument("--trials", type=int, help="measured trials of the study in total, over all sessions, the default "
+                   "configuration included (a resumed study runs only the missing ones: raise it to search further; "
+                   "a configuration measured before is reused and not counted)")
     p.add_argument("--budget-s", dest="budget_s", type=float, help="wall-clock budget of the study in seconds")
     p.add_argument("--budget-gpu-hours", dest="budget_gpu_hours", type=float,
                    help="budget in GPU-hours (wall seconds = GPU-hours x 3600 / GPUs per trial)")
     p.add_argument("--out", help="output directory (default: out_dir of the tune YAML)")
     p.add_argument("--sampler", choices=["tpe", "random", "grid"], help="Optuna sampler (default tpe)")
     p.add_argument("--pruner", choices=["percentile", "median", "none"], help="pruner of slow trials")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device of the trials (default: device of the "
+                   "tune YAML, auto = cuda when a GPU is visible)")
     p.add_argument("--json", action="store_true", help="print tune.json (without per-step times)")
     p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
     p.set_defaults(func=cmd_tune)

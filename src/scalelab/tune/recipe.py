@@ -260,6 +260,7 @@ def analyze(setup, study, rm: dict[str, Any], stop: dict[str, Any], spent_s: flo
                         "windows": setup.settings.windows, "tokens_per_step_per_process": setup.tokens_per_step},
         "budget": {"budget_s": budget_s, "spent_s": spent_s, "gpu_hours_spent": spent_s * setup.hw.nproc / 3600.0,
                    "stop_reason": stop.get("stop_reason"), "target_trials": stop.get("target_trials"),
+                   "measured_trials": stop.get("measured_trials"), "new_trials": stop.get("new_trials"),
                    "remeasure_skipped_for_budget": rm.get("skipped_for_budget", [])},
         "counts": {"trials": len(trials), "states": states, "failures": failures},
         "trials": trials,
@@ -372,7 +373,9 @@ def recipe_markdown(result: dict[str, Any]) -> str:
                  f"Base config `{result['base_config']}`.")
     c = result["counts"]
     b = result["budget"]
-    lines.append(f"**Study:** {c['trials']} trials ({', '.join(f'{v} {k.lower()}' for k, v in c['states'].items())}), "
+    reused = sum(1 for t in result["trials"] if t["duplicate_of"] is not None)
+    lines.append(f"**Study:** {c['trials']} trials ({', '.join(f'{v} {k.lower()}' for k, v in c['states'].items())}"
+                 + (f"; {reused} reused an earlier trial's measurement" if reused else "") + "), "
                  f"{b['spent_s']:.0f} s spent" + (f" of a {b['budget_s']:.0f} s budget" if b["budget_s"] else "")
                  + f"; stopped by {b['stop_reason']}. Metric: {result['metric']}, "
                  f"{result['measurement']['measure_steps']} steps after {result['measurement']['warmup_steps']} "

@@ -22,124 +22,30 @@
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import statistics
 import subprocess
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
-from scalelab.config import RunConfig, build_dataclass, load_config
-from scalelab.errors import ConfigError
+from scalelab.config import RunConfig, load_config
+from scalelab.errors import ConfigError, ScalelabError
 from scalelab.tune.measure import MeasureSettings, RunResult, measurement_overrides, run_measurement, train_command
 from scalelab.tune.space import Hardware, ResolvedSpace, parse_space, resolve_space
+from scalelab.tune.tune_config import (  # noqa: F401  (re-exported: the tune API is search.py)
+    DEVICES, TuneConfig, copy_config, key_name, load_tune_config, validate_tune_config)
 
-SAMPLERS = ("tpe", "random", "grid")
 _TRANSIENT = ("timeout", "hang", "budget", "interrupted")  # failures worth another try
 
-PRUNERS = ("percentile", "median", "none")
 
-
-@dataclass
-class TuneConfig:
-    name: str = "tune"  # Optuna study name
-    out_dir: str = "runs/tune"
-    base: Any = None  # training config: a YAML path (relative to cwd or to this file) or an inline mapping
-    base_overrides: list[str] = field(default_factory=list)  # key=value applied to the base in every trial
-    device: str = "auto"  # auto | cpu | cuda
-    nproc: int = 0  # processes per trial (GPUs on CUDA, gloo processes on CPU); 0 = all GPUs / 1 on CPU
-    warmup_steps: int = 5  # dropped from every measurement
-    measure_steps: int = 30
-    windows: int = 5  # measured steps are cut into this many windows (pruning reports, batch means)
-    trials: int = 30  # total over all sessions of this study
-    budget_s: float | None = None  # wall seconds for the whole study (search + re-measurement)
-    budget_gpu_hours: float | None = None  # alternative: GPU-hours (= budget_s x nproc / 3600)
-    trial_timeout_s: float = 600.0
-    stall_timeout_s: float = 300.0
-    sampler: str = "tpe"  # tpe | random | grid
-    pruner: str = "percentile"  # percentile | median | none
-    prune_slowest: float = 25.0  # percentile pruner: stop a trial in the slowest 25% at a window
-    prune_startup_trials: int = 4  # no pruning before this many finished trials
-    importance: str = "fanova"  # fanova | ped-anova
-    seed: int = 0
-    remeasure_top: int = 3
-    remeasure_rounds: int = 1
-    remeasure_share: float = 0.25  # share of the budget kept for the re-measurement
-    storage: str | None = None  # default sqlite:///OUT_DIR/tune.db
-    space: dict[str, Any] = field(default_factory=dict)
-    source: str | None = None  # the YAML file this came from (set by the loader)
-
-
-def _set_dotted(tree: dict, key: str, value: Any) -> None:
-    node = tree
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[parts[-1]] = value
-
-
-def load_tune_config(path: str | Path, overrides: list[str] | None = None) -> TuneConfig:
-    """Read a tune YAML; `key=value` overrides set its keys: `trials=10`, `base.train.threads=1`
-    (appended to base_overrides when the base is a file), `space.train.compile=[false]`."""
-    from scalelab.config import load_yaml_mapping
-
-    p = Path(path)
-    tree = load_yaml_mapping(p, "tune config", "configs/tune-cpu.yaml")
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. trials=10)")
-        key, text = item.split("=", 1)
-        key = key.strip().lstrip("-")
-        if key.startswith("base.") and not isinstance(tree.get("base"), dict):
-            tree.setdefault("base_overrides", []).append(key[len("base."):] + "=" + text)
-            continue
-        if key.startswith("space."):  # knob names contain dots: space.train.compile=[false]
-            if not isinstance(tree.get("space"), dict):
-                tree["space"] = {}
-            tree["space"][key[len("space."):]] = yaml.safe_load(text)
-            continue
-        _set_dotted(tree, key, yaml.safe_load(text))
-    tree["source"] = str(p)
-    cfg = build_dataclass(TuneConfig, tree)
-    validate_tune_config(cfg)
-    return cfg
-
-
-def validate_tune_config(cfg: TuneConfig) -> None:
-    def check(cond: bool, msg: str) -> None:
-        if not cond:
-            raise ConfigError(msg)
-
-    check(cfg.base is not None, "tune config: set 'base' to a training config (a YAML path or an inline mapping)")
-    check(isinstance(cfg.base, (str, dict)), f"tune config: 'base' must be a path or a mapping, got {cfg.base!r}")
-    check(cfg.sampler in SAMPLERS, f"tune config: sampler must be one of {', '.join(SAMPLERS)}; got '{cfg.sampler}'")
-    check(cfg.pruner in PRUNERS, f"tune config: pruner must be one of {', '.join(PRUNERS)}; got '{cfg.pruner}'")
-    check(cfg.importance in ("fanova", "ped-anova"), f"tune config: importance must be fanova or ped-anova; got "
-          f"'{cfg.importance}'")
-    check(cfg.device in ("auto", "cpu", "cuda"), f"tune config: device must be auto, cpu or cuda; got '{cfg.device}'")
-    check(cfg.nproc >= 0, f"tune config: nproc must be >= 0 (0 = auto), got {cfg.nproc}")
-    check(cfg.warmup_steps >= 0, f"tune config: warmup_steps must be >= 0, got {cfg.warmup_steps}")
-    check(cfg.measure_steps >= 2, f"tune config: measure_steps must be >= 2, got {cfg.measure_steps}")
-    check(2 <= cfg.windows <= cfg.measure_steps,
-          f"tune config: windows must be in [2, measure_steps={cfg.measure_steps}], got {cfg.windows}")
-    check(cfg.trials >= 1, f"tune config: trials must be >= 1, got {cfg.trials}")
-    for key in ("budget_s", "budget_gpu_hours"):
-        v = getattr(cfg, key)
-        check(v is None or v > 0, f"tune config: {key} must be > 0 (or null), got {v}")
-    check(cfg.trial_timeout_s > 0, "tune config: trial_timeout_s must be > 0")
-    check(0 <= cfg.remeasure_share < 1, "tune config: remeasure_share must be in [0, 1)")
-    check(cfg.remeasure_top >= 0 and cfg.remeasure_rounds >= 0, "tune config: remeasure_top/rounds must be >= 0")
-    check(0 < cfg.prune_slowest < 100, "tune config: prune_slowest must be in (0, 100) (percent of trials)")
-    parse_space(cfg.space)  # syntax errors now, not after the data is prepared
-
+class TuneError(ScalelabError):
+    """A tuning session measured nothing usable (every trial failed, or none could run)."""
 
 # ---------------------------------------------------------------------------- set-up
 
@@ -191,16 +97,21 @@ def _resolve_base(cfg: TuneConfig, out: Path) -> Path:
 
 
 def _hardware(device: str, nproc: int) -> Hardware:
+    """The trials' device and process count, checked before anything is written or prepared."""
     import torch
 
+    if device not in DEVICES:  # a TuneConfig built in code skips load_tune_config's check
+        raise ConfigError(f"tune config: {key_name('device')} must be one of {', '.join(DEVICES)}; got '{device}'")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("tune config: device=cuda but no CUDA GPU is visible; use device: cpu (or auto)")
+        why = ("this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA GPU is visible")
+        raise ConfigError(f"tune config: {key_name('device')} is cuda but {why}; use --device cpu (or auto)")
     if nproc == 0:
         nproc = torch.cuda.device_count() if device == "cuda" else 1
     if device == "cuda" and nproc > torch.cuda.device_count():
-        raise ConfigError(f"tune config: nproc={nproc} but only {torch.cuda.device_count()} GPUs are visible")
+        raise ConfigError(f"tune config: nproc={nproc} but only {torch.cuda.device_count()} GPUs are visible; "
+                          f"set nproc (0 = all GPUs) in the tune YAML")
     return Hardware(device=device, nproc=nproc)
 
 
@@ -239,11 +150,11 @@ def describe_hardware(hw: Hardware, threads: int | None) -> dict[str, Any]:
 
 def prepare(cfg: TuneConfig, progress: bool = True) -> TuneSetup:
     """Everything before the first trial: base config, hardware, space, data, model size."""
+    hw = _hardware(cfg.device, cfg.nproc)  # first: a wrong device fails before any file is written
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base_path = _resolve_base(cfg, out)
     base = load_config(base_path, list(cfg.base_overrides) + ["train.max_steps=1"])
-    hw = _hardware(cfg.device, cfg.nproc)
     space = resolve_space(parse_space(cfg.space), base, hw)
     if not space.knobs:
         raise ConfigError("tune config: no knob of the space applies to this hardware ("
@@ -432,6 +343,37 @@ def _tell(study, trial, *args, **kwargs) -> bool:
     return False
 
 
+def measured_trials(study) -> list:
+    """Trials that ran a measurement (complete, pruned or failed), in the order they ran. Not
+    counted: the queued default before it runs, a configuration reused from an earlier trial
+    ("not run again"), a trial an interrupted session left behind."""
+    from optuna.trial import TrialState
+
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                                 TrialState.FAIL))
+            if "duration_s" in t.user_attrs and t.user_attrs.get("duplicate_of") is None]
+
+
+def target_trials(setup: TuneSetup) -> int:
+    """`trials` = measured trials of the study in total; a grid cannot measure more than its size."""
+    if setup.cfg.sampler == "grid":
+        return min(setup.cfg.trials, setup.space.size())
+    return setup.cfg.trials
+
+
+def _enqueue_default(setup: TuneSetup, study) -> None:
+    """Queue the default configuration unless it was measured or is queued already (a session
+    killed before its default ran left it unmeasured)."""
+    from optuna.trial import TrialState
+
+    key = params_key(setup.space.default_params)
+    if any(params_key(t.params) == key for t in measured_trials(study)):
+        return
+    if any(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False)):
+        return
+    study.enqueue_trial(setup.space.default_params, user_attrs={"is_default": True})
+
+
 def search(setup: TuneSetup, study, clock: _Clock, log: Callable[[str], None]) -> dict[str, Any]:
     """The search loop (step 3 of the module doc). Returns notes on why it stopped."""
     from optuna.trial import TrialState
@@ -441,16 +383,15 @@ def search(setup: TuneSetup, study, clock: _Clock, log: Callable[[str], None]) -
     dists = _distributions(setup.space)
     budget = budget_seconds(cfg, setup.hw.nproc)
     search_budget = budget * (1.0 - cfg.remeasure_share) if budget else None
-    target = cfg.trials
-    if cfg.sampler == "grid":
-        target = min(target, setup.space.size() + 1)  # + the enqueued default
-    if not study.trials:
-        study.enqueue_trial(setup.space.default_params, user_attrs={"is_default": True})
+    target = target_trials(setup)
+    _enqueue_default(setup, study)
     stop_reason = "trials"
     dup_streak = 0
-    while len(study.trials) < target:
-        done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-                and "duration_s" in t.user_attrs and t.user_attrs.get("duplicate_of") is None]
+    new = 0
+    while True:
+        done = measured_trials(study)
+        if len(done) >= target:
+            break
         est = statistics.median([t.user_attrs["duration_s"] for t in done]) if done else 0.0
         if search_budget is not None and clock.spent() + est > search_budget:
             stop_reason = "budget"
@@ -463,7 +404,7 @@ def search(setup: TuneSetup, study, clock: _Clock, log: Callable[[str], None]) -
         earlier = [t for t in study.get_trials(deepcopy=False, states=finished)
                    if params_key(t.params) == key and t.user_attrs.get("failure_kind") not in _TRANSIENT
                    and t.user_attrs.get("duplicate_of") is None]
-        total = f"#{trial.number} ({trial.number + 1}/{target})"
+        total = f"#{trial.number} ({len(done) + 1}/{target})"
         if earlier:  # measured before: reuse the outcome (value, pruning or deterministic failure)
             first = earlier[0]
             trial.set_user_attr("duplicate_of", first.number)
@@ -474,8 +415,8 @@ def search(setup: TuneSetup, study, clock: _Clock, log: Callable[[str], None]) -
                 exhausted = _tell(study, trial, first.value)
             else:
                 exhausted = _tell(study, trial, state=first.state)
-            log(f"trial {total}: {_fmt_params(params, setup.space.default_params)} = trial #{first.number} "
-                f"(not run again)")
+            log(f"trial #{trial.number}: {_fmt_params(params, setup.space.default_params)} = trial "
+                f"#{first.number} (not run again, not counted)")
             dup_streak += 1
             if dup_streak >= 20 or exhausted:
                 stop_reason = "exhausted"
@@ -489,6 +430,7 @@ def search(setup: TuneSetup, study, clock: _Clock, log: Callable[[str], None]) -
             return trial.should_prune()
 
         res = _run_config(setup, params, setup.out / "trials" / f"{trial.number:04d}", remaining, on_window)
+        new += 1
         for k, v in _attrs_from_result(res).items():
             trial.set_user_attr(k, v)
         desc = _fmt_params(params, setup.space.default_params)
@@ -511,7 +453,8 @@ def search(setup: TuneSetup, study, clock: _Clock, log: Callable[[str], None]) -
         if exhausted:
             stop_reason = "exhausted"
             break
-    return {"stop_reason": stop_reason, "target_trials": target}
+    return {"stop_reason": stop_reason, "target_trials": target, "measured_trials": len(measured_trials(study)),
+            "new_trials": new}
 
 
 def candidates(study, default_params: dict[str, Any], top: int) -> list:
@@ -597,7 +540,12 @@ def run_tune(cfg: TuneConfig, progress: bool = True, log: Callable[[str], None] 
     log(f"tune '{cfg.name}': {len(setup.space.knobs)} knobs ({setup.space.size():,} configurations), "
         f"{setup.hw.nproc} x {setup.hw.device} per trial, {cfg.sampler} sampler, "
         + (f"budget {budget:.0f} s ({clock.spent():.0f} s spent), " if budget else "")
-        + f"{len(study.trials)}/{cfg.trials} trials done -> {setup.out}")
+        + f"{len(measured_trials(study))}/{target_trials(setup)} measured trials done -> {setup.out}")
+    if len(measured_trials(study)) >= target_trials(setup):
+        log(f"note: all {setup.space.size()} configurations of the grid are measured: no new trial"
+            if target_trials(setup) < cfg.trials else
+            f"note: the study already has {len(measured_trials(study))} measured trials (trials = {cfg.trials} "
+            f"counts the study's total over all sessions): no new trial; raise --trials to search further")
     try:
         stop = search(setup, study, clock, log)
         rm = remeasure(setup, study, clock, log)
@@ -610,10 +558,36 @@ def run_tune(cfg: TuneConfig, progress: bool = True, log: Callable[[str], None] 
     return result
 
 
-def copy_config(cfg: TuneConfig, **changes: Any) -> TuneConfig:
-    new = copy.deepcopy(cfg)
-    for k, v in changes.items():
-        if v is not None:
-            setattr(new, k, v)
-    validate_tune_config(new)
-    return new
+_FIXES = {"timeout": "raise trial_timeout_s in the tune YAML (or lower measure_steps)",
+          "hang": "raise stall_timeout_s in the tune YAML",
+          "budget": "raise --budget-s (or --budget-gpu-hours)",
+          "oom": "lower train.micro_batch in the base config or the space",
+          "error": "fix the base config (`scalelab train` on it shows the error)",
+          "crash": "see the trial's log"}
+
+
+def check_result(result: dict[str, Any]) -> None:
+    """Raise TuneError with the real reasons when the study has no completed configuration
+    (the CLI exits non-zero then; tune.json and RECIPE.md are written before)."""
+    if result.get("winner"):
+        return
+    where = f"{result['out_dir']}/tune.json"
+    ran = [t for t in result["trials"] if t["duplicate_of"] is None and t.get("duration_s") is not None]
+    if not ran:
+        b = result["budget"]
+        why = (f"the budget ({b['budget_s']:.0f} s) was spent ({b['spent_s']:.0f} s) before any trial ran; "
+               f"raise --budget-s, or start a new study with another --out"
+               if b.get("stop_reason") == "budget" else f"the search stopped ({b.get('stop_reason')}) before any ran")
+        raise TuneError(f"tune: no trial was measured: {why}")
+    kinds: dict[str, list] = {}
+    for t in ran:
+        kinds.setdefault(t["failure_kind"] or t["state"].lower(), []).append(t)
+    parts = []
+    for kind, ts in kinds.items():
+        first = ts[0]
+        fix = _FIXES.get(kind)
+        parts.append(f"{len(ts)} {kind} (trial #{first['number']}: {first['failure'] or kind})"
+                     + (f" -> {fix}" if fix else ""))
+    raise TuneError(f"tune: no configuration completed in {len(ran)} measured trial(s): " + "; ".join(parts)
+                    + f". Details: {where}")
+

@@ -52,14 +52,22 @@ class DoesNotFitError(ScalelabError):
     """The model cannot be trained on the given GPUs even with full sharding and checkpointing."""
 
 
-def _size(value: Any, what: str) -> float:
+def _size(value: Any, flag: str) -> float:
+    """A size the user typed ('124M', '2.5B', 3e5), or an error naming the flag they typed."""
     from scalelab.scaling.plan import parse_size
 
-    if isinstance(value, (int, float)):
-        if value <= 0:
-            raise ConfigError(f"{what} must be > 0, got {value}")
-        return float(value)
-    return parse_size(str(value))
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is not None:
+        if not (number > 0 and math.isfinite(number)):
+            raise ConfigError(f"{flag} must be > 0, got {value}")
+        return number
+    try:
+        return parse_size(str(value))
+    except ConfigError:  # its message speaks of a "model size", whatever the flag
+        raise ConfigError(f"{flag}: cannot read '{value}'; use e.g. 124M, 2.5B or 3e5") from None
 
 
 def model_for_params(params: float, seq_len: int, vocab_size: int) -> GPTConfig:
@@ -67,22 +75,65 @@ def model_for_params(params: float, seq_len: int, vocab_size: int) -> GPTConfig:
     return GPTConfig(vocab_size=vocab_size, seq_len=seq_len, **shape)
 
 
+def _pow2_floor(x: float) -> int:
+    return 2 ** int(math.floor(math.log2(x))) if x >= 1 else 0
+
+
 def global_batch(params_nonemb: float, tokens: float, seq_len: int, gpus: int,
                  batch_tokens: int | None = None) -> dict[str, Any]:
+    """The global batch: the rule's target as a power-of-two number of sequences, at least one
+    per GPU, never more than the run's tokens. `warnings` says when the GPU count forced it
+    above the target or the run is left with few optimizer steps."""
     from scalelab.scaling.plan import batch_for_compute, lr_for_compute
 
     C = 6.0 * params_nonemb * tokens
-    if batch_tokens:
+    if batch_tokens is not None:
         target, rule = float(batch_tokens), "given (--batch-tokens)"
     else:
         target, rule = batch_for_compute(C), f"DeepSeek LLM: 0.2920 x C^0.3271 with C = 6 N D = {C:.3g}"
+    run_seqs = int(tokens // seq_len)  # sequences in the whole run: a batch can never hold more
+    if run_seqs < 1:
+        raise ConfigError(f"--tokens {tokens:.3g} is less than one sequence of --seq {seq_len}: give more --tokens "
+                          f"(or a shorter --seq)")
+    if batch_tokens is not None and batch_tokens > tokens:
+        raise ConfigError(f"--batch-tokens {batch_tokens:,} exceeds the whole run (--tokens {tokens:.3g}): give at "
+                          f"most {int(tokens):,}")
+    warnings: list[str] = []
     seqs = 2 ** max(0, round(math.log2(max(1.0, target / seq_len))))
-    seqs = max(seqs, gpus)
+    if seqs > run_seqs:
+        seqs = _pow2_floor(run_seqs)
+        warnings.append(f"the batch rule's {target:,.0f} tokens exceed the whole run (--tokens {tokens:.3g}); capped "
+                        f"to {seqs} sequences ({seqs * seq_len:,} tokens)")
+    useful_gpus = seqs  # one sequence per GPU at the target batch: more GPUs only make the batch larger
+    if gpus > run_seqs:
+        raise ConfigError(
+            f"--gpus {gpus:,} needs a global batch of at least {gpus * seq_len:,} tokens (one --seq {seq_len} sequence "
+            f"per GPU), more than the whole run (--tokens {tokens:.3g}): not even one optimizer step. Use at most "
+            f"{run_seqs:,} GPUs, and at most {useful_gpus:,} for a batch near the target ({target:,.0f} tokens) -- "
+            f"or give more --tokens")
+    if gpus > seqs:
+        forced = gpus * seq_len
+        warnings.append(
+            f"--gpus {gpus:,} forces a global batch of at least {forced:,} tokens (one sequence per GPU), "
+            f"{forced / target:,.1f}x the target of {target:,.0f} tokens ({rule}): far above the compute-optimal "
+            f"(near-critical) batch, each token does less, and extra GPUs mostly buy a larger batch rather than "
+            f"speed. Use fewer GPUs: at most {useful_gpus:,} (--gpus {useful_gpus})")
+        seqs = gpus
     if seqs % gpus:
         seqs = math.ceil(seqs / gpus) * gpus
+    if seqs > run_seqs:  # rounding up to a multiple of the GPU count overshot the run
+        seqs = (run_seqs // gpus) * gpus
+    steps = tokens / (seqs * seq_len)
+    if steps < 100:
+        warnings.append(f"the run has only {steps:,.1f} optimizer steps at this batch ({seqs * seq_len:,} tokens for "
+                        f"--tokens {tokens:.3g}): too few for a learning-rate warm-up and decay; give more --tokens"
+                        + (", a smaller --batch-tokens" if batch_tokens is not None else "")
+                        + (" or fewer --gpus" if gpus > 1 else ""))
     return {"tokens": seqs * seq_len, "sequences": seqs, "target_tokens": target, "rule": rule,
             "lr": lr_for_compute(C), "lr_rule": "DeepSeek LLM: 0.3118 x C^-0.125", "compute_6nd": C,
-            "rounding": "power-of-two sequences (at least one per GPU, a multiple of the GPU count)"}
+            "steps": steps, "max_useful_gpus": useful_gpus, "warnings": warnings,
+            "rounding": "power-of-two sequences (at least one per GPU, a multiple of the GPU count, at most the "
+                        "run's tokens)"}
 
 
 def _micro_options(per_gpu: int, max_micro: int) -> list[int]:
@@ -120,6 +171,12 @@ def choose_layout(cfg: GPTConfig, gpus: int, per_gpu_seqs: int, usable: float, m
         if fit and chosen is None:
             chosen = {"parallel": mode, "checkpointing": ckpt, "micro_batch": fit[0], "memory": fit[1]}
     return chosen, tried
+
+
+def _estimate_at(cfg: GPTConfig, gpus: int, seq_len: int, dtype: str) -> dict[str, Any]:
+    """FSDP + checkpointing + micro-batch 1 at another sequence length."""
+    return estimate_memory(cfg, MemorySetup(micro_batch=1, seq_len=seq_len, world=gpus, parallel="fsdp",
+                                            dtype=dtype, checkpointing=True, optimizer_temporaries=False))
 
 
 def _min_gpus(cfg: GPTConfig, usable: float, dtype: str) -> int | None:
@@ -187,22 +244,46 @@ def suggest(params: Any, gpus: int, gpu_mem_gib: float, tokens: Any, seq_len: in
     if mfu is not None and not (0 < mfu <= 1):
         raise ConfigError(f"--mfu must be in (0, 1], got {mfu}")
     if dtype not in ("bf16", "fp32"):
-        raise ConfigError(f"dtype must be bf16 or fp32, got {dtype!r}")
+        raise ConfigError(f"--dtype must be bf16 or fp32, got {dtype!r}")
+    if vocab_size < 2:
+        raise ConfigError(f"--vocab-size must be >= 2, got {vocab_size}")
+    if max_micro_batch < 1:
+        raise ConfigError(f"--max-micro-batch must be >= 1, got {max_micro_batch}")
+    if global_batch_tokens is not None and global_batch_tokens < 1:
+        raise ConfigError(f"--batch-tokens must be >= 1 (or left out for the DeepSeek rule), got {global_batch_tokens}")
+    if peak_tflops is not None and not peak_tflops > 0:
+        raise ConfigError(f"--peak-tflops must be > 0, got {peak_tflops}")
+    usable = headroom * gpu_mem_gib * GIB - reserved_gib * GIB
+    if usable <= 0:
+        raise ConfigError(f"--gpu-mem {gpu_mem_gib:g} GiB leaves nothing usable ({headroom:.0%} of it less "
+                          f"{reserved_gib:g} GiB for the CUDA context and NCCL): give the memory of one GPU in GiB, "
+                          f"e.g. --gpu-mem 80")
     cfg = model_for_params(N, seq_len, vocab_size)
     sizes = count_params(cfg)
     fpt = flops_per_token(cfg)
+    warnings: list[str] = []
+    if not 0.5 <= sizes["non_embedding"] / N <= 2:  # below the smallest shape, or a rounding far off
+        warnings.append(f"--params {N:.3g}: the nearest shape ({cfg.n_layer} x {cfg.d_model}) has "
+                        f"{sizes['non_embedding']:,} non-embedding parameters, not {N:,.0f}; every number below is "
+                        f"for that model")
     batch = global_batch(sizes["non_embedding"], D, seq_len, gpus, global_batch_tokens)
+    warnings += batch.pop("warnings")
     per_gpu = batch["sequences"] // gpus
-    usable = headroom * gpu_mem_gib * GIB - reserved_gib * GIB
     chosen, tried = choose_layout(cfg, gpus, per_gpu, usable, max_micro_batch, dtype)
     if chosen is None:
         worst = _estimate(cfg, "fsdp" if gpus > 1 else "none", True, 1, gpus, dtype)
         need = worst["peak_bytes"]
         short = (need - usable) / GIB
         g_min = _min_gpus(cfg, usable, dtype)
-        how = (f"it would fit on {g_min} GPUs of this size with FSDP" if g_min else
-               "no number of GPUs helps: the unsharded part (activations of one sequence, gathered blocks) "
-               "alone exceeds it; use a shorter --seq")
+        if g_min:
+            how = (f"it would fit on {g_min:,} GPUs of this size with FSDP (--gpus {g_min}), or on GPUs with more "
+                   f"memory (--gpu-mem)")
+        elif _estimate_at(cfg, 2**20, 2, dtype)["peak_bytes"] <= usable:
+            how = ("no number of GPUs helps: the unsharded part (activations of one sequence, gathered blocks) "
+                   "alone exceeds it; use a shorter --seq (or GPUs with more --gpu-mem)")
+        else:
+            how = ("no number of GPUs or sequence length helps: one gathered block alone exceeds it; use a smaller "
+                   "--params or GPUs with more memory (--gpu-mem)")
         raise DoesNotFitError(
             f"a {sizes['total'] / 1e6:,.0f}M-parameter model ({cfg.n_layer} x {cfg.d_model}, seq {seq_len}) does not fit "
             f"on {gpus} GPU(s) of {gpu_mem_gib:g} GiB even with "
@@ -215,7 +296,7 @@ def suggest(params: Any, gpus: int, gpu_mem_gib: float, tokens: Any, seq_len: in
 
     # Throughput.
     notes: list[str] = []
-    if peak_tflops:
+    if peak_tflops is not None:
         peak, peak_src = peak_tflops * 1e12, "given (--peak-tflops)"
     else:
         peak = peak_for_name(gpu_name or "")
@@ -300,6 +381,7 @@ def suggest(params: Any, gpus: int, gpu_mem_gib: float, tokens: Any, seq_len: in
         "time": time_est,
         "overrides": overrides,
         "command": f"{launcher} CONFIG.yaml " + " ".join(overrides),
+        "warnings": warnings,
         "notes": notes,
     }
 
@@ -307,11 +389,13 @@ def suggest(params: Any, gpus: int, gpu_mem_gib: float, tokens: Any, seq_len: in
 def format_suggestion(s: dict[str, Any]) -> str:
     m, b, p, mem, t, tm = s["model"], s["batch"], s["parallel"], s["memory"], s["throughput"], s["time"]
     i = s["inputs"]
-    lines = [
+    lines = [f"WARNING: {w}" for w in s.get("warnings", [])]
+    lines += [
         f"model:       {m['n_layer']} x {m['d_model']} ({m['n_head']} heads, ffn {m['ffn_dim']}), "
         f"{m['total']:,} params ({m['non_embedding']:,} non-embedding), {m['flops_per_token']:.3g} FLOPs/token",
         f"             <- {m['source']}",
-        f"global batch {b['tokens']:,} tokens ({b['sequences']} x {i['seq_len']}); lr {b['lr']:.3g}",
+        f"global batch {b['tokens']:,} tokens ({b['sequences']} x {i['seq_len']}), {b['steps']:,.0f} optimizer "
+        f"steps; lr {b['lr']:.3g}",
         f"             <- {b['rule']} = {b['target_tokens']:,.0f} tokens, {b['rounding']}",
         f"layout:      {p['mode']}, activation checkpointing {'on' if p['checkpointing'] else 'off'}, "
         f"micro-batch {b['micro_batch']}, accumulation {b['grad_accum']}",
