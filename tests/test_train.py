@@ -244,3 +244,138 @@ def test_compile_step_is_not_billed_to_the_time_cap(data_dir, tmp_path, monkeypa
     assert train_recs[0]["time"] == 0.0 and "tok_s" not in train_recs[0]
     assert all(r["time"] > 0 and r["tok_s"] > 0 for r in train_recs[1:])
     assert s["train_time_s"] == pytest.approx(sum(r["step_time"] for r in train_recs[1:]), rel=0.2)
+
+
+# -- resume: fallback, chosen checkpoint, out_dir protection ---------------------------
+
+KEEP = "train.ckpt_keep=4"
+
+
+@pytest.fixture(scope="module")
+def ref_run(data_dir, tmp_path_factory):
+    """A finished 12-step run (checkpoints at 3, 6, 9, 12 and best at the evals 4, 8)."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    train(tiny_cfg(data_dir, out, "train.max_steps=12", KEEP))
+    return out, losses(out)
+
+
+def copy_run(ref_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(ref_run[0], out)
+    return out
+
+
+def steps_logged(out, kind="train"):
+    return [r["step"] for r in read_metrics(Path(out) / "metrics.jsonl", kind)]
+
+
+def test_resume_falls_back_past_a_missing_newest_checkpoint(data_dir, tmp_path, ref_run, capsys):
+    import shutil
+
+    out = copy_run(ref_run, tmp_path)
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == [
+        "step_000006", "step_000008", "step_000009", "step_000012"]
+    shutil.rmtree(out / "checkpoints" / "step_000012")
+    capsys.readouterr()
+    train(tiny_cfg(data_dir, out, "train.max_steps=12", KEEP, "train.resume=true"))
+    printed = capsys.readouterr().out
+    assert "note: step_000012 (named by 'last') is missing" in printed
+    assert f"resumed from {out / 'checkpoints' / 'step_000009'} at step 9" in printed
+    assert losses(out) == ref_run[1]  # bit for bit, each step once
+    assert steps_logged(out) == list(range(1, 13)) and steps_logged(out, "eval") == [4, 8, 12]
+    assert (out / "checkpoints" / "last").read_text().strip() == "step_000012"
+
+
+def test_resume_skips_a_corrupt_newest_checkpoint(data_dir, tmp_path, ref_run, capsys):
+    out = copy_run(ref_run, tmp_path)
+    weights = out / "checkpoints" / "step_000012" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100:-90] = bytes(10)  # inside the last tensor: safetensors alone would load it
+    weights.write_bytes(bytes(data))
+    capsys.readouterr()
+    train(tiny_cfg(data_dir, out, "train.max_steps=12", KEEP, "train.resume=last"))  # = --resume
+    printed = capsys.readouterr().out
+    assert "note: skipped step_000012: checkpoint file" in printed and "model.safetensors' is corrupt" in printed
+    assert "resumed from" in printed and "step_000009 at step 9" in printed
+    assert losses(out) == ref_run[1] and steps_logged(out) == list(range(1, 13))
+
+
+def test_resume_from_a_chosen_checkpoint(data_dir, tmp_path, ref_run, capsys):
+    out = copy_run(ref_run, tmp_path)
+    capsys.readouterr()
+    train(tiny_cfg(data_dir, out, "train.max_steps=12", KEEP, "train.resume=step_000006"))
+    printed = capsys.readouterr().out
+    assert "at step 6" in printed and "dropped 8 metrics records after step 6" in printed  # 6 train + 2 eval
+    assert losses(out) == ref_run[1] and steps_logged(out) == list(range(1, 13))
+    with pytest.raises(CheckpointError, match="no checkpoint 'step_000005'.*choose one of step_000012"):
+        Trainer(tiny_cfg(data_dir, out, "train.max_steps=12", "train.resume=5"), DistInfo())
+
+
+def test_resume_needs_a_run(data_dir, tmp_path, capsys):
+    with pytest.raises(CheckpointError, match=f"nothing to resume in out_dir '{tmp_path / 'typo'}'.*drop --resume"):
+        Trainer(tiny_cfg(data_dir, tmp_path / "typo", "train.max_steps=3", "train.resume=last"), DistInfo())
+    assert not (tmp_path / "typo" / "metrics.jsonl").exists()
+    # train.resume=true is for relaunching the same command: it starts a run that is not there yet
+    s = train(tiny_cfg(data_dir, tmp_path / "new", "train.max_steps=2", "train.resume=true"))
+    assert s["steps"] == 2
+    from scalelab.cli import main
+
+    capsys.readouterr()
+    rc = main(["train", *cli_args(data_dir, tmp_path / "typo2", "train.max_steps=3"), "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: nothing to resume in out_dir") and err.count("\n") == 1
+
+
+def test_refuses_a_users_folder_unless_told_to_reuse_it(data_dir, tmp_path):
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "config.yaml").write_text("# my notes on this experiment\ntrain:\n  lr: 0.003\n")
+    (exp / "summary.json").write_text('{"mine": true}')
+    for resume in ("false", "true"):
+        with pytest.raises(ConfigError, match=f"out_dir '{exp}' is not empty and holds no scalelab run "
+                                              r"\(config.yaml, summary.json\); training would replace config.yaml, "
+                                              "summary.json.*train.reuse_out_dir=true"):
+            Trainer(tiny_cfg(data_dir, exp, "train.max_steps=2", f"train.resume={resume}"), DistInfo())
+    assert (exp / "config.yaml").read_text().startswith("# my notes") and sorted(os.listdir(exp)) == [
+        "config.yaml", "summary.json"]
+    train(tiny_cfg(data_dir, exp, "train.max_steps=2", "train.reuse_out_dir=true"))
+    assert steps_logged(exp) == [1, 2] and json.loads((exp / "summary.json").read_text())["steps"] == 2
+
+
+class Stop(Exception):
+    """Ends a run between two steps (an in-process stand-in for a crash)."""
+
+
+def stop_after(trainer, monkeypatch, n):
+    real, calls = trainer._train_step, {"n": 0}
+
+    def step():
+        if calls["n"] == n:
+            raise Stop()
+        calls["n"] += 1
+        return real()
+
+    monkeypatch.setattr(trainer, "_train_step", step)
+
+
+def test_run_stopped_before_its_first_checkpoint_starts_over_cleanly(data_dir, tmp_path, ref_run, monkeypatch, capsys):
+    out = tmp_path / "run"
+    trainer = Trainer(tiny_cfg(data_dir, out, "train.max_steps=12", KEEP), DistInfo())
+    stop_after(trainer, monkeypatch, 2)  # before the first checkpoint (step 3)
+    with pytest.raises(Stop):
+        trainer.run()
+    assert steps_logged(out) == [1, 2] and not list((out / "checkpoints").glob("step_*"))
+    with pytest.raises(CheckpointError, match="nothing to resume.*has no checkpoint"):
+        Trainer(tiny_cfg(data_dir, out, "train.max_steps=12", "train.resume=last"), DistInfo())
+    capsys.readouterr()
+    train(tiny_cfg(data_dir, out, "train.max_steps=12", KEEP))
+    assert "stopped before its first checkpoint; starting it over" in capsys.readouterr().out
+    assert losses(out) == ref_run[1] and steps_logged(out) == list(range(1, 13))
+
+
+def test_keeps_train_ckpt_keep_checkpoints(data_dir, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_cfg(data_dir, out, "train.max_steps=9", "train.ckpt_keep=1", "train.keep_best=false"))
+    assert [p.name for p in (out / "checkpoints").glob("step_*")] == ["step_000009"]

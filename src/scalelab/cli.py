@@ -69,9 +69,26 @@ def cmd_data(args) -> int:
     return 0
 
 
+def _train_resume_override(args) -> None:
+    """--resume [CHECKPOINT] as a train.resume override. argparse hands `--resume CONFIG`
+    or `--resume key=value` the next word, so those go back where they belong."""
+    value, args.resume = args.resume, False
+    if value is None:
+        return
+    if value.endswith((".yaml", ".yml")):  # `--resume CONFIG [overrides]`
+        if args.config is not None:
+            args.overrides.insert(0, args.config)
+        args.config, value = value, "last"
+    elif "=" in value:  # `CONFIG --resume key=value ...`
+        args.overrides.insert(0, value)
+        value = "last"
+    args.overrides.append(f"train.resume={value}")
+
+
 def cmd_train(args) -> int:
     from scalelab.train.trainer import train
 
+    _train_resume_override(args)
     cfg = _load(args)
     if args.print_config:
         import yaml
@@ -189,8 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", help="YAML config, e.g. configs/cpu-tiny.yaml")
     p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
-    p.add_argument("--resume", action="store_true", help="continue from out_dir's last checkpoint "
-                   "(same as train.resume=true)")
+    p.add_argument("--resume", nargs="?", const="last", default=None, metavar="CHECKPOINT",
+                   help="continue out_dir's run from its newest valid checkpoint (skipping a missing or "
+                   "corrupt one, and saying so), or from CHECKPOINT, e.g. --resume step_000025; an error "
+                   "when out_dir holds no run (train.resume=last / =step_000025; train.resume=true also "
+                   "starts a run that is not there yet)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=cmd_train)

@@ -98,9 +98,17 @@ class TrainConfig:
     eval_tasks: list[str] = field(default_factory=list)
     eval_tasks_limit: int = 200
     ckpt_every: int = 200
+    ckpt_keep: int = 2  # newest checkpoints kept (plus `best`); older ones are deleted after each save
     log_every: int = 10
     keep_best: bool = True
-    resume: bool = False
+    # false: a new run (refused if out_dir holds checkpoints); true: continue out_dir's run from
+    # its newest valid checkpoint, or start it if there is none (safe to relaunch as is);
+    # last (= --resume): the same, but out_dir must hold a run; step_000025 / 25 (= --resume
+    # step_000025): continue from that checkpoint.
+    resume: bool | str = False
+    # Train into an out_dir that holds files not written by scalelab (its config.yaml,
+    # metrics.jsonl and summary.json get replaced); without it such a folder is refused.
+    reuse_out_dir: bool = False
     tensorboard: bool = True
     wandb: bool = False
     wandb_project: str = "scalelab"
@@ -351,6 +359,11 @@ def validate(cfg: RunConfig) -> None:
     _check(t.dtype in ("auto", "fp32", "bf16"), f"train.dtype must be auto, fp32 or bf16; got '{t.dtype}'")
     _check(t.parallel in ("auto", "none", "ddp", "fsdp"),
            f"train.parallel must be auto, none, ddp or fsdp; got '{t.parallel}'")
+    _check(t.ckpt_keep >= 1, f"train.ckpt_keep must be >= 1, got {t.ckpt_keep}")
+    _check(isinstance(t.resume, bool) or t.resume == "last" or (isinstance(t.resume, int) and t.resume >= 0)
+           or (isinstance(t.resume, str) and t.resume.startswith("step_") and t.resume[5:].isdigit()),
+           f"train.resume must be true, false, last, or a checkpoint name like step_000025 (or its step, 25); "
+           f"got {t.resume!r}")
     for key in ("eval_every", "ckpt_every", "log_every"):
         _check(getattr(t, key) >= 1, f"train.{key} must be >= 1, got {getattr(t, key)}")
     _check(t.eval_tokens >= m.seq_len, f"train.eval_tokens must be >= model.seq_len ({m.seq_len})")

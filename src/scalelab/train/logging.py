@@ -30,15 +30,19 @@ def read_metrics(path: str | Path, kind: str | None = None) -> list[dict[str, An
     return records
 
 
-def truncate_metrics(path: str | Path, after_step: int) -> None:
-    """On resume, drop records a killed run wrote past its last checkpoint."""
+def truncate_metrics(path: str | Path, after_step: int) -> int:
+    """On resume, drop records past the checkpoint's step (a killed run's, or those of the
+    steps after an older checkpoint chosen to resume from): each step is logged once.
+    Returns how many records were dropped."""
     from scalelab.io import atomic_write_text
 
     p = Path(path)
     if not p.is_file():
-        return
-    kept = [json.dumps(r) for r in read_metrics(p) if r.get("step", 0) <= after_step]
+        return 0
+    records = read_metrics(p)
+    kept = [json.dumps(r) for r in records if r.get("step", 0) <= after_step]
     atomic_write_text(p, "".join(line + "\n" for line in kept))
+    return len(records) - len(kept)
 
 
 class RunLogger:

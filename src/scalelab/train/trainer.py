@@ -18,11 +18,12 @@ import numpy as np
 import torch
 
 from scalelab.config import RunConfig
-from scalelab.errors import CheckpointError, ConfigError, DataError, TrainingError
+from scalelab.errors import CheckpointError, ConfigError, DataError, ScalelabError, TrainingError
 from scalelab.io import atomic_write_json, atomic_write_text, git_hash, software_versions
 from scalelab.model.gpt import GPT, GPTConfig
 from scalelab.model.sizing import count_params, flops_per_token
 from scalelab.train import checkpoint as ckpt_io
+from scalelab.train import resume as resume_io
 from scalelab.train.distributed import (
     DistInfo,
     all_gather_objects,
@@ -148,7 +149,7 @@ class Trainer:
         if t.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
-        self._prepare_out_dir()
+        self.start = self._prepare_out_dir()
 
         # Data first: the vocabulary size comes from the tokenizer.
         self.meta = ensure_data(cfg, info)
@@ -203,13 +204,26 @@ class Trainer:
         self.train_time = 0.0
         self.compile_time = 0.0  # seconds of the first (compiling) step, kept out of train_time
         self.best_val = math.inf
-        if t.resume:
+        if self.start.resume:
             self._maybe_resume()
 
     # -- set-up ------------------------------------------------------------
 
-    def _prepare_out_dir(self) -> None:
+    def _on_main(self, fn):
+        """Run `fn` on rank 0 and hand its result (or its ScalelabError) to every rank."""
+        result, error = None, None
         if self.info.is_main:
+            try:
+                result = fn()
+            except ScalelabError as e:
+                error = e
+        result, error = all_gather_objects((result, error))[0]
+        if error is not None:
+            raise error
+        return result
+
+    def _prepare_out_dir(self) -> resume_io.Start:
+        def prepare() -> resume_io.Start:
             try:
                 self.out_dir.mkdir(parents=True, exist_ok=True)
                 probe = self.out_dir / ".write-test"
@@ -218,12 +232,14 @@ class Trainer:
             except OSError as e:
                 raise ConfigError(f"out_dir '{self.out_dir}' is not writable ({e.strerror or e}); "
                                   f"choose another with out_dir=...") from None
-            existing = ckpt_io.find_checkpoint(self.out_dir, "last")
-            if existing is not None and not self.cfg.train.resume:
-                raise ConfigError(
-                    f"out_dir '{self.out_dir}' already holds a checkpoint ({existing.name}); pass "
-                    f"train.resume=true (or --resume) to continue it, or choose another out_dir=...")
-        barrier()
+            start = resume_io.plan_start(self.out_dir, self.cfg.train.resume, self.cfg.train.reuse_out_dir)
+            if start.reset_logs:
+                resume_io.reset_logs(self.out_dir)
+            for note in start.notes:
+                print(f"note: {note}", flush=True)
+            return start
+
+        return self._on_main(prepare)
 
     def _load_token_bytes(self) -> torch.Tensor | None:
         from scalelab.data.prepare import load_data_tokenizer
@@ -243,37 +259,27 @@ class Trainer:
         return min(candidates) if candidates else None
 
     def _maybe_resume(self) -> None:
-        if self.info.is_main:
-            ckpt_io.clean_stale(self.out_dir)  # torn writes of a killed run
-        barrier()
-        path = ckpt_io.find_checkpoint(self.out_dir, "last")
-        if path is None:
-            return
+        def pick() -> tuple[Path, list[str]]:
+            path, _, notes = resume_io.choose_checkpoint(self.out_dir, self.start.resume)
+            return path, notes
+
+        path, notes = self._on_main(pick)
         state = ckpt_io.load_state(path)
-        saved_model = state.get("model_config", {})
-        now_model = dataclasses.asdict(self.model_cfg)
-        diffs = [f"model.{k}: checkpoint {saved_model.get(k)!r} vs config {v!r}"
-                 for k, v in now_model.items() if k in saved_model and saved_model[k] != v]
-        if diffs:
-            raise CheckpointError(f"checkpoint '{path}' was trained with a different model shape: "
-                                  + "; ".join(diffs) + ". Use the original config or a new out_dir")
-        saved_tok = state.get("tokenizer_identity")
-        if saved_tok and self.tokenizer_identity and saved_tok != self.tokenizer_identity:
-            raise CheckpointError(
-                f"checkpoint '{path}' was trained with tokenizer {saved_tok} but data dir "
-                f"'{self.cfg.data.dir}' uses {self.tokenizer_identity}; point data.dir at the original data")
+        resume_io.check_compatible(path, state, dataclasses.asdict(self.model_cfg), self.tokenizer_identity,
+                                   self.cfg.data.dir)
         from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-        weights = ckpt_io.load_weights(path / ckpt_io.MODEL_FILE)
+        # choose_checkpoint verified every file's checksum; the loads need not hash them again.
+        weights = ckpt_io.load_weights(path / ckpt_io.MODEL_FILE, verify=False)
         try:
             set_model_state_dict(self.model, weights)
-            optim = ckpt_io.load_optimizer(path)
+            optim = ckpt_io.load_optimizer(path, verify=False)
             if optim is not None:
                 set_optimizer_state_dict(self.model, self.optimizers, optim)
             if self.ema is not None:
                 ema_path = path / "ema.safetensors"
                 if ema_path.is_file():
-                    self.ema.module.load_state_dict(ckpt_io.load_weights(ema_path))
+                    self.ema.module.load_state_dict(ckpt_io.load_weights(ema_path, verify=False))
                     self.ema.n_averaged.fill_(state.get("ema_updates", self.step))
                 else:
                     self.ema = type(self.ema)(self.raw_model, multi_avg_fn=self.ema.multi_avg_fn, use_buffers=False)
@@ -287,8 +293,11 @@ class Trainer:
         self.loader.load_state_dict(state["loader"][0])
         _set_rng_state(state["rng"][self.info.rank % len(state["rng"])])
         if self.info.is_main:
-            truncate_metrics(self.out_dir / "metrics.jsonl", self.step)
-            print(f"resumed from {path} at step {self.step} ({self.tokens_seen:,} tokens)", flush=True)
+            for note in notes:
+                print(f"note: {note}", flush=True)
+            dropped = truncate_metrics(self.out_dir / "metrics.jsonl", self.step)
+            print(f"resumed from {path} at step {self.step} ({self.tokens_seen:,} tokens)"
+                  + (f"; dropped {dropped} metrics records after step {self.step}" if dropped else ""), flush=True)
 
     # -- checkpoints ---------------------------------------------------------
 
@@ -324,7 +333,7 @@ class Trainer:
                 extra["ema.safetensors"] = self.ema.module.state_dict()
                 state["ema_updates"] = int(self.ema.n_averaged.item())
             ckpt_io.save_checkpoint(self.out_dir, self.step, model_sd, optim_sd, state, is_best=is_best,
-                                    extra_weights=extra)
+                                    keep_last=self.cfg.train.ckpt_keep, extra_weights=extra)
         barrier()
 
     # -- evaluation ----------------------------------------------------------
@@ -422,7 +431,8 @@ class Trainer:
         if info.is_main:
             import yaml
 
-            atomic_write_text(self.out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            atomic_write_text(self.out_dir / "config.yaml",
+                              resume_io.RUN_HEADER + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         logger = RunLogger(self.out_dir, info.is_main, cfg.to_dict(), tensorboard=t.tensorboard,
                            wandb=t.wandb, wandb_project=t.wandb_project)
         progress = Progress(self.total_steps, self.step, info.is_main and t.progress)
