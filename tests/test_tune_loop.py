@@ -314,3 +314,14 @@ def test_an_invalid_device_fails_up_front_naming_the_flag(tmp_path, data_dir, mo
     with pytest.raises(ConfigError, match=r"device \(--device\) is cuda but .*use --device cpu"):
         args.func(args)
     assert not (tmp_path / "out").exists()  # failed before writing or preparing anything
+
+
+def test_check_result_names_the_budget_when_no_trial_could_run():
+    from scalelab.tune.search import TuneError, check_result
+
+    result = {"winner": None, "trials": [], "out_dir": "runs/x",
+              "budget": {"budget_s": 10.0, "spent_s": 12.0, "stop_reason": "budget"}}
+    with pytest.raises(TuneError, match=r"no trial was measured: the budget \(10 s\) was spent \(12 s\) before any "
+                                        r"trial ran; raise --budget-s"):
+        check_result(result)
+    check_result({**result, "winner": {"trial": 0}})  # a winner: nothing to report

@@ -66,7 +66,7 @@ def register(subparsers) -> None:
         "tune", help="search throughput knobs with Optuna (subprocess trials, CIs, pruning, SQLite, recipe)",
         description="Search the fastest training configuration: each trial runs the base training config in a "
         "fresh process (torchrun for several processes) with one setting of the knobs, measures tokens/s per "
-        "process after warm-up with a 95%% CI, and reports windows to the pruner. The study lives in "
+        "process after warm-up with a 95% CI, and reports windows to the pruner. The study lives in "
         "OUT/tune.db (resumable; optuna-dashboard sqlite:///OUT/tune.db). The best configs are re-measured "
         "before the winner is declared. Writes OUT/tune.json, OUT/RECIPE.md and OUT/plots/.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
