@@ -26,8 +26,13 @@ def edit_state(run: Path, **changes):
     ckpt = next((run / "checkpoints").glob("step_*"))
     p = ckpt / "state.json"
     state = json.loads(p.read_text())
+    had_sum = state.pop("state_sha256", None) is not None
     for k, v in changes.items():
         state[k] = v
+    if had_sum:  # a consistent edit (the checksum guards against damage, not against tests)
+        from scalelab.train.checkpoint import _canonical_sha256
+
+        state["state_sha256"] = _canonical_sha256(state)
     p.write_text(json.dumps(state))
 
 

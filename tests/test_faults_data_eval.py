@@ -43,6 +43,12 @@ class _FailingFile:
     def __getattr__(self, name):
         return getattr(self._f, name)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
 
 class _OSProxy:
     """`os` for scalelab.data.shards, with fdopen handing out failing files."""
@@ -232,3 +238,135 @@ def test_meta_json_corrupted_is_named(prepared, tmp_path):
     with pytest.raises(DataError, match=r"meta\.json is unreadable or not valid JSON"):
         P.load_meta(d)
     json.loads((Path(prepared.dir) / "meta.json").read_text())  # the original is untouched
+
+
+# ---------------------------------------------------------------------------
+# scalelab eval: NaN scores, failing result writes, read-only output
+
+
+@pytest.fixture(scope="module")
+def eval_setup(tmp_path_factory, one_thread):
+    """A run dir with a tiny GPT (untrained: only the numbers' finiteness matters), one
+    whose weights got 4 KB of random bytes, and a small multiple-choice task file."""
+    import dataclasses
+
+    import eval_helpers as H
+    import torch
+
+    from scalelab.train.checkpoint import save_checkpoint
+
+    tmp = tmp_path_factory.mktemp("evalfaults")
+    tok = H.tokenizer()
+    model = H.tiny_gpt(tok.vocab_size, seq_len=32)
+    state = {"tokens_seen": 0, "model_config": dataclasses.asdict(model.cfg),
+             "config": {"data": {"dir": str(H.data_dir())}}, "tokenizer_identity": tok.identity}
+    save_checkpoint(tmp / "good", 10, model.state_dict(), None, state)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    # 4 KB of random bytes in the middle of a block weight every token passes through
+    name = max((k for k in sd if k.startswith("blocks.0") and sd[k].ndim == 2), key=lambda k: sd[k].numel())
+    raw = sd[name].view(-1).view(torch.uint8)
+    mid = raw.numel() // 2 - 2048
+    raw[mid:mid + 4096] = torch.from_numpy(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8))
+    assert not torch.isfinite(sd[name]).all()
+    save_checkpoint(tmp / "corrupt", 10, sd, None, state)
+    task = tmp / "my.jsonl"
+    rows = [{"query": f"Question {i}: the answer is", "choices": [" yes", " no", " maybe"], "gold": i % 3}
+            for i in range(6)]
+    task.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp, task
+
+
+def test_nan_checkpoint_is_an_error_not_acc_1(eval_setup, capsys):
+    tmp, task = eval_setup
+    out = tmp / "out-corrupt"
+    rc = cli.main(["eval", str(tmp / "corrupt"), "--tasks", str(task), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err
+    assert "model 'corrupt/step_000010'" in err and "model.safetensors" in err
+    assert "non-finite log-likelihood" in err and "task 'my', document 0" in err
+    assert not out.exists()  # no results.json with a made-up score
+    rc = cli.main(["eval", str(tmp / "good"), "--tasks", str(task), "--out", str(tmp / "out-good"), "--quiet"])
+    assert rc == 0 and json.loads((tmp / "out-good" / "results.json").read_text())["results"]["my"]["n"] == 6
+
+
+def test_nan_in_lm_eval_names_the_shard(eval_setup):
+    import eval_helpers as H
+
+    from scalelab.eval.lm import evaluate_lm
+    from scalelab.eval.loading import load_model_for_eval
+    from scalelab.eval.scoring import EvalError
+
+    tmp, _ = eval_setup
+    model = load_model_for_eval(tmp / "corrupt", device="cpu")
+    with pytest.raises(EvalError, match=r"model 'corrupt/.*non-finite log-likelihood .* shard .*val_000000\.bin"):
+        evaluate_lm(model, H.data_dir(), max_tokens=2000, progress=False)
+    (tmp / "doc.txt").write_text("A short document to score, with a few words in it.")
+    with pytest.raises(EvalError, match=r"non-finite log-likelihood .* document 0 of '.*doc\.txt'"):
+        evaluate_lm(model, str(tmp / "doc.txt"), progress=False)
+
+
+def test_nan_in_hf_backend(eval_setup):
+    import eval_helpers as H
+    import torch
+
+    from scalelab.eval import tasks as T
+    from scalelab.eval.hf import load_hf
+    from scalelab.eval.scoring import EvalError
+
+    _, task = eval_setup
+    model = load_hf(H.hf_llama_dir(), device="cpu")
+    with torch.no_grad():
+        model.model.model.layers[0].mlp.down_proj.weight[0, 0] = float("inf")
+    with pytest.raises(EvalError, match=r"model 'hf_llama' \(.*hf_llama\) gave a non-finite .* task 'my', document 0"):
+        T.evaluate(model, [str(task)], progress=False)
+
+
+@pytest.mark.parametrize("exc", [OSError(errno.ENOSPC, "No space left on device"),
+                                 TypeError("write() argument must be bytes")], ids=["ENOSPC", "TypeError"])
+def test_eval_results_write_failure_keeps_old_results(eval_setup, monkeypatch, capsys, exc):
+    import scalelab.data.outdir as O
+
+    tmp, task = eval_setup
+    out = tmp / f"out-{type(exc).__name__}"
+    out.mkdir()
+    (out / "results.json").write_text('{"old": true}\n')
+    (out / "samples_my.jsonl").write_text("old\n")
+    # results.md is the last file: the samples and results.json are written when it fails
+    proxy = _OSProxy(budget=10**9, exc=exc)
+    calls = []
+
+    def fdopen(fd, *a, **kw):
+        calls.append(fd)
+        f = _FailingFile(os.fdopen(fd, *a, **kw), [0 if len(calls) == 3 else 10**9], exc)
+        return f
+
+    proxy.fdopen = fdopen
+    monkeypatch.setattr(O, "os", proxy)
+    rc = cli.main(["eval", str(tmp / "good"), "--tasks", str(task), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and len(calls) == 3
+    if isinstance(exc, OSError):
+        assert err.startswith(f"error: no space left on device for '{out}': ") and "MB" in err
+        assert "--out DIR" in err
+    else:
+        assert err.startswith(f"error: could not write '{out}'") and "write() argument must be bytes" in err
+    assert sorted(p.name for p in out.iterdir()) == ["results.json", "samples_my.jsonl"]  # no temps
+    assert (out / "results.json").read_text() == '{"old": true}\n' and (out / "samples_my.jsonl").read_text() == "old\n"
+
+
+def test_eval_read_only_out_fails_before_loading(eval_setup, monkeypatch, capsys):
+    import scalelab.eval.loading as L
+
+    tmp, task = eval_setup
+
+    def no_load(*a, **kw):
+        raise AssertionError("the model was loaded before the output location was checked")
+
+    monkeypatch.setattr(L, "load_model_for_eval", no_load)
+    ro = tmp / "ro"
+    ro.mkdir(exist_ok=True)
+    _readonly(monkeypatch, ro)
+    rc = cli.main(["eval", str(tmp / "good"), "--tasks", str(task), "--out", str(ro / "eval"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err
+    assert err.startswith(f"error: --out '{ro / 'eval'}' is not writable") and "Read-only file system" in err

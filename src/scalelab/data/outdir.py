@@ -4,59 +4,29 @@ write failures (full disk, read-only mount, any exception) turned into one-line 
 `check_writable(dir)` probes the nearest existing ancestor with a real temp file (root
 passes `os.access` on mode bits; only a write tells about read-only mounts).
 `write_failure(exc, path, need_bytes)` is the DataError to raise when a write failed
-(the message comes from scalelab.io.describe_write_error where it exists).
+(the message comes from scalelab.io.describe_write_error). `stage_files` writes a set of
+files all or nothing.
 """
 from __future__ import annotations
 
-import errno
+import json
 import os
 import shutil
 import uuid
 from pathlib import Path
 
+from scalelab import io
 from scalelab.errors import DataError
-
-try:  # the shared helpers, once scalelab.io has them
-    from scalelab.io import describe_write_error as _describe
-    from scalelab.io import is_no_space as _is_no_space
-except ImportError:  # pragma: no cover - depends on the io.py version
-    _describe = _is_no_space = None
-
-_NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
-
-
-def is_no_space(exc: BaseException) -> bool:
-    if _is_no_space is not None:
-        return _is_no_space(exc)
-    return isinstance(exc, OSError) and exc.errno in _NO_SPACE
-
-
-def _free_mb(path: Path) -> float | None:
-    for p in (path, *path.parents):
-        try:
-            return shutil.disk_usage(p).free / 1e6
-        except OSError:
-            continue
-    return None
+from scalelab.io import fsync_dir
 
 
 def describe_write_error(exc: BaseException, path: str | Path, need_bytes: int | None = None,
                          hint: str = "") -> str:
-    """One line: what failed writing `path`, and the fix. A full disk names the folder
-    ("no space left on device for '<dir>': free N MB ..."), anything else the file."""
+    """scalelab.io.describe_write_error, naming the folder for a full disk ("no space
+    left on device for '<dir>': free N MB ...") and the file for anything else."""
     path = Path(path)
     where = path if path.is_dir() or not path.suffix else path.parent
-    if _describe is not None:
-        return _describe(exc, where if is_no_space(exc) else path, need_bytes, hint)
-    if is_no_space(exc):
-        free = _free_mb(where)
-        need = f", this write needs {need_bytes / 1e6:,.0f} MB" if need_bytes else ""
-        have = f" ({free:,.0f} MB are free{need})" if free is not None else ""
-        return f"no space left on device for '{where}': free some space{have}" + (f" {hint}" if hint else "")
-    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return f"cannot write to '{where}' ({exc.strerror or exc}); choose a writable output location"
-    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or type(exc).__name__)
-    return f"could not write '{path}': {reason.splitlines()[0]}"
+    return io.describe_write_error(exc, where if io.is_no_space(exc) else path, need_bytes, hint)
 
 
 class WriteFailed(DataError):
@@ -72,7 +42,7 @@ class WriteFailed(DataError):
             path = out / self.path.relative_to(tmp)
         except ValueError:
             path = self.path
-        if is_no_space(self.exc):
+        if io.is_no_space(self.exc):
             path = out.parent
         return DataError(describe_write_error(self.exc, path, self.need_bytes, hint))
 
@@ -97,7 +67,7 @@ def check_writable(path: str | Path, what: str, fix: str, beside: bool = False) 
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as e:
-        if e.errno in _NO_SPACE:
+        if io.is_no_space(e):
             raise DataError(f"{what} '{path}': " + describe_write_error(e, probe_dir)) from None
         raise DataError(f"{what} '{path}' is not writable ('{probe_dir}': {e.strerror or e}); {fix}") from None
     os.close(fd)
@@ -105,3 +75,46 @@ def check_writable(path: str | Path, what: str, fix: str, beside: bool = False) 
         os.unlink(probe)
     except OSError:
         pass
+
+
+def json_text(obj) -> str:
+    """Indented JSON; numpy scalars and paths as plain values."""
+    def default(o):
+        if hasattr(o, "item"):
+            return o.item()
+        if isinstance(o, Path):
+            return str(o)
+        raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+    return json.dumps(obj, indent=2, default=default) + "\n"
+
+
+def stage_files(out: str | Path, files: dict[str, str | bytes], hint: str = "") -> None:
+    """Write several files into `out` all or nothing: each into a temp file beside its
+    target (mode from the umask, fsynced), then all renamed. A failure at any point
+    removes every temp (and `out` when this call made it) and raises one DataError;
+    files already in `out` keep their old content."""
+    out = Path(out)
+    blobs = {name: data.encode("utf-8") if isinstance(data, str) else data for name, data in files.items()}
+    need = sum(len(b) for b in blobs.values())
+    made = not out.exists()
+    temps: dict[str, Path] = {}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, data in blobs.items():
+            tmp = out / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            temps[name] = tmp
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+    except Exception as e:  # noqa: BLE001 - any failed write: nothing half-written stays
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+        if made:
+            shutil.rmtree(out, ignore_errors=True)
+        raise DataError(describe_write_error(e, out, need, hint)) from None
+    for name, tmp in temps.items():
+        os.replace(tmp, out / name)
+    fsync_dir(out)

@@ -92,6 +92,22 @@ def _default_out(target: str, model) -> Path:
     return Path(f"eval-{name}")
 
 
+def _check_out_writable(args) -> None:
+    """Where results will go (the model's name is not known yet: eval-NAME lands in the
+    current directory) must be writable; the work comes after."""
+    from scalelab.data.outdir import check_writable
+
+    if args.out:
+        check_writable(args.out, "--out", "pass --out DIR with a folder you can write to")
+        return
+    run = Path(args.target.split("@")[0])
+    if not args.target.startswith("hf:") and run.is_dir() and (run / "checkpoints").is_dir():
+        check_writable(run / "eval", "the run's eval folder", "pass --out DIR with a folder you can write to")
+    else:
+        check_writable(Path("."), "the current directory (default --out eval-NAME)",
+                       "pass --out DIR with a folder you can write to")
+
+
 def cmd_eval(args) -> int:
     from scalelab.errors import ScalelabError
     from scalelab.eval import tasks as T
@@ -114,6 +130,7 @@ def cmd_eval(args) -> int:
             task_list = sorted(T.builtin_specs())
         for t in task_list:  # fail on a bad name before loading the model
             T.get_spec(t)
+    _check_out_writable(args)  # before loading or scoring anything
     model = load_model_for_eval(args.target, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer,
                                 batch_size=args.batch_size)
     progress = not args.quiet and not args.json

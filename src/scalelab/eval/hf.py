@@ -263,4 +263,6 @@ def load_hf(path: str | Path, device=None, dtype=None) -> HFEvalModel:
                               f"{str(e).splitlines()[0]}") from None
     model.to(dev)
     weights = sorted(list(p.glob("*.safetensors")) + list(p.glob("*.bin"))) if p.is_dir() else []
-    return HFEvalModel(model, tok, dev, dt, name=p.name or str(path), hash=file_hash(weights) if weights else None)
+    em = HFEvalModel(model, tok, dev, dt, name=p.name or str(path), hash=file_hash(weights) if weights else None)
+    em.origin = str(path)
+    return em

@@ -112,8 +112,9 @@ def evaluate_lm(model, source: str | Path, split: str = "val", context: int | No
 
 
 def _score_windows(model, streams: Iterable[tuple[int, np.ndarray]], L: int, S: int, tb, per_window: bool,
-                   progress: bool):
-    """streams: (unit id, tokens). Returns per-unit (or per-window) nats, tokens, bytes."""
+                   progress: bool, name_stream=lambda i: f"stream {i}"):
+    """streams: (unit id, tokens). Returns per-unit (or per-window) nats, tokens, bytes.
+    `name_stream(id)` names a stream in errors (a shard file, a document)."""
     nats: dict[int, float] = {}
     toks: dict[int, int] = {}
     nbytes: dict[int, int] = {}
@@ -130,8 +131,12 @@ def _score_windows(model, streams: Iterable[tuple[int, np.ndarray]], L: int, S: 
         nonlocal pending, pending_tokens
         if not pending:
             return
-        out = model.run_items([it for _, it in pending])
-        for (unit, item), res in zip(pending, out):
+        try:
+            out = model.run_items([it for _, it, _ in pending])
+        except scoring.NonFiniteScore as e:
+            _, _, (stream, a) = pending[e.index]
+            raise EvalError(e.message(f"{name_stream(stream)}, window at token {a}")) from None
+        for (unit, item, _), res in zip(pending, out):
             lp, _ = res[0]
             targets = item.queries[0][1]
             nats[unit] = nats.get(unit, 0.0) - float(lp.sum())
@@ -147,7 +152,7 @@ def _score_windows(model, streams: Iterable[tuple[int, np.ndarray]], L: int, S: 
             for a, b, t0 in window_plan(len(s), L, S):
                 key = counter if per_window else unit
                 counter += 1
-                pending.append((key, _window_item(s, a, b, t0)))
+                pending.append((key, _window_item(s, a, b, t0), (unit, a)))
                 pending_tokens += b - a
                 if pending_tokens >= CHUNK_TOKENS:
                     flush()
@@ -183,7 +188,8 @@ def _eval_shards(model, data_dir: Path, split: str, L: int, S: int, max_tokens: 
                 remaining -= len(s)
             yield i, np.asarray(s, dtype=np.int64)
 
-    return _score_windows(model, streams(), L, S, tb, per_window=True, progress=progress)
+    return _score_windows(model, streams(), L, S, tb, per_window=True, progress=progress,
+                          name_stream=lambda i: f"shard {files[i]}")
 
 
 def _eval_text(model, source: str, L: int, S: int, max_tokens, max_docs, column: str, tb, progress: bool):
@@ -204,4 +210,5 @@ def _eval_text(model, source: str, L: int, S: int, max_tokens, max_docs, column:
             if max_tokens is not None and used >= max_tokens:
                 return
 
-    return _score_windows(model, streams(), L, S, tb, per_window=False, progress=progress)
+    return _score_windows(model, streams(), L, S, tb, per_window=False, progress=progress,
+                          name_stream=lambda i: f"document {i} of '{source}'")

@@ -67,6 +67,7 @@ class EvalModel:
 
     name: str = "model"
     hash: str | None = None
+    origin: str | None = None  # the checkpoint / weights it was loaded from, for messages
     max_length: int
     eot_id: int
     tokenizer: Any
@@ -144,10 +145,22 @@ class EvalModel:
                                                 self.pack_len, self.stats, progress)
         self.last_truncated = truncated
         self.n_truncated += sum(truncated)
+        for i, (lp, _) in enumerate(out):  # NaN would argmax to choice 0: an error, never a score
+            if not np.isfinite(lp).all():
+                raise scoring.NonFiniteScore(self.label(), f"request {i}", i, float(lp[~np.isfinite(lp)][0]))
         return out
 
     def run_items(self, items: list[scoring.Item], progress: bool = False, desc: str = "scoring"):
-        return scoring.run_items(self.backend, items, self.batch_size, self.pack_len, self.stats, progress, desc)
+        out = scoring.run_items(self.backend, items, self.batch_size, self.pack_len, self.stats, progress, desc)
+        for i, per_item in enumerate(out):
+            for lp, _ in per_item:
+                if not np.isfinite(lp).all():
+                    raise scoring.NonFiniteScore(self.label(), f"item {i}", i, float(lp[~np.isfinite(lp)][0]))
+        return out
+
+    def label(self) -> str:
+        """The model as an error message names it: name, and the weights it came from."""
+        return f"model '{self.name}'" + (f" ({self.origin})" if self.origin else "")
 
     # -- generation ----------------------------------------------------------
 
@@ -415,7 +428,9 @@ def load_gpt(target: str | Path, device=None, dtype=None, tokenizer: str | Path 
     model.eval()
     run = ckpt.parent.parent.name if ckpt.parent.name == "checkpoints" else ckpt.name
     name = f"{run}/{ckpt.name}" if ckpt.parent.name == "checkpoints" else run
-    return GPTEvalModel(model, tok, dev, dt, name=name, hash=file_hash([weights_path]))
+    em = GPTEvalModel(model, tok, dev, dt, name=name, hash=file_hash([weights_path]))
+    em.origin = str(weights_path)
+    return em
 
 
 def load_model_for_eval(target: str | Path, device=None, dtype=None, tokenizer: str | Path | None = None,

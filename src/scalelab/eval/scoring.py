@@ -45,6 +45,21 @@ class EvalError(ScalelabError):
     """An evaluation input is wrong (task file, task name, request, tokenizer)."""
 
 
+class NonFiniteScore(EvalError):
+    """A NaN / inf log-likelihood: the model's numbers are broken (corrupt weights,
+    overflow), so no metric may be computed from them. `index` is the request (or
+    item) whose score was not finite; callers re-raise naming their document."""
+
+    def __init__(self, model: str, what: str, index: int, value: float):
+        self.model, self.index, self.value = model, index, value
+        super().__init__(self.message(what))
+
+    def message(self, what: str) -> str:
+        return (f"{self.model} gave a non-finite log-likelihood ({self.value}) for {what}: its weights are "
+                "corrupt or overflow in this dtype, so nothing was scored; check or restore the checkpoint "
+                "(or try --dtype fp32)")
+
+
 class Backend(Protocol):
     vocab_size: int
     device: torch.device

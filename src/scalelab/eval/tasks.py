@@ -595,7 +595,11 @@ def build_examples(spec: TaskSpec, limit=None, fraction=None, seed: int = 0, sou
 def score_examples(model, spec: TaskSpec, examples: list[Example], progress: bool = False) -> list[dict]:
     """Run the model on the examples; one record per example with its metrics."""
     reqs = [model.encode_pair(c, k) for ex in examples for c, k in ex.requests]
-    out = model.loglikelihood(reqs, progress=progress)
+    try:
+        out = model.loglikelihood(reqs, progress=progress)
+    except scoring.NonFiniteScore as e:  # name the document, not the internal request number
+        owner = [ex for ex in examples for _ in ex.requests][e.index]
+        raise EvalError(e.message(f"task '{spec.name}', document {owner.doc_id}")) from None
     truncated = getattr(model, "last_truncated", [False] * len(reqs))
     records = []
     r = 0
@@ -686,23 +690,28 @@ def _versions() -> dict:
 
 
 def write_results(results: dict, out_dir: str | Path) -> dict[str, Path]:
-    """results.json (no per-example data), results.md, samples_<task>.jsonl."""
-    from scalelab.io import atomic_write_json, atomic_write_text
+    """results.json (no per-example data), results.md, samples_<task>.jsonl.
+
+    All files are first written beside their targets under temp names and renamed only
+    once every one is complete: a full disk (or any failed write) leaves the previous
+    results as they were and no partial files, and ends in one DataError."""
+    from scalelab.data.outdir import json_text, stage_files
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     body = {k: v for k, v in results.items() if k != "samples"}
+    texts: dict[str, str] = {}
     files = {}
     for task, records in (results.get("samples") or {}).items():
         name = f"samples_{task}.jsonl"
-        atomic_write_text(out / name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        texts[name] = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         files[task] = name
         paths[f"samples_{task}"] = out / name
     if files:
         body["samples"] = files
-    atomic_write_json(out / RESULTS_FILE, body)
-    atomic_write_text(out / TABLE_FILE, format_table(results))
+    texts[RESULTS_FILE] = json_text(body)
+    texts[TABLE_FILE] = format_table(results)
+    stage_files(out, texts, hint="or pass --out DIR on a disk with room")
     paths["results"] = out / RESULTS_FILE
     paths["table"] = out / TABLE_FILE
     return paths
