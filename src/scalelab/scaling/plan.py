@@ -52,6 +52,8 @@ class PlanRules:
     multiple_of: int = 64  # FFN width rounding (use 16 for tiny models)
     tie_embeddings: bool = True
     spacing: float = 4.0  # size ratio between neighbours in a compute-budget family
+    n_layer: int | None = None  # fixed depth: every model has this many layers, widths vary (one shape family)
+    width_step: int = 8  # with n_layer: widths are multiples of this
     data_tokens: int | None = None  # tokens in the training corpus (for epochs)
     model_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -93,9 +95,42 @@ def _round_batch(tokens: float, seq_len: int, max_micro: int, devices: int = 1) 
     return seqs * seq_len, micro
 
 
-def _model_cfg(non_embedding: float, rules: PlanRules) -> GPTConfig:
-    shape = shape_for_params(non_embedding, aspect_ratio=rules.aspect_ratio, head_dim=rules.head_dim, mlp=rules.mlp,
-                             multiple_of=rules.multiple_of)
+def _heads_for_width(d: int, head_dim: int) -> int | None:
+    """Heads of the largest even size <= head_dim (>= 8) that split d into at least two."""
+    hd = head_dim
+    while hd >= 8:
+        if d % hd == 0 and d // hd >= 2 and hd % 2 == 0:
+            return d // hd
+        hd -= 2
+    return None
+
+
+def _fixed_depth_shape(target: float, rules: PlanRules) -> dict[str, int]:
+    """Width (a multiple of width_step) whose parameter count (as rules.count counts) is nearest
+    the target in log space."""
+    best = None
+    d = rules.width_step
+    while True:
+        heads = _heads_for_width(d, rules.head_dim)
+        if heads:
+            cfg = GPTConfig(vocab_size=rules.vocab_size, n_layer=rules.n_layer, d_model=d, n_head=heads,
+                            mlp=rules.mlp, multiple_of=rules.multiple_of, tie_embeddings=rules.tie_embeddings)
+            n = count_params(cfg)["total" if rules.count == "total" else "non_embedding"]
+            err = abs(math.log(n / target))
+            if best is None or err < best[0]:
+                best = (err, d, heads)
+            if n > target:
+                break
+        d += rules.width_step
+    return {"n_layer": rules.n_layer, "d_model": best[1], "n_head": best[2]}
+
+
+def _model_cfg(non_embedding: float, rules: PlanRules, target: float | None = None) -> GPTConfig:
+    if rules.n_layer:  # `target` counted as rules.count
+        shape = _fixed_depth_shape(target if target is not None else non_embedding, rules)
+    else:
+        shape = shape_for_params(non_embedding, aspect_ratio=rules.aspect_ratio, head_dim=rules.head_dim,
+                                 mlp=rules.mlp, multiple_of=rules.multiple_of)
     kw = dict(vocab_size=rules.vocab_size, seq_len=rules.seq_len, mlp=rules.mlp, multiple_of=rules.multiple_of,
               tie_embeddings=rules.tie_embeddings, **shape)
     kw.update(rules.model_overrides)
@@ -112,13 +147,19 @@ def _non_embedding_for_total(total: float, rules: PlanRules) -> float:
     return math.sqrt(lo * hi)
 
 
-def plan_model(target: float, rules: PlanRules, name: str | None = None) -> dict[str, Any]:
-    """One compute-optimal model for a target size (counted as rules.count)."""
-    non_emb_target = target if rules.count == "non_embedding" else _non_embedding_for_total(target, rules)
-    cfg = _model_cfg(non_emb_target, rules)
+def plan_model(target: float, rules: PlanRules, name: str | None = None,
+               budget: float | None = None) -> dict[str, Any]:
+    """One model for a target size (counted as rules.count): compute-optimal at
+    rules.tokens_per_param, or, with `budget`, trained on D = budget / (6 N) tokens
+    (one point of an IsoFLOP profile; lr and batch then follow the budget, not the size)."""
+    if rules.n_layer:
+        cfg = _model_cfg(target, rules, target=target)
+    else:
+        non_emb_target = target if rules.count == "non_embedding" else _non_embedding_for_total(target, rules)
+        cfg = _model_cfg(non_emb_target, rules)
     sizes = count_params(cfg)
     n = sizes["total"] if rules.count == "total" else sizes["non_embedding"]
-    tokens = rules.tokens_per_param * n
+    tokens = rules.tokens_per_param * n if budget is None else budget / (6.0 * n)
     flops = 6.0 * n * tokens
     if rules.batch_tokens:
         batch, micro = _round_batch(rules.batch_tokens, rules.seq_len, rules.max_micro_batch, rules.devices)
@@ -189,19 +230,97 @@ def plan_family(rules: PlanRules, sizes: list[float] | None = None, compute: flo
     }
 
 
+def isoflop_targets(budget: float, sizes_per_budget: int, spread: float, prior_tokens_per_param: float) -> list[float]:
+    """Model sizes for one IsoFLOP profile: geometric from N*/spread to N*·spread around the
+    prior optimum N* = sqrt(C / (6 r)) (D = r N at the optimum, r = 20 for Chinchilla)."""
+    n_star = math.sqrt(budget / (6.0 * prior_tokens_per_param))
+    m = sizes_per_budget
+    return [n_star * spread ** (-1.0 + 2.0 * i / (m - 1)) for i in range(m)] if m > 1 else [n_star]
+
+
+def plan_isoflop(rules: PlanRules, budgets: list[float], sizes_per_budget: int = 5, spread: float = 4.0,
+                 prior_tokens_per_param: float = 20.0) -> dict[str, Any]:
+    """Hoffmann et al. approach-2 design: per compute budget C, `sizes_per_budget` models spaced
+    around a prior law's optimum (x 1/spread ... x spread), each trained on D = C / (6 N).
+
+    Sizes whose shapes coincide after rounding are planned once. lr and batch follow C
+    (DeepSeek rules), so within a budget only the size changes. Models are named
+    ``c<k>-<L>x<d>`` (k = budget index from 1)."""
+    if not budgets or any(not (c > 0) for c in budgets):
+        raise ConfigError("IsoFLOP budgets must be a non-empty list of positive FLOP counts, e.g. [1e11, 2e11, 4e11]")
+    if sizes_per_budget < 3:
+        raise ConfigError(f"sizes_per_budget must be >= 3 (a parabola needs 3 sizes; 5+ is better), got {sizes_per_budget}")
+    if not spread > 1:
+        raise ConfigError(f"spread must be > 1 (sizes from N*/spread to N*·spread), got {spread}")
+    models, warnings = [], []
+    for k, budget in enumerate(sorted(float(c) for c in budgets), start=1):
+        seen = set()
+        for target in isoflop_targets(budget, sizes_per_budget, spread, prior_tokens_per_param):
+            m = plan_model(target, rules, budget=budget)
+            shape = (m["n_layer"], m["d_model"])
+            if shape in seen:
+                continue
+            seen.add(shape)
+            m.update(name=f"c{k}-{m['n_layer']}x{m['d_model']}", budget=budget, budget_index=k)
+            models.append(m)
+        if len(seen) < sizes_per_budget:
+            warnings.append(f"budget {budget:.3g}: {sizes_per_budget - len(seen)} planned size(s) rounded to the same "
+                            f"shape as a neighbour; {len(seen)} distinct sizes (use a finer width_step or a wider spread)")
+        if min(m["steps"] for m in models if m["budget_index"] == k) < 20:
+            warnings.append(f"budget {budget:.3g}: the largest model trains for fewer than 20 steps; raise the budget")
+    for m in models:
+        if m.get("epochs", 0) > DATA_CONSTRAINED_EPOCHS:
+            warnings.append(f"{m['name']} repeats the corpus {m['epochs']:.1f} times: past ~4 epochs extra "
+                            f"repeats are worth much less than fresh data (Muennighoff et al. 2023)")
+    return {
+        "design": "isoflop",
+        "rules": {k: v for k, v in rules.__dict__.items()},
+        "budgets": sorted(float(c) for c in budgets),
+        "sizes_per_budget": sizes_per_budget, "spread": spread, "prior_tokens_per_param": prior_tokens_per_param,
+        "total_flops": sum(m["flops"] for m in models),
+        "total_flops_exact": sum(m["flops_exact"] for m in models),
+        "models": models,
+        "warnings": warnings,
+    }
+
+
+def gpu_hours(flops_exact: float, peak_flops: float, mfu: float) -> float:
+    """Wall-clock GPU-hours for a training FLOP count at a sustained fraction `mfu` of `peak_flops`."""
+    return flops_exact / (peak_flops * mfu) / 3600.0
+
+
 def format_plan(plan: dict[str, Any]) -> str:
-    head = (f"{'name':>7} {'shape':>9} {'params':>11} {'non-emb':>11} {'tokens':>10} {'tok/N':>5} "
+    head = (f"{'name':>10} {'shape':>9} {'params':>11} {'non-emb':>11} {'tokens':>10} {'tok/N':>5} "
             f"{'C=6ND':>9} {'lr':>8} {'batch':>8} {'steps':>7} {'warmup':>6}")
     rows = [head, "-" * len(head)]
     for m in plan["models"]:
         rows.append(
-            f"{m['name']:>7} {m['n_layer']:>3}x{m['d_model']:<5} {m['params']:>11,} {m['non_embedding_params']:>11,} "
+            f"{m['name']:>10} {m['n_layer']:>3}x{m['d_model']:<5} {m['params']:>11,} {m['non_embedding_params']:>11,} "
             f"{m['tokens']:>10.3g} {m['tokens_per_param']:>5.1f} {m['flops']:>9.2e} {m['lr']:>8.2e} "
             f"{m['batch_tokens']:>8,} {m['steps']:>7,} {m['warmup_steps']:>6,}"
             + (f"  {m['epochs']:.2f} ep" if "epochs" in m else ""))
+    gpu = plan.get("gpu")
+    for k, budget in enumerate(plan.get("budgets") or [], start=1):
+        ms = [m for m in plan["models"] if m.get("budget_index") == k]
+        exact = sum(m["flops_exact"] for m in ms)
+        line = f"budget {k}: C = {budget:.3e} FLOPs (6ND) x {len(ms)} sizes, {exact:.3e} exact FLOPs per seed"
+        if gpu:
+            line += f", {gpu_hours(exact, gpu['peak_flops'], gpu['mfu']):.3g} GPU-h"
+        rows.append(line)
     rows.append(f"total compute (6ND): {plan['total_flops']:.3e} FLOPs")
+    if gpu:
+        rows.append(f"GPU-hours per seed: {gpu['hours']:.3g} (exact FLOPs at {gpu['mfu']:.0%} MFU of "
+                    f"{gpu['peak_flops'] / 1e12:.0f} TFLOP/s; measured MFU: docs/bench-gpu.md)")
     rows += [f"warning: {w}" for w in plan["warnings"]]
     return "\n".join(rows)
+
+
+def attach_gpu_hours(plan: dict[str, Any], peak_flops: float, mfu: float, seeds: int = 1) -> dict[str, Any]:
+    """Add the GPU-hours a plan implies (per seed, and for `seeds` seeds) to `plan`."""
+    exact = plan.get("total_flops_exact") or sum(m["flops_exact"] for m in plan["models"])
+    hours = gpu_hours(exact, peak_flops, mfu)
+    plan["gpu"] = {"peak_flops": peak_flops, "mfu": mfu, "hours": hours, "seeds": seeds, "hours_all_seeds": hours * seeds}
+    return plan
 
 
 def write_configs(plan: dict[str, Any], base: dict[str, Any], out_dir: str | Path,
