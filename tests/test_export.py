@@ -235,3 +235,25 @@ def test_export_cli(bpe_run, tmp_path, capsys):
     assert "max |logit diff|" in capsys.readouterr().out
     assert main(["export", str(tmp_path / "nope"), "--hf", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("umask,fmode,dmode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_export_respects_the_umask(bpe_run, tmp_path, umask, fmode, dmode):
+    """Not mkdtemp's 0700 / mkstemp's 0600 whatever the umask: others on a shared machine
+    can read an export under the usual 022, and a private 077 stays private."""
+    import os
+    import stat
+
+    from scalelab.export import export_hf
+
+    run_dir, _ = bpe_run
+    old = os.umask(umask)
+    try:
+        export_hf(run_dir, tmp_path / "out", verify=False)
+    finally:
+        os.umask(old)
+    out = tmp_path / "out"
+    assert stat.S_IMODE(out.stat().st_mode) == dmode
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*")}
+    assert {"model.safetensors", "config.json", "scalelab_export.json", "README.md"} <= set(modes)
+    assert all(m == (dmode if (out / n).is_dir() else fmode) for n, m in modes.items()), modes

@@ -310,6 +310,10 @@ def run_parsed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
         parser.print_help()
         return 0
     try:
+        if getattr(args, "device", None) is not None:  # every --device (train, eval, golf, ...) checked here, first
+            from scalelab.train.hardware import resolve_device
+
+            resolve_device(args.device)
         return args.func(args) or 0
     except ScalelabError as e:
         print(f"error: {e}", file=sys.stderr)

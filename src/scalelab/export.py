@@ -54,6 +54,7 @@ from typing import Any
 import torch
 
 from scalelab.errors import CheckpointError, ConfigError, ScalelabError
+from scalelab.io import dir_mode, file_mode
 
 EXPORT_FILE = "scalelab_export.json"
 FORMAT_VERSION = 1
@@ -360,6 +361,7 @@ def export_hf(run: str | Path, out: str | Path, which: str = "last", weights: st
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
+        os.chmod(tmp, dir_mode())  # mkdtemp's 0700 would hide the published export from others
         eot = int(src.tokenizer.eot_id)
         with _quiet_transformers():
             hf = _build_hf_model(src.model, eot)
@@ -401,9 +403,26 @@ def export_hf(run: str | Path, out: str | Path, which: str = "last", weights: st
     return info
 
 
+def _respect_umask(root: Path) -> None:
+    """Give every file and folder under `root` the mode a plain open()/mkdir would (0644 /
+    0755 under umask 022): temp-file writers (mkstemp, mkdtemp) make them 0600 / 0700."""
+    fmode, dmode = file_mode(), dir_mode()
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames:
+            p = Path(dirpath) / name
+            if not p.is_symlink():
+                os.chmod(p, fmode)
+        for name in dirnames:
+            p = Path(dirpath) / name
+            if not p.is_symlink():
+                os.chmod(p, dmode)
+    os.chmod(root, dmode)
+
+
 def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
     from scalelab.io import fsync_dir
 
+    _respect_umask(tmp)
     fsync_dir(tmp)
     if out.exists():
         if not overwrite:

@@ -32,9 +32,9 @@ HASH_CHARS = 16
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    from scalelab.train.hardware import resolve_device as check
+
+    return check(device)
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:

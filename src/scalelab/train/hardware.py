@@ -1,4 +1,5 @@
-"""What the hardware can do: measured matmul peak, load, GPU peak table, CPU dtype.
+"""What the hardware can do: the --device check, measured matmul peak, load, GPU peak
+table, CPU dtype.
 
 MFU in scalelab is model FLOP/s (sizing.flops_per_token x tokens/s) divided by a peak:
 on GPUs the vendor's dense bf16 peak (`gpu_peak_flops`), on CPUs the matmul rate
@@ -12,6 +13,49 @@ import time
 from contextlib import contextmanager
 
 import torch
+
+
+def available_devices() -> list[str]:
+    """The --device values that work here: cpu, and cuda, cuda:0 .. cuda:N-1 when GPUs are visible."""
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        out += ["cuda"] + [f"cuda:{i}" for i in range(n)]
+    return out
+
+
+def _no_cuda_reason() -> str:
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+        return f"this torch ({torch.__version__}) is a CPU-only build; install a CUDA build of torch"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    hint = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
+    return f"no CUDA GPU is visible to this torch ({torch.__version__}){hint}"
+
+
+def resolve_device(device: str | torch.device | None, flag: str = "--device") -> torch.device:
+    """The one check of a requested device, before any work: None / "auto" -> cuda when
+    available, else cpu; cpu, cuda, cuda:N must be usable here. ConfigError names the
+    device and what is available (a typo like "tpu" or "gpu" never falls back to the CPU)."""
+    from scalelab.errors import ConfigError
+
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    avail = ", ".join(available_devices())
+    try:
+        dev = device if isinstance(device, torch.device) else torch.device(str(device).strip())
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"{flag} '{device}' is not a device; scalelab runs on cpu or cuda[:N]. "
+                          f"Available here: {avail}") from None
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if dev.type != "cuda":
+        raise ConfigError(f"{flag} '{device}': scalelab runs on cpu or cuda[:N], not {dev.type}. Available here: {avail}")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"{flag} '{device}': {_no_cuda_reason()}. Available here: {avail}")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"{flag} '{device}': only {torch.cuda.device_count()} CUDA GPU(s) are visible. "
+                          f"Available here: {avail}")
+    return dev
 
 
 @contextmanager
