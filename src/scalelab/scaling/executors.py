@@ -22,10 +22,10 @@ import datetime as _dt
 import json
 import os
 import random
+import re
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -142,28 +142,24 @@ class SlurmTrain(submitit.helpers.Checkpointable):
         env = submitit.JobEnvironment()
         rank0 = env.global_rank == 0
         os.environ["SCALELAB_NO_PROGRESS"] = "1"
-        try:
-            if launcher:
-                # What a multi-node launcher line needs for its rendezvous (docs/CLUSTER.md).
-                os.environ.update(MASTER_ADDR=env.hostnames[0], MASTER_PORT=str(_master_port(str(env.job_id))),
-                                  SCALELAB_NNODES=str(env.num_nodes), SCALELAB_NODE_RANK=str(env.node),
-                                  SCALELAB_JOB_ID=str(env.job_id))
-                _train_subprocess(os.path.expandvars(launcher), Path(config_path), Path(run_dir), threads)
-                if rank0 and eval_cfg is not None and eval_cfg.eval.tasks:
-                    _train_in_worker_eval(run_dir, eval_cfg)
-            else:
-                if env.num_tasks > 1:  # one task per GPU: the trainer reads RANK / WORLD_SIZE / LOCAL_RANK
-                    os.environ["MASTER_PORT"] = os.environ.get("MASTER_PORT") or str(_master_port(str(env.job_id)))
-                    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
-                                                                          overwrite=True)
-                _train_in_worker(config_path, run_dir, threads, eval_cfg if rank0 else None)
-        except Exception as e:
-            print(f"error: {e}", flush=True, file=sys.stderr)
-            raise
+        if launcher:
+            # What a multi-node launcher line needs for its rendezvous (docs/CLUSTER.md).
+            os.environ.update(MASTER_ADDR=env.hostnames[0], MASTER_PORT=str(_master_port(str(env.job_id))),
+                              SCALELAB_NNODES=str(env.num_nodes), SCALELAB_NODE_RANK=str(env.node),
+                              SCALELAB_JOB_ID=str(env.job_id))
+            _train_subprocess(os.path.expandvars(launcher), Path(config_path), Path(run_dir), threads)
+            if rank0 and eval_cfg is not None and eval_cfg.eval.tasks:
+                _warm_eval(run_dir, eval_cfg)
+        else:
+            if env.num_tasks > 1:  # one task per GPU: the trainer reads RANK / WORLD_SIZE / LOCAL_RANK
+                os.environ["MASTER_PORT"] = str(_master_port(str(env.job_id)))  # not the submitter's, if it had one
+                submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
+                                                                      overwrite=True)
+            _train_in_worker(config_path, run_dir, threads, eval_cfg if rank0 else None)
         return run_dir
 
 
-def _train_in_worker_eval(run_dir: str, eval_cfg: StudyConfig) -> None:
+def _warm_eval(run_dir: str, eval_cfg: StudyConfig) -> None:
     from scalelab.scaling.study import evaluate_tasks
 
     with open(Path(run_dir) / "train.log", "a") as log, contextlib.redirect_stdout(log), \
@@ -278,9 +274,10 @@ class SlurmRunner:
         state = "" if self.sc.cluster == "local" else f", state {task.state}"
         log = task.paths.stderr
         text = log.read_text(errors="replace") if log.is_file() else ""
-        # Unindented lines only: the messages and the exception, not the traceback's frames.
-        tail = [line.strip() for line in text.splitlines()
-                if line.strip() and not line[0].isspace() and not line.startswith("Traceback")][-3:]
+        # The exception and any scheduler message (slurmstepd: ... TIME LIMIT), not the
+        # traceback's indented frames or submitit's own log lines.
+        tail = [re.sub(r"^scalelab\.errors\.\w+: ", "", line.strip()) for line in text.splitlines()
+                if line.strip() and not line[0].isspace() and not line.startswith(("Traceback", "submitit "))][-3:]
         run_log = Path(self.cfg.out_dir) / "runs" / run_name / "train.log"
         return TrainingError(f"run {run_name} failed: job {task.job_id} (task {k}) {how}{state}; see {log} and "
                              f"{run_log}: " + (" | ".join(tail) if tail else "(its error log is empty)"))
