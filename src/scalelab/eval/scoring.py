@@ -370,6 +370,14 @@ def multiple_choice_metrics(lls: Sequence[float], choices: Sequence[str], gold: 
     return out
 
 
+def gold_bits_per_byte(gold_ll: float, gold_bytes: int) -> float:
+    """-log p(gold continuation) in bits per UTF-8 byte of its text (the target delimiter
+    included: its tokens are scored too) -- the "task bpb" of Bhagia et al. 2024 (OLMo ladder)."""
+    if gold_bytes <= 0:
+        raise ValueError("the gold continuation has no bytes")
+    return float(-gold_ll / (math.log(2.0) * gold_bytes))
+
+
 def summarize(metric: str, values: Sequence[float], n_boot: int = 1000, seed: int = 0) -> dict:
     """value, stderr, 95% CI and n of a per-example metric: Wilson for 0/1 accuracies,
     a bootstrap for means; `perplexity` gets exp(mean negative log-likelihood) with the

@@ -618,8 +618,10 @@ def score_examples(model, spec: TaskSpec, examples: list[Example], progress: boo
                         "context": ex.requests[0][0]})
         else:
             m = scoring.multiple_choice_metrics(lls, ex.choices, ex.gold)
+            gold_bytes = len(ex.requests[ex.gold][1].encode("utf-8"))
             rec.update({"gold": ex.gold, "pred": m["pred"], "pred_norm": m["pred_norm"], "acc": m["acc"],
-                        "acc_norm": m["acc_norm"], "lls": lls, "greedy": greedy,
+                        "acc_norm": m["acc_norm"], "bpb": scoring.gold_bits_per_byte(lls[ex.gold], gold_bytes),
+                        "gold_bytes": gold_bytes, "lls": lls, "greedy": greedy,
                         "choice_chars": [len(c) for c in ex.choices], "context_tokens": n_ctx,
                         "truncated": cut, "contexts": list(dict.fromkeys(c for c, _ in ex.requests)),
                         "continuations": [k2 for _, k2 in ex.requests]})
@@ -629,7 +631,10 @@ def score_examples(model, spec: TaskSpec, examples: list[Example], progress: boo
 
 def aggregate(spec: TaskSpec, records: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
     out: dict[str, Any] = {}
-    for metric in spec.metrics:
+    # bpb (bits per byte of the gold continuation) comes with every multiple-choice task:
+    # it falls smoothly with scale while accuracy still sits at chance (OLMo's model ladder).
+    extra = ["bpb"] if records and "bpb" in records[0] and "bpb" not in spec.metrics else []
+    for metric in list(spec.metrics) + extra:
         values = [r["ll"] for r in records] if metric == "perplexity" else [r[metric] for r in records]
         s = scoring.summarize(metric, values, n_boot=n_boot, seed=seed)
         out[metric] = s["value"]
@@ -784,7 +789,7 @@ def compare(results_a: dict | str | Path, results_b: dict | str | Path, n_boot: 
         common = sorted(set(ra) & set(rb))
         if not common:
             continue
-        metrics = [k for k in ("acc", "acc_norm", "ll") if k in ra[common[0]] and k in rb[common[0]]]
+        metrics = [k for k in ("acc", "acc_norm", "bpb", "ll") if k in ra[common[0]] and k in rb[common[0]]]
         per = {}
         for metric in metrics:
             x = [float(ra[i][metric]) for i in common]
