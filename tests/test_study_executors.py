@@ -110,6 +110,27 @@ def test_failed_job_reports_its_log_tail_and_is_resubmitted_once_fixed(study):
     assert done == [None] and _records(cfg)["broken-s0"]["job_id"] != failed_id
 
 
+def test_launcher_runs_inside_the_job_with_the_rendezvous_variables(study, tmp_path):
+    import dataclasses
+    import sys
+
+    path = study[0]
+    seen = tmp_path / "launcher_args.txt"
+    launcher = tmp_path / "fake_torchrun.sh"  # records its expanded arguments, then trains as torchrun would
+    launcher.write_text(f'#!/bin/sh\necho "$@" > {seen}\nshift 4\nexec {sys.executable} "$@"\n')
+    launcher.chmod(0o755)
+    cfg = dataclasses.replace(load_study_config(path), launcher=f"{launcher} --nnodes $SCALELAB_NNODES "
+                                                                "--rdzv_endpoint $MASTER_ADDR:$MASTER_PORT")
+    job = _fresh_job(cfg, path, "launched-s0")
+    done = []
+    run_jobs([job], cfg, lambda j, e: done.append(e), threads=1, say=lambda *a, **k: None)
+    assert done == [None] and (job[2] / "summary.json").is_file()
+    args = seen.read_text().split()
+    assert args[:2] == ["--nnodes", "1"] and args[4:7] == ["-m", "scalelab", "train"]
+    host, port = args[3].rsplit(":", 1)
+    assert host and "$" not in host and 20000 <= int(port) <= 60000
+
+
 def test_executor_config_validation(tmp_path, monkeypatch):
     tree = _study_tree(tmp_path)
     p = tmp_path / "s.yaml"
