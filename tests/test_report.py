@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from scalelab.errors import DataError
-from scalelab.report import note as note_mod
-from scalelab.report import plots
-from scalelab.report.note import matched_compute_pairs, pairwise_check, study_check, write_note, write_report
-from scalelab.report.plots import lower_envelope
+from scalelab.report import markdown
+from scalelab.report import study_plots as plots
+from scalelab.report.study_note import write_note, write_report
+from scalelab.scaling.results import fit_samples, lower_envelope, matched_compute_pairs, pairwise_check, study_check
 
 FIXTURE = Path(__file__).parent / "fixtures" / "study_results.json"
 FIXTURE_RATIOS = Path(__file__).parent / "fixtures" / "study_results_ratios.json"
@@ -66,9 +66,11 @@ def _check_files(out: dict, study: Path) -> None:
 
 def test_report_on_fixture(tmp_path, results):
     study = _study(tmp_path, results)
-    out = write_report(study)  # real path: Kaplan band recomputed from the runs
+    assert results["fits"]["kaplan"]["samples"]  # the fixture stores its bootstrap draws, as a study should
+    out = write_report(study)
     _check_files(out, study)
     text = (study / "NOTE.md").read_text()
+    assert "fitted L(N) = E + A·N^-α with its 95% bootstrap band" in text and "no band" not in text
     for s in results["sizes"]:
         assert f"{s['loss']['mean']:.3f}" in text, s["name"]
         assert f"[{s['loss']['lo']:.3f}, {s['loss']['hi']:.3f}]" in text
@@ -158,26 +160,51 @@ def test_malformed_results_json(tmp_path, content):
     assert str(tmp_path / "results.json") in str(e.value) and "scalelab study" in str(e.value)
 
 
-def test_stored_samples_are_used_without_refit(tmp_path, results, monkeypatch):
+def _no_refit(monkeypatch):
     import scalelab.scaling.fit as fit
 
     def boom(*a, **k):
-        raise AssertionError("refit should not run when samples are stored")
+        raise AssertionError("the report must not refit: it reads results.json only")
 
     monkeypatch.setattr(fit, "fit_kaplan", boom)
     monkeypatch.setattr(fit, "fit_chinchilla", boom)
+
+
+def test_stored_samples_are_used_without_refit(tmp_path, results, monkeypatch):
+    _no_refit(monkeypatch)
     res = _with_samples(_with_samples(results), "chinchilla")
-    s, how = plots.fit_samples(res, "kaplan")
+    s, how = fit_samples(res, "kaplan")
     assert s is not None and "stored" in how
     paths = plots.plot_loss_vs_params(res, tmp_path, samples=s and (s, how)) + plots.plot_compute_frontier(res, tmp_path)
     assert all(p.stat().st_size > 1000 for p in paths)
 
 
-def test_band_skipped_when_refit_disagrees(results):
-    res = copy.deepcopy(results)
-    res["fits"]["kaplan"]["alpha"] *= 1.5  # stored estimate no longer reproducible from the runs
-    s, how = plots.fit_samples(res, "kaplan", max_boot=4)
-    assert s is None and "does not reproduce" in how
+def test_no_band_without_stored_samples(tmp_path, ratios, monkeypatch):
+    """A results.json without bootstrap draws: curves without bands, and the note says why (no refit)."""
+    _no_refit(monkeypatch)
+    res = copy.deepcopy(ratios)
+    for fit in res["fits"].values():
+        fit.pop("samples", None)
+    for law in ("kaplan", "chinchilla"):
+        s, how = fit_samples(res, law)
+        assert s is None and how == "bootstrap samples not stored in results.json"
+    out = write_report(_study(tmp_path, res))
+    text = out["note"].read_text()
+    assert "(red; no band: bootstrap samples not stored in results.json)" in text
+    assert "**Band in Figure 1:** not drawn: bootstrap samples not stored in results.json" in text
+    assert b"no band: bootstrap samples not stored" in (tmp_path / "study" / "figures" / "loss_vs_params.svg").read_bytes()
+
+
+def test_figures_never_import_the_fitter():
+    import subprocess
+    import sys
+
+    code = ("import sys, json; from scalelab.report import study_plots, study_note; "
+            "from scalelab.report.study_plots import plot_study; "
+            f"r = json.load(open({str(FIXTURE_RATIOS)!r})); import tempfile; plot_study(r, tempfile.mkdtemp()); "
+            "assert 'scalelab.scaling.fit' not in sys.modules, 'the figures refit or import the fitter'")
+    subprocess.run([sys.executable, "-c", code], check=True, env={"OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg",
+                                                                 "PATH": "/usr/bin:/bin"})
 
 
 def test_pairwise_check_overlap_and_single_seed(results):
@@ -199,11 +226,11 @@ def test_lower_envelope():
 
 
 def test_formatting_helpers():
-    assert note_mod.fci(0.3661, [0.2951, 0.3912]) == "0.366 [0.295, 0.391]"
-    assert note_mod.fci(None, [0, 1]) == "n/a"
-    assert note_mod.fci(0.5, [None, 1]) == "0.500 [no CI]"
-    assert note_mod.sci(3.05e11) == "3.05e11" and note_mod.sci(9.999e11) == "1.00e12"
-    assert note_mod.count(50368) == "50.4K"
+    assert markdown.fci(0.3661, [0.2951, 0.3912]) == "0.366 [0.295, 0.391]"
+    assert markdown.fci(None, [0, 1]) == "n/a"
+    assert markdown.fci(0.5, [None, 1]) == "0.500 [no CI]"
+    assert markdown.sci(3.05e11) == "3.05e11" and markdown.sci(9.999e11) == "1.00e12"
+    assert markdown.count(50368) == "50.4K"
 
 
 # --------------------------------------------------------------------------------------
@@ -324,13 +351,24 @@ def test_single_ratio_note_keeps_its_wording(tmp_path, results, ratios):
     assert "assumed, not measured" in text and "tokens/param" not in _section(text, "### 3.1")
 
 
-def test_kaplan_band_refits_only_its_family(ratios):
-    s, how = plots.fit_samples(ratios, "kaplan", max_boot=4)
-    assert s is not None, how  # a refit on all 16 runs would not reproduce the stored estimate
+def test_bands_come_from_stored_samples_only(ratios):
+    for law in ("kaplan", "chinchilla"):
+        stored = ratios["fits"][law]["samples"]
+        s, how = fit_samples(ratios, law)
+        assert s is not None and how == f"{len(stored['A'])} stored bootstrap refits"
+        assert all(np.array_equal(s[k], stored[k]) for k in stored)
     res = copy.deepcopy(ratios)
-    res["fits"]["kaplan"]["runs_used"] = 16
-    s, how = plots.fit_samples(res, "kaplan", max_boot=4)
-    assert s is None and "cannot rebuild" in how
+    k = res["fits"]["kaplan"]
+    k["samples"]["alpha"] = k["samples"]["alpha"][:-1]
+    assert fit_samples(res, "kaplan") == (None, "the bootstrap samples in results.json have unequal lengths")
+    del k["samples"]["alpha"]
+    assert fit_samples(res, "kaplan") == (None, "the bootstrap samples in results.json lack alpha")
+    k["samples"] = {"A": [1.0, 2.0], "alpha": [0.3, 0.4]}
+    k["fixed"] = {"E": 1.5}  # a fixed parameter is not stored with the draws: its value is used
+    s, _ = fit_samples(res, "kaplan")
+    assert list(s["E"]) == [1.5, 1.5]
+    k["degenerate"] = True
+    assert fit_samples(res, "kaplan") == (None, "no usable fit")
 
 
 def test_two_ratio_report_figures(tmp_path, ratios):

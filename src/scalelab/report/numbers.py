@@ -1,17 +1,7 @@
-"""Numbers read from results/summary JSON files: None or junk becomes nan, never an error,
-so a report of a partly failed run still renders (with "n/a" where a number is missing)."""
+"""Backwards-compatible import names: ``num`` / ``finite`` (used by report.run_report) now live in
+``scalelab.scaling.results`` (re-exported by ``report.markdown``). Remove once run_report imports from there."""
 from __future__ import annotations
 
-import math
+from scalelab.scaling.results import finite, num
 
-
-def num(x) -> float:
-    """float(x), or nan for None / junk."""
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def finite(x) -> bool:
-    return math.isfinite(num(x))
+__all__ = ["num", "finite"]
