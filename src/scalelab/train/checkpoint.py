@@ -285,7 +285,7 @@ def _pointer_name(root: Path, name: str) -> str | None:
 
 def _read_pointer(root: Path, name: str) -> Path | None:
     target = _pointer_name(root, name)
-    if target is None or "/" in target or target.startswith("."):
+    if target is None or step_of(target) is None:  # empty, or damaged
         return None
     path = root / target
     return path if (path / STATE_FILE).is_file() else None
@@ -352,7 +352,7 @@ def select_checkpoint(out_dir: str | Path, which: str = "last") -> tuple[Path, d
     pointer = _pointer_name(root, "last")
     limit = step_of(pointer) if pointer else None
     if pointer is not None and limit is None:
-        notes.append(f"the 'last' pointer is unreadable ({pointer[:40]!r})")
+        notes.append(f"the 'last' pointer is unreadable ({ascii(pointer[:40])})")
     elif pointer is not None and not (root / pointer).is_dir():
         notes.append(f"{pointer} (named by 'last') is missing")
     candidates = [d for d in list_checkpoints(out_dir) if limit is None or step_of(d.name) <= limit]
