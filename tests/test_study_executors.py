@@ -131,6 +131,48 @@ def test_launcher_runs_inside_the_job_with_the_rendezvous_variables(study, tmp_p
     assert host and "$" not in host and 20000 <= int(port) <= 60000
 
 
+def _fake_slurm(bin_dir, monkeypatch, sbatch_body, sacct_out=""):
+    """sbatch / srun / sacct stand-ins on PATH: what submitit sends SLURM, and its answers."""
+    bin_dir.mkdir()
+    for name, body in [("sbatch", sbatch_body), ("srun", "exit 0"), ("sacct", f"printf '{sacct_out}'")]:
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:" + __import__("os").environ["PATH"])
+
+
+def _slurm_cfg(tmp_path, **slurm):
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump({**_study_tree(tmp_path), "slurm": {"cluster": "slurm", **slurm}}))
+    return load_study_config(p)
+
+
+def test_slurm_submission_is_one_array_with_the_configured_resources_and_reattaches_by_state(tmp_path, monkeypatch):
+    _fake_slurm(tmp_path / "bin", monkeypatch, f'cp "$1" {tmp_path}/sbatch.sh\necho "Submitted batch job 4242"',
+                sacct_out="JobID|State|NodeList\\n4242_0|RUNNING|n1\\n4242_1|FAILED|n2\\n")
+    cfg = _slurm_cfg(tmp_path, partition="gpu", account="lm", gpus_per_node=8, tasks_per_node=8, nodes=2,
+                     array_parallelism=1, time_min=90, additional={"constraint": "h100"})
+    jobs = [({"name": n}, 0, tmp_path / "out" / "runs" / n, tmp_path / f"{n}.yaml") for n in ("a-s0", "b-s0")]
+    handles = SlurmRunner(cfg, say=lambda *a, **k: None).submit(jobs)
+    sbatch = (tmp_path / "sbatch.sh").read_text()
+    for flag in ("--partition=gpu", "--account=lm", "--gpus-per-node=8", "--ntasks-per-node=8", "--nodes=2",
+                 "--array=0-1%1", "--time=90", "--constraint=h100"):
+        assert f"#SBATCH {flag}" in sbatch
+    recs = _records(cfg)
+    assert {n: r["job_id"] for n, r in recs.items()} == {"a-s0": "4242_0", "b-s0": "4242_1"}
+    assert recs["a-s0"]["tasks"] == 16 and handles["a-s0"].num_tasks == 16
+    # a new process: job 0 is still running (re-attached), job 1 failed (to be submitted again)
+    assert sorted(SlurmRunner(cfg).attach(jobs)) == ["a-s0"]
+
+
+def test_sbatch_refusal_is_one_clear_error(tmp_path, monkeypatch):
+    _fake_slurm(tmp_path / "bin", monkeypatch, 'echo "sbatch: error: invalid partition specified: gpux" >&2\nexit 1')
+    cfg = _slurm_cfg(tmp_path, partition="gpux")
+    job = ({"name": "a"}, 0, tmp_path / "out" / "runs" / "a-s0", tmp_path / "a.yaml")
+    with pytest.raises(ConfigError, match="sbatch refused.*invalid partition specified: gpux.*partition"):
+        SlurmRunner(cfg).submit([job])
+    assert not SlurmRunner(cfg).jobs_path.exists()
+
+
 def test_executor_config_validation(tmp_path, monkeypatch):
     tree = _study_tree(tmp_path)
     p = tmp_path / "s.yaml"

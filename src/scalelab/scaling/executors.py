@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import submitit
+from submitit.core.utils import FailedJobError, FailedSubmissionError
 
 from scalelab.errors import ConfigError, ScalelabError, TrainingError
 from scalelab.io import atomic_write_json
@@ -303,8 +304,14 @@ class SlurmRunner:
         """Submit `jobs` together (one job array on SLURM) and record their ids."""
         ex = self.executor()
         fn = SlurmTrain()
-        with ex.batch():
-            pending = [ex.submit(fn, str(j[3]), str(j[2]), self.threads, self.cfg.launcher, self.cfg) for j in jobs]
+        try:
+            with ex.batch():
+                pending = [ex.submit(fn, str(j[3]), str(j[2]), self.threads, self.cfg.launcher, self.cfg)
+                           for j in jobs]
+        except (FailedJobError, FailedSubmissionError, OSError) as e:
+            lines = [line for line in str(e).strip().splitlines() if line.strip()]
+            raise ConfigError(f"sbatch refused the study's jobs ({lines[-1] if lines else e}); check the slurm "
+                              "section (partition, account, qos, time_min, gpus_per_node, additional)") from None
         records = self.load_records()
         now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         handles = {}
