@@ -342,6 +342,12 @@ def test_refuses_a_users_folder_unless_told_to_reuse_it(data_dir, tmp_path):
         "config.yaml", "summary.json"]
     train(tiny_cfg(data_dir, exp, "train.max_steps=2", "train.reuse_out_dir=true"))
     assert steps_logged(exp) == [1, 2] and json.loads((exp / "summary.json").read_text())["steps"] == 2
+    # a launcher's log put there first (the study's train.log, tune's trial.log) is no user folder
+    launched = tmp_path / "launched"
+    launched.mkdir()
+    (launched / "train.log").write_text("starting\n")
+    train(tiny_cfg(data_dir, launched, "train.max_steps=2", "train.resume=true"))
+    assert (launched / "train.log").read_text() == "starting\n" and steps_logged(launched) == [1, 2]
 
 
 class Stop(Exception):

@@ -21,8 +21,10 @@ from scalelab.train import checkpoint as ckpt_io
 RUN_HEADER = "# scalelab train: the resolved config of this run (rewritten at each start)\n"
 # What `scalelab train` writes into out_dir (a foreign file of one of these names gets replaced).
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "tensorboard", "wandb", "checkpoints")
-# Written next to a run by scalelab before training starts (the study's per-run log).
-_PRE_RUN_FILES = {"train.log", ".write-test"}
+# Put into out_dir before training starts by whatever launched it (the study's train.log,
+# tune's trial.log, a scheduler's *.log): the trainer writes none of these names.
+def _launcher_file(name: str) -> bool:
+    return name.endswith(".log") or name == ".write-test"
 
 
 @dataclass
@@ -67,7 +69,7 @@ def plan_start(out_dir: str | Path, resume: bool | str | int, reuse_out_dir: boo
                 f"to continue that run, or choose another out_dir=...")
         return Start(resume="last" if target == "auto" else target)
     is_run = _written_by_run(out) or (out / "checkpoints").is_dir()
-    foreign = [] if is_run else [n for n in entries if n not in _PRE_RUN_FILES]
+    foreign = [] if is_run else [n for n in entries if not _launcher_file(n)]
     if foreign and not reuse_out_dir:
         replaced = [n for n in foreign if n in RUN_FILES]
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
