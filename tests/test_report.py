@@ -379,3 +379,39 @@ def test_two_ratio_report_figures(tmp_path, ratios):
     text = out["note"].read_text()
     assert "drawn only over the family it was fitted on (tokens/param = 20)" in text
     assert "C = 6·N·D with N = total parameters" in text  # Figure 4 uses the Chinchilla fit's N
+
+
+# --------------------------------------------------------------------------------------
+# scaling/results.py and scaling/laws.py agree with the code they will replace
+# --------------------------------------------------------------------------------------
+
+
+def test_results_queries_match_the_study(ratios, results):
+    """summarize_sizes / check_monotone / plan_primary_ratio give what scaling.study writes (study.py can switch)."""
+    from scalelab.scaling import results as q
+    from scalelab.scaling import study
+
+    for res in (ratios, results):
+        runs = res["runs"]
+        assert q.summarize_sizes(runs) == study.summarize_sizes(runs)
+        assert q.plan_primary_ratio(res["plan"]) == study.primary_ratio(res["plan"])
+        sizes = study.summarize_sizes(runs)
+        for prim in (None, 20.0, 5.0):
+            assert q.check_monotone(sizes, prim) == study.check_monotone(sizes, prim)
+        assert q.check_monotone(sizes, q.plan_primary_ratio(res["plan"])) == res["checks"]
+    one = [dict(s, n_seeds=1) for s in study.summarize_sizes(ratios["runs"])]  # no noise estimate: fails, says so
+    assert q.check_monotone(one, 20.0) == study.check_monotone(one, 20.0)
+    assert q.check_monotone(one, 20.0)["loss_decreases_beyond_noise"] is False
+
+
+def test_law_formulas_match_the_fitter():
+    from scalelab.scaling import fit, laws
+
+    p = {"E": 1.7, "A": 400.0, "B": 410.0, "alpha": 0.34, "beta": 0.28}
+    N, D = np.geomspace(1e5, 1e9, 7), np.geomspace(1e6, 1e11, 7)
+    assert np.allclose(laws.chinchilla_loss(N, D, **p), fit.chinchilla_loss(N, D, **p), rtol=1e-12)
+    assert np.allclose(laws.kaplan_loss(N, p["E"], p["A"], p["alpha"]), p["E"] + p["A"] / N ** p["alpha"], rtol=1e-12)
+    C = np.geomspace(1e15, 1e24, 5)
+    ours, theirs = laws.compute_optimal(C, **p), fit.compute_optimal(C, **p)
+    assert ours.keys() == theirs.keys()
+    assert all(np.allclose(ours[k], theirs[k], rtol=1e-12) for k in ours)
