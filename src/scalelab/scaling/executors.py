@@ -332,6 +332,16 @@ class SlurmRunner:
         waiting = [j for j in jobs if j[2].name not in running]
         # SLURM throttles an array itself (%array_parallelism); submitit's local cluster does not.
         cap = len(jobs) if self.sc.cluster == "slurm" else self.sc.array_parallelism
+        try:
+            self._loop(running, waiting, by_name, on_done, cap)
+        except KeyboardInterrupt:
+            if self.sc.cluster == "slurm":  # local jobs share our terminal's Ctrl-C; SLURM jobs do not
+                self.say(f"the submitted jobs keep running: re-run the same command to re-attach, or scancel "
+                         f"the ids in {self.jobs_path} to stop them", flush=True)
+            raise
+
+    def _loop(self, running: dict[str, Any], waiting: list[Job], by_name: dict[str, Job], on_done: OnDone,
+              cap: int) -> None:
         counts = {"done": 0, "failed": 0}
         last_status = time.monotonic()
         tick = min(1.0, self.sc.poll_s)
