@@ -142,8 +142,15 @@ def holdout(runs: list[dict[str, Any]], value: Callable[[dict], float | None], f
     D = np.array([r["tokens"] for r, _ in pick], dtype=float)
     y = np.array([v for _, v in pick], dtype=float)
     res = fit(N, D, y, n_boot=n_boot, seed=seed)
+    if res.degenerate:
+        raise ScalelabError(f"holdout fit of {label} on the held-in runs is degenerate: {res.reason}")
     p, s = res.params, res.samples
-    resid = y - (p["E"] + p["A"] / N ** p["alpha"] + p["B"] / D ** p["beta"])
+
+    def law(prm, n, d):
+        with np.errstate(all="ignore"):
+            return prm["E"] + prm["A"] / np.power(n, prm["alpha"]) + prm["B"] / np.power(d, prm["beta"])
+
+    resid = y - law(p, N, D)
     sigma = float(np.sqrt(np.sum(resid ** 2) / max(1, y.size - 5)))
     rows = []
     for r in held_out:
@@ -151,9 +158,8 @@ def holdout(runs: list[dict[str, Any]], value: Callable[[dict], float | None], f
         if obs is None or not math.isfinite(obs):
             continue
         n, d = float(r["params"]), float(r["tokens"])
-        pred = float(p["E"] + p["A"] / n ** p["alpha"] + p["B"] / d ** p["beta"])
-        with np.errstate(all="ignore"):
-            draws = s["E"] + s["A"] / n ** s["alpha"] + s["B"] / d ** s["beta"]
+        pred = float(law(p, n, d))
+        draws = law({k: np.asarray(v, float) for k, v in s.items()}, n, d)
         lo, hi = prediction_interval(np.asarray(draws, float), sigma, confidence, seed)
         rows.append({"name": r.get("name"), "seed": r.get("seed"), "params": n, "tokens": d, "observed": obs,
                      "predicted": pred, "pi": [lo, hi], "error": obs - pred,

@@ -28,13 +28,27 @@ from scalelab.config import RunConfig, apply_overrides, build_dataclass, config_
 from scalelab.errors import ConfigError, ScalelabError, TrainingError
 from scalelab.io import atomic_write_json, atomic_write_text, git_hash, software_versions
 from scalelab.scaling.executors import run_jobs
-from scalelab.scaling.plan import PlanRules, parse_size, plan_family
+from scalelab.scaling.plan import PlanRules, parse_size, plan_family, plan_isoflop
 
 FORMAT_VERSION = 1
 
 
+DESIGNS = ("ratios", "isoflop")
+
+
 @dataclass
 class StudyPlan:
+    # design "ratios": every size in `sizes` (or from `compute`) at every tokens/param ratio.
+    # design "isoflop": per compute budget in `budgets` (6ND FLOPs), `sizes_per_budget` sizes from
+    # N*/spread to N*·spread around the prior optimum N* = sqrt(C / (6 prior_tokens_per_param)),
+    # each trained on D = C / 6N (Hoffmann et al. 2022, approach 2).
+    design: str = "ratios"
+    budgets: list[float] = field(default_factory=list)
+    sizes_per_budget: int = 5
+    spread: float = 4.0
+    prior_tokens_per_param: float = 20.0
+    n_layer: int | None = None  # fixed depth (one shape family, widths vary); None = aspect-ratio rule
+    width_step: int = 8  # with n_layer: widths are multiples of this
     sizes: list[str] | None = None  # e.g. [10M, 50M, 200M, 600M] (non-embedding by default)
     compute: float | None = None  # or a total FLOP budget split over `models`
     models: int = 4
@@ -127,7 +141,13 @@ def load_study_config(path: str | Path, overrides: list[str] | None = None) -> S
     # Keys are checked when the dataclass is built (base.* is a free-form training config).
     tree = apply_overrides(tree, overrides or [], valid=[])
     cfg = build_dataclass(StudyConfig, tree)
-    if not (cfg.plan.sizes or cfg.plan.compute):
+    if cfg.plan.design not in DESIGNS:
+        raise ConfigError(f"config key 'plan.design' must be one of {', '.join(DESIGNS)}; got '{cfg.plan.design}'")
+    if cfg.plan.design == "isoflop":
+        if not cfg.plan.budgets:
+            raise ConfigError(f"study config '{path}': plan.design: isoflop needs plan.budgets, "
+                              "e.g. [1e11, 2e11, 4e11] (6ND FLOPs per run)")
+    elif not (cfg.plan.sizes or cfg.plan.compute):
         raise ConfigError(f"study config '{path}': set plan.sizes (e.g. [10M, 50M]) or plan.compute")
     if not cfg.seeds:
         raise ConfigError("seeds must list at least one seed")
@@ -148,19 +168,31 @@ def _base_run_config(cfg: StudyConfig) -> RunConfig:
     return config_from_dict(tree)
 
 
+def _rules(cfg: StudyConfig, base: RunConfig, vocab_size: int, data_tokens: int | None, ratio: float) -> PlanRules:
+    sp = cfg.plan
+    return PlanRules(vocab_size=vocab_size, seq_len=base.model.seq_len, tokens_per_param=ratio,
+                     count=sp.count, lr_rule=sp.lr_rule, lr=sp.lr, batch_tokens=sp.batch_tokens,
+                     max_micro_batch=sp.max_micro_batch, devices=sp.devices, warmup_frac=sp.warmup_frac,
+                     aspect_ratio=sp.aspect_ratio, head_dim=sp.head_dim, mlp=base.model.mlp,
+                     multiple_of=sp.multiple_of, tie_embeddings=base.model.tie_embeddings,
+                     spacing=sp.spacing, data_tokens=data_tokens, n_layer=sp.n_layer, width_step=sp.width_step)
+
+
 def make_plan(cfg: StudyConfig, vocab_size: int, data_tokens: int | None) -> dict[str, Any]:
     base = _base_run_config(cfg)
     sp = cfg.plan
+    if sp.design == "isoflop":
+        plan = plan_isoflop(_rules(cfg, base, vocab_size, data_tokens, sp.prior_tokens_per_param),
+                            [float(c) for c in sp.budgets], sizes_per_budget=sp.sizes_per_budget, spread=sp.spread,
+                            prior_tokens_per_param=sp.prior_tokens_per_param)
+        plan["total_flops"] *= len(cfg.seeds)
+        plan["total_flops_exact"] *= len(cfg.seeds)
+        return plan
     sizes = [parse_size(s) for s in sp.sizes] if sp.sizes else None
     models: list[dict[str, Any]] = []
     warnings: list[str] = []
     for ratio in sp.tokens_per_param:
-        rules = PlanRules(vocab_size=vocab_size, seq_len=base.model.seq_len, tokens_per_param=ratio,
-                          count=sp.count, lr_rule=sp.lr_rule, lr=sp.lr, batch_tokens=sp.batch_tokens,
-                          max_micro_batch=sp.max_micro_batch, devices=sp.devices, warmup_frac=sp.warmup_frac,
-                          aspect_ratio=sp.aspect_ratio, head_dim=sp.head_dim, mlp=base.model.mlp,
-                          multiple_of=sp.multiple_of, tie_embeddings=base.model.tie_embeddings,
-                          spacing=sp.spacing, data_tokens=data_tokens)
+        rules = _rules(cfg, base, vocab_size, data_tokens, ratio)
         plan = plan_family(rules, sizes=sizes, compute=sp.compute, models=sp.models)
         for m in plan["models"]:
             if len(sp.tokens_per_param) > 1:
@@ -169,7 +201,7 @@ def make_plan(cfg: StudyConfig, vocab_size: int, data_tokens: int | None) -> dic
         models += plan["models"]
         warnings += plan["warnings"]
         rules_dict = plan["rules"]
-    return {"rules": rules_dict, "models": models, "warnings": warnings,
+    return {"design": "ratios", "rules": rules_dict, "models": models, "warnings": warnings,
             "total_flops": sum(m["flops"] for m in models) * len(cfg.seeds)}
 
 
@@ -235,6 +267,7 @@ def collect_run(model: dict[str, Any], seed: int, run_dir: Path) -> dict[str, An
         "loss": s["val_loss"], "val_bpb": s.get("val_bpb"), "val_ppl": s.get("val_ppl"),
         "best_val_loss": s.get("best_val_loss"), "train_time_s": s["train_time_s"], "epochs": s["epochs"],
         "lr": model["lr"], "batch_tokens": model["batch_tokens"], "ratio": model.get("ratio"),
+        "budget": model.get("budget"), "budget_index": model.get("budget_index"),
         "curve": _curve(run_dir),
     }
 
@@ -263,7 +296,7 @@ def evaluate_tasks(run: dict[str, Any], cfg: StudyConfig) -> dict[str, Any]:
     tasks = {}
     for name, res in results["results"].items():
         row = {"n": res.get("n")}
-        for metric in ("acc", "acc_norm"):
+        for metric in ("acc", "acc_norm", "bpb"):
             if metric in res:
                 lo, hi = res.get(f"{metric}_ci") or [None, None]
                 row.update({metric: res[metric], f"{metric}_lo": lo, f"{metric}_hi": hi})
@@ -334,67 +367,10 @@ def primary_ratio(plan: dict[str, Any]) -> float:
 
 
 def fit_all(results: dict[str, Any], cfg: StudyConfig) -> dict[str, Any]:
-    """Kaplan L(N) on the runs at the primary ratio; Chinchilla L(N,D) and IsoFLOP on all runs."""
-    import numpy as np
+    """Every law and check of the study's design (scaling/study_fits.py)."""
+    from scalelab.scaling.study_fits import fit_study
 
-    from scalelab.scaling.fit import fit_chinchilla, fit_isoflop, fit_kaplan, Points
-
-    runs = results["runs"]
-    plan = results["plan"]
-    fits: dict[str, Any] = {}
-    ratio = primary_ratio(plan)
-    common = dict(n_boot=cfg.fit.n_boot, seed=cfg.fit.seed)
-
-    def groups_of(rs):
-        if cfg.fit.resample == "size":
-            return np.array([r["non_embedding_params"] for r in rs])
-        if cfg.fit.resample == "seed":
-            return np.array([r["seed"] for r in rs])
-        return None
-
-    def attempt(law, fn):
-        try:
-            fits[law] = fn()
-        except ScalelabError as e:
-            fits[law] = {"law": law, "degenerate": True, "reason": str(e)}
-
-    main = [r for r in runs if (r.get("ratio") or 20.0) == ratio]
-    N = np.array([r["non_embedding_params"] for r in main], dtype=float)
-    L = np.array([r["loss"] for r in main], dtype=float)
-
-    def kaplan():
-        res = fit_kaplan(N, L, groups=groups_of(main), **common)
-        out = res.to_dict()
-        out.update(n_column="non_embedding_params", tokens_per_param=ratio, runs_used=len(main))
-        return out
-
-    attempt("kaplan", kaplan)
-    ratios = {m.get("ratio") for m in plan["models"]}
-    if len(ratios) < 2:
-        fits["chinchilla"] = {"law": "chinchilla", "degenerate": True,
-                              "reason": "every run uses the same tokens-per-parameter ratio, so N and D move together "
-                                        "and L(N,D) is not identifiable; list several plan.tokens_per_param values"}
-    else:
-        def chinchilla():
-            Nt = np.array([r["params"] for r in runs], dtype=float)
-            D = np.array([r["tokens"] for r in runs], dtype=float)
-            Lt = np.array([r["loss"] for r in runs], dtype=float)
-            out = fit_chinchilla(Nt, D, Lt, groups=groups_of(runs), **common).to_dict()
-            out.update(n_column="params", runs_used=len(runs))
-            return out
-
-        attempt("chinchilla", chinchilla)
-
-    def isoflop():
-        pts = Points(N=np.array([r["params"] for r in runs], dtype=float),
-                     D=np.array([r["tokens"] for r in runs], dtype=float),
-                     L=np.array([r["loss"] for r in runs], dtype=float),
-                     seed=np.array([r["seed"] for r in runs], dtype=float),
-                     flops=np.array([r["flops"] for r in runs], dtype=float), source="study")
-        return fit_isoflop(pts, **common)
-
-    attempt("isoflop", isoflop)
-    return fits
+    return fit_study(results, n_boot=cfg.fit.n_boot, seed=cfg.fit.seed, resample=cfg.fit.resample)
 
 
 def run_study(path: str | Path, overrides: list[str] | None = None, *, progress: bool = True,
@@ -477,12 +453,16 @@ def run_study(path: str | Path, overrides: list[str] | None = None, *, progress:
         "plan": plan,
         "runs": runs,
         "sizes": sizes,
-        "checks": check_monotone(sizes, primary_ratio(plan)),
+        "checks": _checks(sizes, plan),
         "wall_time_s": time.perf_counter() - start,
         "versions": software_versions(), "git": git_hash(),
     }
     results_path = out / "results.json"
     results["fits"] = fit_all(results, cfg)
+    if plan.get("design") == "isoflop":
+        from scalelab.scaling.study_fits import frontier_check
+
+        results["checks"] = frontier_check(results)
     atomic_write_json(results_path, results)
     if report:
         from scalelab.report.note import write_report
@@ -490,6 +470,12 @@ def run_study(path: str | Path, overrides: list[str] | None = None, *, progress:
         results["report"] = {k: [str(p) for p in v] if isinstance(v, list) else str(v)
                              for k, v in write_report(out).items()}
     return results
+
+
+def _checks(sizes: list[dict[str, Any]], plan: dict[str, Any]) -> dict[str, Any]:
+    if plan.get("design") == "isoflop":
+        return {}  # filled once the runs are collected (study_fits.frontier_check)
+    return check_monotone(sizes, primary_ratio(plan))
 
 
 def _hardware(base: RunConfig, cfg: StudyConfig) -> dict[str, Any]:
