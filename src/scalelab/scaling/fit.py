@@ -1139,6 +1139,7 @@ def fit_isoflop(points: Points, tol: float = 0.2, n_boot: int = 200, seed: int =
         rng = np.random.default_rng(seed)
         members = {g: np.flatnonzero(labels == g) for g in keep}
         boot = np.full((n_boot, 4), np.nan)
+        vertex_draws = np.full((n_boot, len(keep)), np.nan)
         for i in range(n_boot):
             xs = []
             for g in keep:
@@ -1146,12 +1147,18 @@ def fit_isoflop(points: Points, tol: float = 0.2, n_boot: int = 200, seed: int =
                 r = _parabola_min(lN[idx], L[idx]) if np.unique(lN[idx]).size >= 3 else None
                 xs.append(np.nan if r is None else r[0])
             xs = np.array(xs)
+            vertex_draws[i] = xs
             ok = np.isfinite(xs)
             if ok.sum() >= 2:
                 nb = np.exp(xs[ok])
                 boot[i] = (*_loglog(cs[ok], nb), *_loglog(cs[ok], cs[ok] / (6 * nb)))
         ci = {"a": list(percentile_interval(boot[:, 0], confidence)),
               "b": list(percentile_interval(boot[:, 2], confidence))}
+        # per-budget vertex intervals and the power law's draws, for figures (no refits there)
+        for j, info in enumerate(b for b in budgets_out if b.get("used")):
+            info["N_opt_ci"] = list(np.exp(percentile_interval(vertex_draws[:, j], confidence)))
+        out["samples"] = {"a": boot[:, 0].tolist(), "log_k_N": boot[:, 1].tolist(),
+                          "b": boot[:, 2].tolist(), "log_k_D": boot[:, 3].tolist()}
         bad = float(np.mean(~np.isfinite(boot[:, 0])))
         if bad > 0.2:
             # the surviving resamples are a biased subset: no honest interval
