@@ -375,9 +375,13 @@ def test_run_stopped_before_its_first_checkpoint_starts_over_cleanly(data_dir, t
     assert steps_logged(out) == [1, 2] and not list((out / "checkpoints").glob("step_*"))
     with pytest.raises(CheckpointError, match="nothing to resume.*has no checkpoint"):
         Trainer(tiny_cfg(data_dir, out, "train.max_steps=12", "train.resume=last"), DistInfo())
+    torn = out / "checkpoints" / ".tmp-step_000003-99999"  # as a kill -9 in the first save leaves it
+    torn.mkdir(parents=True)
+    (torn / "model.safetensors").write_bytes(b"\0" * 100)
     capsys.readouterr()
     train(tiny_cfg(data_dir, out, "train.max_steps=12", KEEP))
     assert "stopped before its first checkpoint; starting it over" in capsys.readouterr().out
+    assert not torn.exists()
     assert losses(out) == ref_run[1] and steps_logged(out) == list(range(1, 13))
 
 

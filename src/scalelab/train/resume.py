@@ -102,9 +102,8 @@ def reset_logs(out_dir: str | Path) -> None:
 
 
 def choose_checkpoint(out_dir: str | Path, which: str) -> tuple[Path, dict[str, Any], list[str]]:
-    """Clean torn temp dirs, pick the checkpoint (`last` or a step name), verify it, and
-    point `last` at it so that a later resume continues the same line of steps."""
-    ckpt_io.clean_stale(out_dir)
+    """Pick the checkpoint (`last` or a step name), verify it, and point `last` at it so
+    that a later resume continues the same line of steps."""
     path, state, notes = ckpt_io.select_checkpoint(out_dir, which)
     if ckpt_io.find_checkpoint(out_dir, "last") != path:
         newer = [d.name for d in ckpt_io.list_checkpoints(out_dir) if ckpt_io.step_of(d.name) > state["step"]]

@@ -233,6 +233,7 @@ class Trainer:
                 raise ConfigError(f"out_dir '{self.out_dir}' is not writable ({e.strerror or e}); "
                                   f"choose another with out_dir=...") from None
             start = resume_io.plan_start(self.out_dir, self.cfg.train.resume, self.cfg.train.reuse_out_dir)
+            ckpt_io.clean_stale(self.out_dir)  # torn writes of a killed run (its first save, too)
             if start.reset_logs:
                 resume_io.reset_logs(self.out_dir)
             for note in start.notes:
