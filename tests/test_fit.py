@@ -324,3 +324,57 @@ def test_predict_validation():
         law.predict(-1e9, 1e10)
     with pytest.raises(FitError):
         FitResult.from_params("kaplan", E=1.0, A=2.0).predict(1e9)  # missing alpha -> FitError at build
+
+
+# -- the CLI: one clear line for every bad input, --holdout ---------------------------------
+
+
+def _cli(argv, capsys):
+    from scalelab.cli import main
+
+    rc = main(argv)
+    out = capsys.readouterr()
+    return rc, out.out + out.err
+
+
+def test_fit_cli_bad_inputs_end_in_one_line(tmp_path, capsys):
+    N, D, L = synth_chinchilla(n_sizes=4, per_size=3)
+    good = write_json(tmp_path / "r.json", N, D, L)
+    binary = tmp_path / "b.csv"
+    binary.write_bytes(b"\x00\x01\xff\xfe\x89PNG\r\n")
+    for argv, needle in (([str(binary)], "not a UTF-8 text CSV"),
+                         ([str(good), "--predict=abc"], "--predict 'abc'"),
+                         ([str(good), "--predict=1e9,2e10,3"], "give N or N,D"),
+                         ([str(good), "--boot", "-3"], "--boot must be >= 0"),
+                         ([str(tmp_path)], "is a directory")):
+        rc, text = _cli(["fit", *argv], capsys)
+        assert rc != 0 and needle in text and "Traceback" not in text, (argv, text)
+        assert len(text.strip().splitlines()) == 1
+
+
+def test_fit_hints_name_the_cli_flags(tmp_path):
+    N, D, L = synth_chinchilla(n_sizes=4, per_size=3)
+    L[0] = float("nan")
+    with pytest.raises(DataError, match="--drop-invalid"):
+        load_points(write_json(tmp_path / "r.json", N, D, L))
+    with pytest.raises(FitError, match="--fix-E 0"):
+        fit_kaplan(np.array([1e6, 1e6, 2e6]), np.array([3.0, 3.1, 2.9]), n_boot=0)
+
+
+def test_fit_cli_holdout_predicts_the_largest_budget(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    runs = []
+    for C in (1e19, 3e19, 1e20, 3e20):
+        n_star = compute_optimal(C, **P)["N_opt"]
+        for N in n_star * np.logspace(-0.5, 0.5, 5):
+            D = C / (6 * N)
+            runs.append({"params": N, "tokens": D, "flops": C,
+                         "loss": float(chinchilla_loss(N, D, **P) * np.exp(rng.normal(0, 0.003)))})
+    path = tmp_path / "iso.json"
+    path.write_text(json.dumps({"runs": runs}))
+    res = run_fit(path, law="chinchilla", n_boot=30, holdout=True)
+    ho = res["holdout"]
+    assert ho["n_held_out"] == 5 and ho["n_fit"] == 15 and "largest budget" in ho["held_out"]
+    assert ho["mean_abs_error"] < 0.03 and all(r["params"] > 0 for r in ho["runs"])
+    rc, text = _cli(["fit", str(path), "--holdout", "--boot", "20"], capsys)
+    assert rc == 0 and "**Holdout**" in text and "prediction interval" in text

@@ -14,7 +14,7 @@ import json
 import sys
 import typing
 
-from scalelab.errors import ScalelabError
+from scalelab.errors import ConfigError, ScalelabError
 
 OVERRIDES_HELP = ("dotted key=value overrides applied after the YAML file, e.g. train.lr=3e-3 "
                   "out_dir=runs/a model.n_layer=6 (see the key list below)")
@@ -106,13 +106,25 @@ def cmd_train(args) -> int:
 def cmd_fit(args) -> int:
     from scalelab.scaling.fit import format_fit, run_fit
 
+    from scalelab.scaling.plan import parse_size
+
     predict = []
     for item in args.predict or []:
-        parts = [float(p) for p in item.split(",")]
-        predict.append((parts[0], parts[1] if len(parts) > 1 else None))
+        parts = item.split(",")
+        if len(parts) > 2 or not parts[0].strip():
+            raise ConfigError(f"--predict {item!r}: give N or N,D (e.g. --predict 1e9,2e10 or --predict 1B,20B)")
+        try:
+            values = [parse_size(p) for p in parts]
+        except ConfigError:
+            raise ConfigError(f"--predict {item!r}: cannot read a number; give N or N,D "
+                              "(e.g. --predict 1e9,2e10 or --predict 1B,20B)") from None
+        predict.append((values[0], values[1] if len(values) > 1 else None))
+    if args.boot < 0:
+        raise ConfigError(f"--boot must be >= 0 (0 = no confidence intervals), got {args.boot}")
     result = run_fit(args.input, law=args.law, fix_E=args.fix_E, n_boot=args.boot, seed=args.seed,
-                     predict=predict or None, resample=args.resample,
-                     predict_compute=[float(c) for c in args.predict_compute or []] or None)
+                     predict=predict or None, resample=args.resample, drop_invalid=args.drop_invalid,
+                     predict_compute=[float(c) for c in args.predict_compute or []] or None,
+                     holdout=args.holdout)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -232,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute-optimal N, D and loss (with CIs) at a FLOP budget C; repeatable (chinchilla)")
     p.add_argument("--resample", choices=["points", "size", "seed"], default="points",
                    help="bootstrap unit: single runs (default), whole model sizes, or whole seeds")
+    p.add_argument("--holdout", action="store_true",
+                   help="also fit on all but the largest compute budget (or size) and predict the held-out runs "
+                   "with prediction intervals: the measured extrapolation error")
+    p.add_argument("--drop-invalid", action="store_true",
+                   help="drop runs with missing/NaN/non-positive values (a warning lists them) instead of failing")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_fit)
 

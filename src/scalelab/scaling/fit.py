@@ -193,20 +193,28 @@ def load_points(path: str | Path, drop_invalid: bool = False) -> Points:
         for i, r in enumerate(runs):
             if not isinstance(r, dict):
                 raise DataError(f"{p}: runs[{i}] is not an object")
+            if r.get("budget") is not None:  # an IsoFLOP study's planned budget groups its runs exactly
+                r = dict(r, flops=r["budget"])
             rows.append(r)
         def where(i: int) -> str:
             return f"runs[{i}]"
     else:
-        with p.open(newline="") as fh:
-            reader = csv.DictReader(fh)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            missing = [c for c in _REQUIRED if c not in header]
-            if missing:
-                raise DataError(
-                    f"{p}: missing CSV column(s) {', '.join(missing)}; need a header with params,tokens,loss "
-                    f"(optional: seed, flops, non_embedding_params); found: {', '.join(header) or '(no header)'}"
-                )
-            rows = [{(k or "").strip(): v for k, v in row.items()} for row in reader]
+        try:
+            with p.open(newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                header = [h.strip() for h in (reader.fieldnames or [])]
+                missing = [c for c in _REQUIRED if c not in header]
+                if missing:
+                    raise DataError(
+                        f"{p}: missing CSV column(s) {', '.join(missing)}; need a header with params,tokens,loss "
+                        f"(optional: seed, flops, non_embedding_params); found: {', '.join(header) or '(no header)'}"
+                    )
+                rows = [{(k or "").strip(): v for k, v in row.items()} for row in reader]
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise DataError(f"{p}: not a UTF-8 text CSV ({type(exc).__name__}: {str(exc)[:80]}); give a study "
+                            "results.json or a CSV with a params,tokens,loss header") from None
+        except IsADirectoryError:
+            raise DataError(f"{p}: is a directory; give a study's results.json or a CSV file") from None
         def where(i: int) -> str:  # 1-based file line (the header is line 1)
             return f"line {i + 2}"
     if not rows:
@@ -223,7 +231,7 @@ def load_points(path: str | Path, drop_invalid: bool = False) -> Points:
                     if not drop_invalid:
                         raise DataError(
                             f'{p}: {len(bad)} run(s) lack "{c}" (' + ", ".join(where(i) for i in bad[:5])
-                            + (", ..." if len(bad) > 5 else "") + "); fix them or pass drop_invalid=True"
+                            + (", ..." if len(bad) > 5 else "") + "); fix them or pass --drop-invalid (drop_invalid=True)"
                         )
             cols[c] = np.array([_to_float(r.get(c)) for r in rows], dtype=float)
         elif any(present):
@@ -246,7 +254,7 @@ def load_points(path: str | Path, drop_invalid: bool = False) -> Points:
     warn: list[str] = []
     if problems:
         if not drop_invalid:
-            raise DataError(f"{p}: invalid values: " + "; ".join(problems) + ". Fix or drop those runs (drop_invalid=True).")
+            raise DataError(f"{p}: invalid values: " + "; ".join(problems) + ". Fix or drop those runs (--drop-invalid; drop_invalid=True in Python).")
         warn.append(f"dropped {int((~valid).sum())} invalid run(s): " + "; ".join(problems))
     if valid.sum() == 0:
         raise DataError(f"{p}: no valid runs left")
@@ -693,6 +701,10 @@ class FitResult:
     def ci(self) -> dict[str, list[float]]:
         return {k: self._ci(v) for k, v in self.samples.items() if k not in self.fixed}
 
+    def loss_at(self, p, N, D=None):
+        """The law with parameters `p` (point estimates or arrays of draws) at (N, D)."""
+        return self._loss(p, N, D)
+
     def _loss(self, p, N, D):
         val = p["E"] + p["A"] / np.asarray(N, dtype=float) ** p["alpha"]
         if self.law == "chinchilla":
@@ -892,7 +904,7 @@ def fit_kaplan(N, L, fix_E: float | None = None, n_boot: int = 200, seed: int = 
     if n_sizes < need:
         raise FitError(
             f"Kaplan fit with {'E free' if free_e else 'E fixed'} needs at least {need} distinct model sizes, got "
-            f"{n_sizes}" + ("; add sizes or fix E (fix_E=0)" if free_e else "; add model sizes")
+            f"{n_sizes}" + ("; add sizes or fix E (--fix-E 0; fix_E=0 in Python)" if free_e else "; add model sizes")
         )
     groups = _check_groups(groups, N.size)
     if free_e:
@@ -941,7 +953,7 @@ def _flag(res: FitResult, ties: bool, shares: dict[str, np.ndarray], e_share: fl
         res.warnings.append("degenerate fit: " + "; ".join(reasons))
     if e_share is not None and e_share < 1e-3:
         res.warnings.append("E was driven to ~0 (the data show no irreducible floor in range)"
-                            + ("; consider fix_E=0" if res.law == "kaplan" else ""))
+                            + ("; consider --fix-E 0 (fix_E=0)" if res.law == "kaplan" else ""))
     if ties:
         res.warnings.append("distinct parameter vectors reach the same best objective: parameters are poorly "
                             "identified (see the CIs)")
@@ -1264,6 +1276,17 @@ def format_fit(result) -> str:
         for r in cps:
             cells = [f"{_fmt(r[k])} [{_fmt(r[k + '_ci'][0])}, {_fmt(r[k + '_ci'][1])}]" for k in keys]
             lines.append(f"| {_fmt(r['C'])} | " + " | ".join(cells) + " |")
+    ho = d.get("holdout")
+    if ho:
+        lines += ["", f"**Holdout** ({ho['held_out']} held out; fitted on {ho['n_fit']} runs): mean error "
+                  f"{_fmt(ho['mean_error'])}, mean |error| {_fmt(ho['mean_abs_error'])}, "
+                  f"{ho['coverage']:.0%} of {ho['n_held_out']} held-out runs inside their "
+                  f"{ho['confidence']:.0%} prediction intervals", "",
+                  "| run | N | D | observed | predicted | prediction interval | inside |", "|---|---|---|---|---|---|---|"]
+        for r in ho["runs"]:
+            lines.append(f"| {r['name']} | {_fmt(r['params'])} | {_fmt(r['tokens'])} | {_fmt(r['observed'])} | "
+                         f"{_fmt(r['predicted'])} | [{_fmt(r['pi'][0])}, {_fmt(r['pi'][1])}] | "
+                         f"{'yes' if r['inside'] else 'NO'} |")
     for w in d.get("warnings") or []:
         lines.append(f"\n> warning: {w}")
     return "\n".join(lines)
@@ -1285,7 +1308,7 @@ def run_fit(path: str | Path, law: str = "chinchilla", fix_E: float | None = Non
             predict: Sequence[tuple[float, float | None]] | None = None, resample: str = "points",
             drop_invalid: bool = False, predict_compute: Sequence[float] | None = None,
             non_embedding: bool | None = None, isoflop_tol: float = 0.2,
-            include_samples: bool = False) -> dict:
+            include_samples: bool = False, holdout: bool = False) -> dict:
     """Load runs from ``path``, fit ``law`` ("chinchilla" | "kaplan" | "isoflop"), return a JSON-ready dict.
 
     ``predict``: (N, D) pairs (D may be None for Kaplan) -> ``result["predictions"]``, each
@@ -1296,7 +1319,12 @@ def run_fit(path: str | Path, law: str = "chinchilla", fix_E: float | None = Non
     ``include_samples``: also return the bootstrap parameter draws (``"samples"``).
     ``non_embedding``: use the non-embedding N column (default: yes for Kaplan when every
     run has it, no for Chinchilla/IsoFLOP, which use total parameters like Hoffmann et al.).
+    ``holdout``: also fit on all but the largest compute budget (3+ budgets in the flops
+    column; else the largest size) and predict the held-out runs with prediction intervals
+    (``result["holdout"]``; scaling/ladder.py).
     """
+    if n_boot < 0:
+        raise FitError(f"--boot must be >= 0 (0 = no confidence intervals), got {n_boot}")
     pts = load_points(path, drop_invalid=drop_invalid)
     law = law.lower()
     if law not in ("chinchilla", "kaplan", "isoflop"):
@@ -1335,4 +1363,25 @@ def run_fit(path: str | Path, law: str = "chinchilla", fix_E: float | None = Non
         out["predictions"] = [_clean(res.predict(float(n), None if d is None else float(d))) for n, d in predict]
     if predict_compute:
         out["compute_predictions"] = [_clean(res.predict_compute(float(c))) for c in predict_compute]
+    if holdout:
+        out["holdout"] = _clean(_holdout_points(pts, N, law, fix_E, n_boot, seed))
     return out
+
+
+def _holdout_points(pts: Points, N: np.ndarray, law: str, fix_E, n_boot: int, seed: int) -> dict:
+    from scalelab.scaling.ladder import holdout
+
+    labels = _bin_budgets(pts.compute, 0.05) if pts.flops is not None else None
+    runs = []
+    for i in range(len(pts)):
+        r = {"params": float(N[i]), "tokens": float(pts.D[i]), "loss": float(pts.L[i]), "name": f"run {i}"}
+        if labels is not None:
+            r["budget"] = float(np.exp(np.mean(np.log(pts.compute[labels == labels[i]]))))
+        runs.append(r)
+
+    def fit(n, d, y, **kw):
+        if law == "kaplan":
+            return fit_kaplan(n, y, fix_E=fix_E, **kw)
+        return fit_chinchilla(n, d, y, **kw)
+
+    return holdout(runs, lambda r: r["loss"], fit, n_boot=n_boot, seed=seed, label="loss")

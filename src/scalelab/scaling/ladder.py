@@ -131,7 +131,8 @@ def holdout(runs: list[dict[str, Any]], value: Callable[[dict], float | None], f
     """Fit L(N, D) to `value` of the held-in runs; predict every held-out run with a prediction interval.
 
     `fit(N, D, y, n_boot=, seed=)` returns a FitResult (e.g. scaling.fit.fit_chinchilla).
-    The residual scatter is the held-in runs' residual standard deviation (n - 5 dof).
+    Kaplan's L(N) works too (D is then ignored). The residual scatter is the held-in runs'
+    residual standard deviation (n - free parameters dof).
     """
     held_in, held_out, what = split_holdout(runs)
     pick = [(r, value(r)) for r in held_in]
@@ -148,10 +149,10 @@ def holdout(runs: list[dict[str, Any]], value: Callable[[dict], float | None], f
 
     def law(prm, n, d):
         with np.errstate(all="ignore"):
-            return prm["E"] + prm["A"] / np.power(n, prm["alpha"]) + prm["B"] / np.power(d, prm["beta"])
+            return res.loss_at(prm, n, d)
 
     resid = y - law(p, N, D)
-    sigma = float(np.sqrt(np.sum(resid ** 2) / max(1, y.size - 5)))
+    sigma = float(np.sqrt(np.sum(resid ** 2) / max(1, y.size - len(p))))
     rows = []
     for r in held_out:
         obs = value(r)
