@@ -155,7 +155,8 @@ def check_kill(data_dir, out, reference, kind):
     done_before_kill = [s for s in range(2, 11, 2) if logged and s < max(logged)]  # saves that had finished
     if done_before_kill:
         assert valid and valid[0] >= done_before_kill[-1], f"{kind}: a finished checkpoint was lost ({valid})"
-    pointer = ck.step_of((out / "checkpoints" / "last").read_text().strip()) if valid else None
+    last = out / "checkpoints" / "last"  # absent when the kill came before the first pointer
+    pointer = ck.step_of(last.read_text().strip()) if last.is_file() else None
     r = run_cli(args(data_dir, out, "train.resume=true"))
     assert r.returncode == 0, f"{kind}: {r.stderr[-2000:]}"
     if valid:  # the newest intact one up to `last` (a step renamed in but not yet pointed to is redone)
