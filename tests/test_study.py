@@ -98,9 +98,43 @@ def test_gpu_study_config_plans_runnable_configs(tmp_path):
 
     cfg = load_study_config(pathlib.Path(__file__).parents[1] / "configs" / "study-gpu.yaml")
     plan = make_plan(cfg, 50257, 9_900_000_000)
-    assert len(plan["models"]) == 8 and cfg.launcher.startswith("torchrun")
+    assert plan["design"] == "isoflop" and len(plan["budgets"]) == 4
+    assert len(plan["models"]) == 20 and cfg.launcher.startswith("torchrun")
+    assert 8e6 < min(m["params"] for m in plan["models"]) and max(m["params"] for m in plan["models"]) < 7e8
+    assert plan["gpu"]["hours_all_seeds"] > plan["gpu"]["hours"] > 0  # printed by `scalelab plan --study`
     for m in plan["models"]:
         tree = run_config_tree(cfg, m, 0, tmp_path / m["name"])
         rc = config_from_dict(tree)
         assert rc.train.batch_tokens % (rc.train.micro_batch * rc.model.seq_len * 8) == 0
         assert rc.data.tokenizer == "gpt2" and rc.train.dtype == "bf16"
+
+
+def test_isoflop_study_end_to_end(tmp_path):
+    """A miniature IsoFLOP ladder: 3 budgets x 3 sizes x 2 seeds, every fit and check stored."""
+    cfg = {
+        "name": "iso", "out_dir": str(tmp_path / "out"), "seeds": [0, 1], "parallel_runs": 2,
+        "plan": {"design": "isoflop", "budgets": [1.5e9, 3e9, 6e9], "sizes_per_budget": 3, "spread": 2.0,
+                 "count": "total", "n_layer": 2, "width_step": 8, "head_dim": 16, "multiple_of": 16,
+                 "max_micro_batch": 16, "warmup_frac": 0.05},
+        "fit": {"n_boot": 10},
+        "base": {"data": {"source": "builtin:bbcnews", "max_docs": 150, "vocab_size": 384,
+                          "dir": str(tmp_path / "data")},
+                 "model": {"seq_len": 64},
+                 "train": {"threads": 1, "eval_tokens": 2048, "tensorboard": False, "progress": False}},
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    results = run_study(path, progress=False, report=False)
+    runs = results["runs"]
+    assert len(runs) == 18 and {r["budget_index"] for r in runs} == {1, 2, 3}
+    for C in (1.5e9, 3e9, 6e9):
+        at = [r for r in runs if r["budget"] == C]
+        assert len({r["params"] for r in at}) == 3
+        assert all(abs(6 * r["params"] * r["tokens"] / C - 1) < 0.2 for r in at)  # D = C / 6N, whole steps
+    fits = results["fits"]
+    assert set(fits) >= {"chinchilla", "isoflop", "envelope", "exponents", "consistency", "holdout", "tasks"}
+    assert "samples" in fits["chinchilla"] or fits["chinchilla"]["degenerate"]
+    assert [r["approach"] for r in fits["exponents"]] == ["approach1", "approach2", "approach3"]
+    assert "loss" in fits["holdout"]
+    assert results["checks"]["rule"].startswith("along the frontier")
+    assert len(results["checks"]["frontier"]) == 3

@@ -132,16 +132,51 @@ def cmd_fit(args) -> int:
     return 0
 
 
-def cmd_plan(args) -> int:
-    from scalelab.scaling.plan import PlanRules, format_plan, parse_size, plan_family, write_configs
+def _plan_study(args) -> int:
+    """`scalelab plan --study CONFIG`: the grid a study config would train, before any work."""
+    from scalelab.scaling.plan import format_plan
+    from scalelab.scaling.study import load_study_config, make_plan, planned_vocab
 
+    cfg = load_study_config(args.study)
+    plan = make_plan(cfg, planned_vocab(cfg), args.data_tokens)
+    if args.json:
+        print(json.dumps(plan, indent=2))
+    else:
+        print(format_plan(plan))
+        print(f"{len(plan['models'])} configurations x {len(cfg.seeds)} seeds = "
+              f"{len(plan['models']) * len(cfg.seeds)} runs, {plan['total_flops']:.3e} FLOPs (6ND) in all")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from scalelab.scaling.plan import (PlanRules, attach_gpu_hours, format_plan, parse_size, plan_family,
+                                       plan_isoflop, write_configs)
+
+    if args.study:
+        return _plan_study(args)
+    count = args.count or ("total" if args.budgets else "non_embedding")
     rules = PlanRules(vocab_size=args.vocab_size, seq_len=args.seq_len, tokens_per_param=args.tokens_per_param,
-                      count=args.count, lr_rule=args.lr_rule, lr=args.lr, batch_tokens=args.batch_tokens,
+                      count=count, lr_rule=args.lr_rule, lr=args.lr, batch_tokens=args.batch_tokens,
                       max_micro_batch=args.max_micro_batch, devices=args.devices, warmup_frac=args.warmup_frac,
                       aspect_ratio=args.aspect_ratio, head_dim=args.head_dim, multiple_of=args.multiple_of,
-                      spacing=args.spacing, data_tokens=args.data_tokens)
-    sizes = [parse_size(s) for s in args.sizes.split(",")] if args.sizes else None
-    plan = plan_family(rules, sizes=sizes, compute=args.compute, models=args.models)
+                      spacing=args.spacing, data_tokens=args.data_tokens, n_layer=args.n_layer,
+                      width_step=args.width_step)
+    if args.budgets:
+        if args.sizes or args.compute:
+            raise ConfigError("--budgets (an IsoFLOP grid) replaces --sizes / --compute; give one of them")
+        try:
+            budgets = [float(parse_size(c)) for c in args.budgets.split(",")]
+        except ConfigError:
+            raise ConfigError(f"--budgets {args.budgets!r}: give FLOP counts, e.g. --budgets 1e18,3e18,1e19") from None
+        plan = plan_isoflop(rules, budgets, sizes_per_budget=args.sizes_per_budget, spread=args.spread,
+                            prior_tokens_per_param=args.tokens_per_param)
+    else:
+        sizes = [parse_size(s) for s in args.sizes.split(",")] if args.sizes else None
+        plan = plan_family(rules, sizes=sizes, compute=args.compute, models=args.models)
+    if args.mfu is not None or args.peak_tflops is not None:
+        if not (0 < (args.mfu or 0.4) <= 1) or not ((args.peak_tflops or 989.0) > 0):
+            raise ConfigError("--mfu must be in (0, 1] and --peak-tflops > 0")
+        attach_gpu_hours(plan, (args.peak_tflops or 989.0) * 1e12, args.mfu or 0.4, seeds=args.seeds)
     if args.write_configs:
         import yaml
 
@@ -260,8 +295,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=int, default=4, help="models in a --compute family (default 4)")
     p.add_argument("--spacing", type=float, default=4.0, help="size ratio between neighbours with --compute")
     p.add_argument("--tokens-per-param", type=float, default=20.0, help="D/N (default 20, Chinchilla)")
-    p.add_argument("--count", choices=["non_embedding", "total"], default="non_embedding",
-                   help="which parameter count N means (default non_embedding, Kaplan)")
+    p.add_argument("--study", metavar="CONFIG", help="print the plan of a study config (its grid, compute per "
+                   "budget and GPU-hours) without training anything")
+    p.add_argument("--budgets", help="an IsoFLOP grid (Hoffmann et al. approach 2): comma-separated compute "
+                   "budgets in 6ND FLOPs, e.g. 1e18,3e18,1e19; each gets --sizes-per-budget sizes around the "
+                   "prior optimum D = --tokens-per-param x N, trained on D = C / 6N")
+    p.add_argument("--sizes-per-budget", type=int, default=5, help="model sizes per IsoFLOP budget (default 5)")
+    p.add_argument("--spread", type=float, default=4.0,
+                   help="IsoFLOP sizes from N*/spread to N*·spread around the prior optimum N* (default 4)")
+    p.add_argument("--n-layer", type=int, help="fixed depth: one shape family whose widths vary")
+    p.add_argument("--width-step", type=int, default=8, help="with --n-layer: widths are multiples of this")
+    p.add_argument("--peak-tflops", type=float,
+                   help="print GPU-hours at this peak (default 989, H100 bf16 dense) and --mfu")
+    p.add_argument("--mfu", type=float, help="sustained model-FLOPs utilization for GPU-hours (default 0.4)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per configuration (GPU-hours for all seeds)")
+    p.add_argument("--count", choices=["non_embedding", "total"], default=None,
+                   help="which parameter count N means (default non_embedding, Kaplan; total with --budgets, "
+                   "as Chinchilla counts it)")
     p.add_argument("--vocab-size", type=int, default=50257, help="vocabulary (default 50257, GPT-2)")
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--lr-rule", choices=["deepseek", "fixed"], default="deepseek",

@@ -238,6 +238,34 @@ def isoflop_targets(budget: float, sizes_per_budget: int, spread: float, prior_t
     return [n_star * spread ** (-1.0 + 2.0 * i / (m - 1)) for i in range(m)] if m > 1 else [n_star]
 
 
+def _distinct_sizes(planned: list[dict[str, Any]], rules: PlanRules, budget: float) -> list[dict[str, Any]]:
+    """Make the planned sizes of one budget distinct: a size that rounded onto its smaller
+    neighbour's shape moves up to the next shape of the family (fixed depth), so a budget
+    keeps its number of sizes; without a fixed depth, duplicates are dropped."""
+    out: list[dict[str, Any]] = []
+    for m in planned:
+        while out and (m["n_layer"], m["d_model"]) <= (out[-1]["n_layer"], out[-1]["d_model"]) \
+                and m["params"] <= out[-1]["params"]:
+            if not rules.n_layer:
+                m = None
+                break
+            # next width of the family: just above the previous size
+            m = plan_model(out[-1]["params" if rules.count == "total" else "non_embedding_params"] * 1.15,
+                           rules, budget=budget)
+            if m["params"] <= out[-1]["params"]:
+                d = out[-1]["d_model"] + rules.width_step
+                while not _heads_for_width(d, rules.head_dim):
+                    d += rules.width_step
+                cfg = GPTConfig(vocab_size=rules.vocab_size, n_layer=rules.n_layer, d_model=d,
+                                n_head=_heads_for_width(d, rules.head_dim), mlp=rules.mlp,
+                                multiple_of=rules.multiple_of, tie_embeddings=rules.tie_embeddings)
+                target = count_params(cfg)["total" if rules.count == "total" else "non_embedding"]
+                m = plan_model(target, rules, budget=budget)
+        if m is not None:
+            out.append(m)
+    return out
+
+
 def plan_isoflop(rules: PlanRules, budgets: list[float], sizes_per_budget: int = 5, spread: float = 4.0,
                  prior_tokens_per_param: float = 20.0) -> dict[str, Any]:
     """Hoffmann et al. approach-2 design: per compute budget C, `sizes_per_budget` models spaced
@@ -254,19 +282,15 @@ def plan_isoflop(rules: PlanRules, budgets: list[float], sizes_per_budget: int =
         raise ConfigError(f"spread must be > 1 (sizes from N*/spread to N*·spread), got {spread}")
     models, warnings = [], []
     for k, budget in enumerate(sorted(float(c) for c in budgets), start=1):
-        seen = set()
-        for target in isoflop_targets(budget, sizes_per_budget, spread, prior_tokens_per_param):
-            m = plan_model(target, rules, budget=budget)
-            shape = (m["n_layer"], m["d_model"])
-            if shape in seen:
-                continue
-            seen.add(shape)
+        targets = isoflop_targets(budget, sizes_per_budget, spread, prior_tokens_per_param)
+        planned = _distinct_sizes([plan_model(t, rules, budget=budget) for t in targets], rules, budget)
+        for m in planned:
             m.update(name=f"c{k}-{m['n_layer']}x{m['d_model']}", budget=budget, budget_index=k)
-            models.append(m)
-        if len(seen) < sizes_per_budget:
-            warnings.append(f"budget {budget:.3g}: {sizes_per_budget - len(seen)} planned size(s) rounded to the same "
-                            f"shape as a neighbour; {len(seen)} distinct sizes (use a finer width_step or a wider spread)")
-        if min(m["steps"] for m in models if m["budget_index"] == k) < 20:
+        models += planned
+        if len(planned) < sizes_per_budget:
+            warnings.append(f"budget {budget:.3g}: only {len(planned)} distinct sizes after rounding shapes "
+                            f"(use a finer width_step or a wider spread)")
+        if min(m["steps"] for m in planned) < 20:
             warnings.append(f"budget {budget:.3g}: the largest model trains for fewer than 20 steps; raise the budget")
     for m in models:
         if m.get("epochs", 0) > DATA_CONSTRAINED_EPOCHS:
@@ -309,8 +333,9 @@ def format_plan(plan: dict[str, Any]) -> str:
         rows.append(line)
     rows.append(f"total compute (6ND): {plan['total_flops']:.3e} FLOPs")
     if gpu:
-        rows.append(f"GPU-hours per seed: {gpu['hours']:.3g} (exact FLOPs at {gpu['mfu']:.0%} MFU of "
-                    f"{gpu['peak_flops'] / 1e12:.0f} TFLOP/s; measured MFU: docs/bench-gpu.md)")
+        rows.append(f"GPU-hours per seed: {gpu['hours']:.3g}, for {gpu['seeds']} seed(s): {gpu['hours_all_seeds']:.3g} "
+                    f"(exact FLOPs at {gpu['mfu']:.0%} MFU of {gpu['peak_flops'] / 1e12:.0f} TFLOP/s; "
+                    "measured MFU: docs/bench-gpu.md)")
     rows += [f"warning: {w}" for w in plan["warnings"]]
     return "\n".join(rows)
 

@@ -28,7 +28,7 @@ from scalelab.config import RunConfig, apply_overrides, build_dataclass, config_
 from scalelab.errors import ConfigError, ScalelabError, TrainingError
 from scalelab.io import atomic_write_json, atomic_write_text, git_hash, software_versions
 from scalelab.scaling.executors import run_jobs
-from scalelab.scaling.plan import PlanRules, parse_size, plan_family, plan_isoflop
+from scalelab.scaling.plan import PlanRules, attach_gpu_hours, parse_size, plan_family, plan_isoflop
 
 FORMAT_VERSION = 1
 
@@ -50,6 +50,8 @@ class StudyPlan:
     n_layer: int | None = None  # fixed depth (one shape family, widths vary); None = aspect-ratio rule
     width_step: int = 8  # with n_layer: widths are multiples of this
     sizes: list[str] | None = None  # e.g. [10M, 50M, 200M, 600M] (non-embedding by default)
+    gpu_peak_tflops: float | None = None  # with mfu: the plan prints the GPU-hours it implies
+    mfu: float = 0.4
     compute: float | None = None  # or a total FLOP budget split over `models`
     models: int = 4
     spacing: float = 4.0
@@ -162,6 +164,14 @@ def load_study_config(path: str | Path, overrides: list[str] | None = None) -> S
     return cfg
 
 
+def planned_vocab(cfg: StudyConfig) -> int:
+    """The vocabulary the study's models get: model.vocab_size, else the tokenizer's."""
+    base = _base_run_config(cfg)
+    if base.model.vocab_size:
+        return int(base.model.vocab_size)
+    return 50257 if base.data.tokenizer == "gpt2" else int(base.data.vocab_size)
+
+
 def _base_run_config(cfg: StudyConfig) -> RunConfig:
     tree = copy.deepcopy(cfg.base)
     tree.setdefault("train", {})["max_steps"] = 1
@@ -185,6 +195,8 @@ def make_plan(cfg: StudyConfig, vocab_size: int, data_tokens: int | None) -> dic
         plan = plan_isoflop(_rules(cfg, base, vocab_size, data_tokens, sp.prior_tokens_per_param),
                             [float(c) for c in sp.budgets], sizes_per_budget=sp.sizes_per_budget, spread=sp.spread,
                             prior_tokens_per_param=sp.prior_tokens_per_param)
+        if sp.gpu_peak_tflops:
+            attach_gpu_hours(plan, sp.gpu_peak_tflops * 1e12, sp.mfu, seeds=len(cfg.seeds))
         plan["total_flops"] *= len(cfg.seeds)
         plan["total_flops_exact"] *= len(cfg.seeds)
         return plan
