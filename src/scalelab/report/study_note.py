@@ -25,7 +25,7 @@ from scalelab.report import note_discussion, note_fits, note_results, note_setup
 from scalelab.report.markdown import count, f3, fci, fmt_ratio, intc, num, sci
 from scalelab.report.note_context import HOFFMANN_2022, KAPLAN_2020, NoteContext, build_context
 from scalelab.report.study_plots import plot_study
-from scalelab.scaling.results import good_runs
+from scalelab.scaling.results import good_runs, is_isoflop
 
 STUDY_COMMAND = "scalelab study CONFIG"
 
@@ -169,6 +169,10 @@ def note_lines(results: dict, out_dir: Path, figures: list[Path]) -> list[str]:
 def write_note(results: dict, out_dir: Path, figures: list[Path]) -> Path:
     """Write ``out_dir/NOTE.md`` from ``results`` (a loaded results.json); returns its path."""
     out_dir = Path(out_dir)
+    if is_isoflop(results):  # budgets x sizes: its own note (report.ladder_note)
+        from scalelab.report.ladder_note import write_ladder_note
+
+        return write_ladder_note(results, out_dir, figures)
     path = out_dir / "NOTE.md"
     atomic_write_text(path, "\n".join(note_lines(results, out_dir, figures)))
     return path

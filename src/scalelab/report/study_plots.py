@@ -41,7 +41,7 @@ from scalelab.report.plot_common import (
 )
 from scalelab.scaling.results import (
     families, finite, fit_samples, fit_status, flops_per_token, fmt_ratio, frontier_column, frontier_points,
-    good_runs, lower_envelope, num, opt_inside_data, ratio_of, run_n, size_rows, study_ratios, curve,
+    good_runs, is_isoflop, lower_envelope, num, opt_inside_data, ratio_of, run_n, size_rows, study_ratios, curve,
 )
 
 
@@ -400,6 +400,10 @@ def plot_compute_frontier(results: dict, out_dir: Path, logy: bool = False,
 def plot_study(results: dict, out_dir: Path, logy: bool = False) -> list[Path]:
     """Write the four study figures (PNG + SVG each) into ``out_dir``; returns the paths written."""
     out_dir = Path(out_dir)
+    if is_isoflop(results):  # budgets x sizes: its own figures (report.ladder_plots)
+        from scalelab.report.ladder_plots import plot_ladder
+
+        return plot_ladder(results, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     kap = fit_samples(results, "kaplan")
     chi = fit_samples(results, "chinchilla") if fit_status((results.get("fits") or {}).get("chinchilla")) == "ok" \
