@@ -74,3 +74,30 @@ def test_rolling_and_generate_until():
                                disable_tqdm=True)
     ids = em.generate(em.encode("The match"), 6, temperature=0)
     assert gen == em.decode(ids).split("\n")[0]
+
+
+def test_cli_on_cpu_only_takes_the_harness_default_device(tmp_path, monkeypatch, caplog):
+    """`python -m scalelab.eval.harness --model scalelab ...` without --device: the harness
+    passes its default cuda:0; on a machine without CUDA that falls back to the CPU (as the
+    harness's hf backend does) instead of refusing. A model_args device stays strict."""
+    import json
+
+    import torch
+
+    from scalelab.errors import ConfigError
+    from scalelab.eval.harness import main
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # CPU-only even on a GPU box
+    (tmp_path / "tasks").mkdir()
+    tasks = harness_task_yaml(tmp_path / "tasks", "arc_easy", "arc/arc_easy.yaml")
+    out = tmp_path / "out"
+    main(["--model", "scalelab", "--model_args", f"path={H.run_dir()}", "--tasks", "h_arc_easy",
+          "--include_path", str(tasks), "--limit", "4", "--output_path", str(out), "--verbosity", "ERROR"])
+    (res,) = out.rglob("results_*.json")
+    data = json.loads(res.read_text())
+    assert data["results"]["h_arc_easy"]["acc,none"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert "using cpu" in caplog.text
+    cls = register()
+    with pytest.raises(ConfigError, match="cuda"):
+        cls.create_from_arg_string(f"path={H.run_dir()},device=cuda", {"device": "cpu"})

@@ -24,9 +24,32 @@ imported only here, lazily.
 """
 from __future__ import annotations
 
+import logging
 import sys
 
 _CLASS = None
+
+
+def harness_device(device):
+    """The harness's --device (default "cuda:0", even on a CPU-only machine), as its hf
+    backend treats it: used when it exists here, else the best device here (a warning).
+    A device given in model_args is the user's own choice and stays strictly checked."""
+    from scalelab.errors import ConfigError
+    from scalelab.train.hardware import resolve_device
+
+    try:
+        resolve_device(device)
+        return device
+    except ConfigError as exc:
+        fallback = "cuda" if torch_cuda_available() else "cpu"
+        logging.getLogger(__name__).warning("%s; using %s (set model_args device=... to choose)", exc, fallback)
+        return fallback
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def register():
@@ -67,6 +90,8 @@ def register():
             # is ignored: ours counts packed rows -- pass model_args batch_size=N to set it
             extra = {k: v for k, v in (additional_config or {}).items()
                      if v is not None and k not in arg_dict and k not in ("batch_size", "max_batch_size")}
+            if "device" in extra:
+                extra["device"] = harness_device(extra["device"])
             return cls(**arg_dict, **extra)
 
         @classmethod
