@@ -99,6 +99,8 @@ class TrainConfig:
     eval_tasks_limit: int = 200
     ckpt_every: int = 200
     ckpt_keep: int = 2  # newest checkpoints kept (plus `best`); older ones are deleted after each save
+    ckpt_keep_every: int = 0  # also keep every checkpoint whose step is a multiple of this (0: none), for `eval --checkpoints`
+    ckpt_samples: bool = False  # after each save, the fixed prompts' completions into samples.jsonl (train.samples)
     log_every: int = 10
     keep_best: bool = True
     # false: a new run (refused if out_dir holds checkpoints); true: continue out_dir's run from
@@ -360,6 +362,7 @@ def validate(cfg: RunConfig) -> None:
     _check(t.parallel in ("auto", "none", "ddp", "fsdp"),
            f"train.parallel must be auto, none, ddp or fsdp; got '{t.parallel}'")
     _check(t.ckpt_keep >= 1, f"train.ckpt_keep must be >= 1, got {t.ckpt_keep}")
+    _check(t.ckpt_keep_every >= 0, f"train.ckpt_keep_every must be >= 0 (0 keeps none extra), got {t.ckpt_keep_every}")
     _check(isinstance(t.resume, bool) or t.resume == "last" or (isinstance(t.resume, int) and t.resume >= 0)
            or (isinstance(t.resume, str) and t.resume.startswith("step_") and t.resume[5:].isdigit()),
            f"train.resume must be true, false, last, or a checkpoint name like step_000025 (or its step, 25); "

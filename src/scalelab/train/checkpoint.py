@@ -193,6 +193,7 @@ def save_checkpoint(
     *,
     is_best: bool = False,
     keep_last: int = 2,
+    keep_every: int = 0,
     extra_weights: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Write a checkpoint atomically and move the `last` (and maybe `best`) pointer.
@@ -261,7 +262,7 @@ def save_checkpoint(
     except BaseException:  # interrupted: no torn temp dir either
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _prune(root, keep_last)
+    _prune(root, keep_last, keep_every)
     return final
 
 
@@ -291,9 +292,10 @@ def _read_pointer(root: Path, name: str) -> Path | None:
     return path if (path / STATE_FILE).is_file() else None
 
 
-def _prune(root: Path, keep_last: int) -> None:
-    """Keep `last`, `best`, the `keep_last` newest up to `last`, and any newer than `last`
-    (those of a run resumed from an older checkpoint: replaced when it gets there)."""
+def _prune(root: Path, keep_last: int, keep_every: int = 0) -> None:
+    """Keep `last`, `best`, the `keep_last` newest up to `last`, any newer than `last`
+    (those of a run resumed from an older checkpoint: replaced when it gets there), and
+    every step that is a multiple of `keep_every` (the learning trajectory's checkpoints)."""
     last = _read_pointer(root, "last")
     keep = {p for p in (last, _read_pointer(root, "best")) if p}
     steps = sorted((d for d in root.glob(_STEP_PREFIX + "*") if d.is_dir() and step_of(d.name) is not None),
@@ -302,6 +304,8 @@ def _prune(root: Path, keep_last: int) -> None:
     upto = [d for d in steps if limit is None or step_of(d.name) <= limit]
     keep.update(upto[-keep_last:] if keep_last > 0 else [])
     keep.update(d for d in steps if limit is not None and step_of(d.name) > limit)
+    if keep_every > 0:
+        keep.update(d for d in steps if step_of(d.name) % keep_every == 0)
     for d in steps:
         if d not in keep:
             shutil.rmtree(d, ignore_errors=True)

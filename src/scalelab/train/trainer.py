@@ -38,6 +38,7 @@ from scalelab.train.distributed import (
 )
 from scalelab.train.logging import Progress, RunLogger, truncate_metrics
 from scalelab.train.optim import build_optimizer, set_lr
+from scalelab.train.samples import CheckpointSampler
 from scalelab.train.schedule import lr_at
 
 
@@ -198,6 +199,8 @@ class Trainer:
             workers=t.loader_workers, prefetch_factor=t.prefetch_factor, pin_memory=t.pin_memory)
         self.sizes = count_params(self.model_cfg)
         self.flops_per_token = flops_per_token(self.model_cfg, self.model_cfg.seq_len)
+        self.after_save = (CheckpointSampler(self.out_dir, cfg.data.dir, self.model_cfg, self.device, wandb=t.wandb)
+                           if t.ckpt_samples and info.is_main else None)
 
         self.step = 0
         self.tokens_seen = 0
@@ -333,8 +336,11 @@ class Trainer:
             if self.ema is not None:
                 extra["ema.safetensors"] = self.ema.module.state_dict()
                 state["ema_updates"] = int(self.ema.n_averaged.item())
-            ckpt_io.save_checkpoint(self.out_dir, self.step, model_sd, optim_sd, state, is_best=is_best,
-                                    keep_last=self.cfg.train.ckpt_keep, extra_weights=extra)
+            ckpt = ckpt_io.save_checkpoint(self.out_dir, self.step, model_sd, optim_sd, state, is_best=is_best,
+                                           keep_last=self.cfg.train.ckpt_keep,
+                                           keep_every=self.cfg.train.ckpt_keep_every, extra_weights=extra)
+            if self.after_save is not None:  # train.ckpt_samples (train/samples.py); FSDP: from model_sd
+                self.after_save(ckpt, model_sd, None if self.parallel == "fsdp" else self.raw_model)
         barrier()
 
     # -- evaluation ----------------------------------------------------------
