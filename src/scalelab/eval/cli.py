@@ -17,6 +17,7 @@ EVAL_EPILOG = """examples:
   scalelab eval runs/tiny --lm data/bbcnews-bpe1024 --sliding-window 256 --stride 64
   scalelab eval runs/tiny --lm my_text.txt
   scalelab eval --compare runs/a/eval runs/b/eval
+  scalelab eval runs/100m --checkpoints all          # per-checkpoint trajectory (RUN/eval/checkpoints/)
 
 tasks: hellaswag arc_easy arc_challenge piqa winogrande openbookqa sciq boolq lambada,
 'all' for every built-in, or a task YAML / JSONL file (docs/EVAL.md). Offline data comes
@@ -56,6 +57,9 @@ def register(subparsers) -> None:
     p.add_argument("--max-tokens", type=int, help="cap on tokens scored by --lm")
     p.add_argument("--no-bpb", action="store_true", help="--lm without bits per byte (tokenizers without byte info)")
     p.add_argument("--out", help="output directory (default: RUN/eval for a scalelab run, else eval-NAME)")
+    p.add_argument("--checkpoints", metavar="WHICH", help="evaluate each kept checkpoint of the run dir TARGET: all, "
+                   "last:N or step_a,step_b (default tasks hellaswag,arc_easy,piqa, --limit 500, and val loss on "
+                   "the run's data); already-evaluated ones are skipped; writes RUN/eval/checkpoints/")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two results (directories or "
                    "results.json): paired bootstrap difference A - B with 95%% CI and p-value")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -118,6 +122,17 @@ def cmd_eval(args) -> int:
         return 0
     if not args.target:
         raise ScalelabError("scalelab eval needs a TARGET (run dir, checkpoint dir or hf:DIR), or --compare A B")
+    if args.checkpoints:  # the learning trajectory: eval/trajectory.py
+        from scalelab.eval import trajectory as TR
+
+        res = TR.evaluate_checkpoints(args.target, args.checkpoints, tasks=args.tasks, limit=args.limit,
+                                      fraction=args.fraction, seed=args.seed, source=args.source, lm=args.lm,
+                                      lm_max_tokens=args.max_tokens, device=args.device, dtype=args.dtype,
+                                      tokenizer=args.tokenizer, batch_size=args.batch_size, out=args.out,
+                                      progress=not args.quiet and not args.json,
+                                      log=(lambda _m: None) if args.json else print)
+        print(json.dumps(res, indent=2) if args.json else TR.format_summary(res))
+        return 0
     if not args.tasks and not args.lm:
         raise ScalelabError(f"nothing to evaluate: give --tasks (e.g. --tasks hellaswag,arc_easy or --tasks all; "
                             f"known: {', '.join(T.available_tasks())}) and/or --lm DATA_DIR_OR_TEXT")
