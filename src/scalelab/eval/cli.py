@@ -17,6 +17,7 @@ EVAL_EPILOG = """examples:
   scalelab eval runs/tiny --lm data/bbcnews-bpe1024 --sliding-window 256 --stride 64
   scalelab eval runs/tiny --lm my_text.txt
   scalelab eval --compare runs/a/eval runs/b/eval
+  scalelab eval --export-harness-task arc_easy harness_tasks/   # then lm_eval --include_path harness_tasks/
   scalelab eval runs/100m --checkpoints all          # per-checkpoint trajectory (RUN/eval/checkpoints/)
 
 tasks: hellaswag arc_easy arc_challenge piqa winogrande openbookqa sciq boolq lambada,
@@ -62,6 +63,9 @@ def register(subparsers) -> None:
                    "the run's data); already-evaluated ones are skipped; writes RUN/eval/checkpoints/")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two results (directories or "
                    "results.json): paired bootstrap difference A - B with 95%% CI and p-value")
+    p.add_argument("--export-harness-task", nargs=2, metavar=("TASK", "DIR"),
+                   help="write DIR/TASK.yaml for lm-evaluation-harness (lm_eval --include_path DIR --tasks TASK) "
+                   "from a built-in task or a task file; scalelab reads the same file (no model needed)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)
@@ -116,6 +120,14 @@ def cmd_eval(args) -> int:
     from scalelab.errors import ScalelabError
     from scalelab.eval import tasks as T
 
+    if args.export_harness_task:
+        from scalelab.eval.task_files import export_harness_task
+
+        task, out = args.export_harness_task
+        paths = export_harness_task(task, out, source=args.source)
+        print(f"wrote {paths['yaml']}" + (f" and {paths['docs']}" if paths["docs"] else ""))
+        print(f"run it: lm_eval --include_path {out} --tasks {T.get_spec(paths['yaml']).name} ...")
+        return 0
     if args.compare:
         cmp = T.compare(args.compare[0], args.compare[1], seed=args.seed)
         print(json.dumps(cmp, indent=2) if args.json else T.format_compare(cmp))

@@ -197,6 +197,9 @@ def spec_from_dict(raw: dict, origin: str = "<dict>", base_dir: Path | None = No
     def fail(msg: str):
         raise TaskError(f"task file '{origin}': {msg}")
 
+    from scalelab.eval.task_files import from_harness_form, harness_split
+
+    raw = from_harness_form(raw, fail)  # the harness's dataset_kwargs.data_files -> local
     for key in raw:
         if key not in SPEC_KEYS:
             close = difflib.get_close_matches(str(key), sorted(SPEC_KEYS), n=1)
@@ -243,7 +246,7 @@ def spec_from_dict(raw: dict, origin: str = "<dict>", base_dir: Path | None = No
             local["file"] = str(base_dir / local["file"])
     if local is None and not raw.get("dataset_path"):
         fail("needs a data source: 'local' ({file: ...}) and/or 'dataset_path' (a Hugging Face dataset)")
-    split = raw.get("split") or raw.get("validation_split") or raw.get("test_split") or "validation"
+    split = harness_split(raw) or "validation"
     for key in ("doc_to_text", "doc_to_target", "doc_to_choice"):
         _check_template(raw.get(key), key, fail)
     return TaskSpec(name=name.strip(), output_type=out_type, doc_to_text=raw["doc_to_text"],
@@ -385,7 +388,8 @@ def format_example(spec: TaskSpec, doc: dict, doc_id: int) -> Example:
     if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
         raise TaskError(f"task '{spec.name}', document {doc_id}: doc_to_choice must give a list of at least 2 "
                         f"strings, got {str(choices)[:120]}")
-    if spec.multiple_input:
+    # as the harness: doc_to_text giving an index means the choices are the contexts
+    if spec.multiple_input or (isinstance(text, int) and not isinstance(text, bool)):
         gold, cont = text, target
         if not isinstance(gold, int) or not isinstance(cont, str):
             raise TaskError(f"task '{spec.name}', document {doc_id}: with multiple_input, doc_to_text must give "
