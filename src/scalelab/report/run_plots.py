@@ -3,6 +3,11 @@
 Top panel: training loss per step (faint) and its moving average (solid), validation loss
 at each evaluation (markers and line), the best validation point marked; x = tokens seen.
 Bottom panel: the learning-rate schedule actually used (from the same records).
+Checkpoints of the learning trajectory (evaluated or sampled) are marked as vertical lines.
+
+TRAJECTORY.png (`plot_trajectory`): validation loss, bits per byte and each task's headline
+metric at each evaluated checkpoint vs tokens seen, with their 95% CIs as bands, chance
+levels and published baselines as horizontal lines.
 The y-range leaves out the first ~2% of steps (the initial ~ln(vocab) plateau) so the part
 of the curve that matters is readable; the cut is stated on the figure.
 """
@@ -35,7 +40,8 @@ def _token_formatter(x: float, _pos=None) -> str:
     return f"{x:g}"
 
 
-def plot_loss_curve(train: list[dict[str, Any]], evals: list[dict[str, Any]], title: str = "") -> bytes:
+def plot_loss_curve(train: list[dict[str, Any]], evals: list[dict[str, Any]], title: str = "",
+                    checkpoints: list[float] | None = None) -> bytes:
     """PNG bytes of the loss curve (see the module docstring)."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter
@@ -74,6 +80,10 @@ def plot_loss_curve(train: list[dict[str, Any]], evals: list[dict[str, Any]], ti
         if len(x) > cut and cut > 1:
             ax.text(0.99, 0.02, f"y-range excludes the first {cut} steps", transform=ax.transAxes,
                     ha="right", va="bottom", fontsize=7, color="0.4")
+    for i, c in enumerate(sorted(set(checkpoints or []))):
+        for a in (ax, ax_lr):
+            a.axvline(c, color="0.55", lw=0.8, ls=":", zorder=0,
+                      label="trajectory checkpoints" if i == 0 and a is ax else None)
     ax.set_ylabel("loss (nats/token)")
     ax.grid(True, alpha=0.25)
     ax.legend(fontsize=8, loc="upper right")
@@ -92,6 +102,48 @@ def plot_loss_curve(train: list[dict[str, Any]], evals: list[dict[str, Any]], ti
     ax_lr.set_xlabel("tokens seen")
     ax_lr.xaxis.set_major_formatter(FuncFormatter(_token_formatter))
     fig.subplots_adjust(left=0.09, right=0.98, top=0.94, bottom=0.09)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _band(ax, pts, color, label):
+    """Line + 95% CI band of [(tokens, value, ci), ...]."""
+    x = np.array([p[0] for p in pts], dtype=np.float64)
+    y = np.array([p[1] for p in pts], dtype=np.float64)
+    ax.plot(x, y, color=color, marker="o", ms=4, lw=1.5, label=label)
+    ci = [p[2] for p in pts]
+    if all(isinstance(c, (list, tuple)) and len(c) == 2 and c[0] is not None and c[1] is not None for c in ci):
+        ax.fill_between(x, [c[0] for c in ci], [c[1] for c in ci], color=color, alpha=0.18, lw=0)
+
+
+def plot_trajectory(panels: list[dict[str, Any]], title: str = "") -> bytes:
+    """PNG bytes: one panel per entry {"ylabel", "lines": [{"label", "points": [(tokens, value, ci)]}],
+    "hlines": [{"y", "label", "style"}]}; shared x = tokens seen (log scale when it spans 10x)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    fig = Figure(figsize=(11.0, 2.6 * len(panels) + 0.6), dpi=150)
+    axes = list(fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0])
+    xs = [p[0] for panel in panels for line in panel["lines"] for p in line["points"]]
+    for k, (ax, panel) in enumerate(zip(axes, panels)):
+        for j, line in enumerate(panel["lines"]):
+            _band(ax, line["points"], f"C{j}", line["label"])
+        for h in panel.get("hlines", []):
+            ax.axhline(h["y"], color=h.get("color", "0.4"), ls=h.get("style", "--"), lw=1.0, label=h["label"])
+        ax.set_ylabel(panel["ylabel"], fontsize=9)
+        ax.grid(True, alpha=0.25)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: bands stay visible
+        if xs and max(xs) > 10 * max(1.0, min(xs)):
+            ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(_token_formatter))
+        if k < len(panels) - 1:
+            for lbl in ax.get_xticklabels():
+                lbl.set_visible(False)
+    axes[-1].set_xlabel("tokens seen")
+    if title:
+        axes[0].set_title(title, fontsize=10)
+    fig.subplots_adjust(left=0.08, right=0.76, top=0.95, bottom=0.08, hspace=0.12)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
     return buf.getvalue()
