@@ -46,7 +46,7 @@ def _arrays(runs: list[dict], value: Callable[[dict], Any]) -> tuple[list[dict],
 
 
 def chinchilla_fit(runs: list[dict], value: Callable[[dict], Any], n_boot: int, seed: int, resample: str,
-                   budgets: list[float] | None = None) -> dict[str, Any]:
+                   budgets: list[float] | None = None, profile: bool = True) -> dict[str, Any]:
     """L(N, D) (approach 3) on `value` of the runs, samples stored, L_opt at each budget."""
     from scalelab.scaling.fit import fit_chinchilla
 
@@ -56,7 +56,31 @@ def chinchilla_fit(runs: list[dict], value: Callable[[dict], Any], n_boot: int, 
     out.update(n_column="params", runs_used=len(keep))
     if budgets:
         out["frontier"] = [res.predict_compute(C) for C in budgets]
+    if profile and not res.degenerate:
+        out = _with_profile(out, "chinchilla", N, D, y)
     return out
+
+
+def _with_profile(out: dict[str, Any], law: str, N, D, y) -> dict[str, Any]:
+    """Attach the E profile; where E is flat, move the point estimate to the best grid E and
+    recompute the point values derived from it (their CIs stay the bootstrap's)."""
+    from scalelab.scaling.fit import _clean, compute_optimal
+    from scalelab.scaling.profile import deterministic_point, profile_E
+
+    prof = profile_E(law, N, D, y)
+    out["profile_E"] = {k: prof[k] for k in ("E", "objective", "rel_tol", "flat_range", "flat_points", "identified")}
+    new = deterministic_point(out, prof)
+    if new is out or law != "chinchilla":
+        return new
+    p = {k: new[k] for k in ("E", "A", "B", "alpha", "beta")}
+    pt = compute_optimal(1.0, **p)
+    for k in ("a", "b", "G"):
+        if isinstance(new.get("derived", {}).get(k), dict):
+            new["derived"][k] = dict(new["derived"][k], value=float(pt[k]))
+    for row in new.get("frontier") or []:
+        opt = compute_optimal(row["C"], **p)
+        row.update({k: float(opt[k]) for k in ("N_opt", "D_opt", "tokens_per_param", "loss")})
+    return _clean(new)
 
 
 def task_values(runs: list[dict]) -> list[str]:
@@ -197,9 +221,10 @@ def fit_ratio_design(results: dict[str, Any], n_boot: int, seed: int, resample: 
         L = np.array([r["loss"] for r in main], dtype=float)
         groups = None if resample == "points" else np.array([r["non_embedding_params" if resample == "size" else "seed"]
                                                               for r in main])
-        out = fit_kaplan(N, L, groups=groups, n_boot=n_boot, seed=seed).to_dict(include_samples=True)
+        res = fit_kaplan(N, L, groups=groups, n_boot=n_boot, seed=seed)
+        out = res.to_dict(include_samples=True)
         out.update(n_column="non_embedding_params", tokens_per_param=ratio, runs_used=len(main))
-        return out
+        return out if res.degenerate else _with_profile(out, "kaplan", N, None, L)
 
     _attempt(fits, "kaplan", kaplan)
     if len({m.get("ratio") for m in plan["models"]}) < 2:
