@@ -504,7 +504,53 @@ def _hardware(base: RunConfig, cfg: StudyConfig) -> dict[str, Any]:
     return info
 
 
+def _ci_text(v, ci, nd: int = 3) -> str:
+    ok = v is not None and ci and all(c is not None and math.isfinite(c) for c in ci)
+    return f"{v:.{nd}f} [{ci[0]:.{nd}f}, {ci[1]:.{nd}f}]" if ok else (f"{v:.{nd}f}" if v is not None else "n/a")
+
+
+def format_isoflop_study(results: dict[str, Any]) -> str:
+    """The main job's screen summary: loss per (budget, size) with CIs, the three exponents,
+    the L(N, D) fit, the consistency and holdout checks, the downstream verdict."""
+    lines = [f"{'budget C':>9} {'size':>10} {'params':>8} {'tokens':>9} {'tok/N':>6} {'seeds':>5} "
+             f"{'val loss (95% CI)':>24}"]
+    budget_of = {r["name"]: r["budget"] for r in results["runs"]}
+    for s in sorted(results["sizes"], key=lambda s: (budget_of[s["name"]], s["params"])):
+        run = {"budget": budget_of[s["name"]]}
+        lines.append(f"{run['budget']:>9.2e} {s['name']:>10} {s['params']:>8,} {s['tokens']:>9,} "
+                     f"{s['tokens'] / s['params']:>6.1f} {s['n_seeds']:>5} {_ci_text(s['loss']['mean'], [s['loss']['lo'], s['loss']['hi']]):>24}")
+    fits = results.get("fits", {})
+    for row in fits.get("exponents") or []:
+        got = row.get("missing") or _ci_text(row.get("a"), row.get("ci"))
+        lines.append(f"a = dlog N_opt / dlog C, {row['approach']} ({row['law']}): {got}   "
+                     f"(Chinchilla: {row['chinchilla_a']:.2f})")
+    c = fits.get("chinchilla") or {}
+    if c and not c.get("degenerate"):
+        ci = c.get("ci") or {}
+        lines.append(f"L(N, D) = E + A/N^alpha + B/D^beta: alpha = {_ci_text(c['alpha'], ci.get('alpha'))}, "
+                     f"beta = {_ci_text(c['beta'], ci.get('beta'))}, E = {_ci_text(c['E'], ci.get('E'))}")
+    elif c:
+        lines.append(f"L(N, D) fit: degenerate ({c.get('reason')})")
+    con = fits.get("consistency") or {}
+    if con.get("checked"):
+        lines.append(f"fitted L_opt(C) vs best observed: max |residual| {con['max_abs_residual']:.3f} nats, "
+                     + ("FLAGGED: the fit predicts below the data" if con["flagged"] else "consistent"))
+    for name, h in (fits.get("holdout") or {}).items():
+        if h.get("degenerate"):
+            lines.append(f"holdout ({name}): not fitted ({h.get('reason')})")
+        else:
+            lines.append(f"holdout ({h['target']}, {h['held_out']}): mean |error| {h['mean_abs_error']:.3f}, "
+                         f"{h['coverage']:.0%} of {h['n_held_out']} inside the {h['confidence']:.0%} prediction intervals")
+    chk = results.get("checks") or {}
+    lines.append(f"loss falls along the compute frontier beyond seed noise: "
+                 f"{'yes' if chk.get('loss_decreases_beyond_noise') else 'NO'}; a downstream metric does too: "
+                 f"{'yes' if chk.get('downstream_separates') else 'NO'}")
+    return "\n".join(lines)
+
+
 def format_study(results: dict[str, Any]) -> str:
+    if (results.get("plan") or {}).get("design") == "isoflop":
+        return format_isoflop_study(results)
     lines = [f"{'size':>10} {'non-emb N':>10} {'tokens':>10} {'seeds':>5} {'val loss (95% CI)':>26} {'bpb':>7}"]
     for s in results["sizes"]:
         lo, hi = s["loss"]["lo"], s["loss"]["hi"]
