@@ -41,7 +41,9 @@ def test_100m_config_is_the_release_recipe():
     assert (t.optimizer, t.beta1, t.beta2, t.weight_decay) == ("adamw", 0.9, 0.95, 0.1)
     assert t.schedule == "cosine" and t.warmup_steps > 0
     assert t.dtype == "bf16" and t.activation_checkpointing and t.parallel in ("auto", "ddp", "fsdp")
-    assert (t.eval_every, t.ckpt_every, t.keep_best, t.wandb) == (1000, 5000, True, True)
+    assert (t.eval_every, t.ckpt_every, t.keep_best, t.wandb) == (1000, 500, True, True)
+    # The learning trajectory: a checkpoint kept every 1000 steps (4 + the final one) and samples at each save.
+    assert t.ckpt_keep_every == 1000 and t.max_steps // t.ckpt_keep_every >= 4 and t.ckpt_samples
     assert m.mlp == "swiglu" and not m.qk_norm and m.logit_softcap is None  # exports to Llama
     assert t.eval_tasks == ["hellaswag"] and t.eval_tasks_limit > 0  # in-training HellaSwag subset
     assert "torchrun" in (ROOT / "configs" / "100m.yaml").read_text()  # the launch is documented
