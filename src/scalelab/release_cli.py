@@ -7,7 +7,7 @@ returns an exit code; user errors are ScalelabError (printed as one line by the 
 
     scalelab lr-find configs/100m.yaml [key=value ...] [--min-lr 1e-6 --max-lr 1 --steps 100 --out DIR]
     scalelab export runs/100m --hf export/100m [--which best|last] [--weights ema] [--push me/mini-gpt]
-    scalelab report runs/100m        # MODEL_CARD.md BENCHMARK.md LOSS_CURVE.png SAMPLES.md WRITEUP.md
+    scalelab report runs/100m        # MODEL_CARD.md BENCHMARK.md LOSS_CURVE.png SAMPLES.md WRITEUP.md (+ TRAJECTORY.png)
 """
 from __future__ import annotations
 
@@ -120,7 +120,8 @@ def is_run_dir(path: str | Path) -> bool:
 
 
 def report_run(run_dir: str | Path, samples: bool = True, device: str | None = None) -> dict[str, Any]:
-    """Write the five report files of a training run; returns paths and headline numbers."""
+    """Write the report files of a training run (five, + TRAJECTORY.png after `eval --checkpoints`);
+    returns paths and headline numbers."""
     from scalelab.report.run_report import report_run as _report_run
 
     return _report_run(run_dir, samples=samples, device=device)
