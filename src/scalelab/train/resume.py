@@ -20,7 +20,7 @@ from scalelab.train import checkpoint as ckpt_io
 # checkpoint is told apart from a user's folder that happens to hold a config.yaml.
 RUN_HEADER = "# scalelab train: the resolved config of this run (rewritten at each start)\n"
 # What `scalelab train` writes into out_dir (a foreign file of one of these names gets replaced).
-RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "tensorboard", "wandb", "checkpoints")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "samples.jsonl", "tensorboard", "wandb", "checkpoints")
 # Put into out_dir before training starts by whatever launched it (the study's train.log,
 # tune's trial.log, a scheduler's *.log): the trainer writes none of these names.
 def _launcher_file(name: str) -> bool:
