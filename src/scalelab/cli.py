@@ -353,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Subcommands that live beside their library code.
     from scalelab.eval.cli import register as register_eval
+    from scalelab.finetune.cli import register as register_finetune
     from scalelab.golf.cli import register as register_golf
     from scalelab.release_cli import register as register_release
     from scalelab.tune.cli import register as register_tune
@@ -361,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_release(sub)
     register_tune(sub)
     register_golf(sub)
+    register_finetune(sub)
 
     return parser
 
