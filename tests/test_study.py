@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from scalelab.errors import ConfigError
+from scalelab.report.study_note import write_report
 from scalelab.scaling.study import check_monotone, load_study_config, run_study
 
 
@@ -30,7 +31,7 @@ def study(tmp_path_factory):
     }
     path = root / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    results = run_study(path, progress=False)
+    results = run_study(path, progress=False, report=write_report)
     return path, results
 
 
@@ -60,7 +61,7 @@ def test_rerun_skips_finished_and_resumes_interrupted(study):
     victim = sorted(__import__("pathlib").Path(out, "runs").iterdir())[0]
     before = json.loads((victim / "summary.json").read_text())
     (victim / "summary.json").unlink()  # as if the run died after its last checkpoint
-    results = run_study(path, progress=False, report=False)
+    results = run_study(path, progress=False, report=None)
     after = json.loads((victim / "summary.json").read_text())
     assert after["steps"] == before["steps"] and after["val_loss"] == pytest.approx(before["val_loss"])
     assert len(results["runs"]) == 6
@@ -124,7 +125,7 @@ def test_isoflop_study_end_to_end(tmp_path):
     }
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    results = run_study(path, progress=False, report=False)
+    results = run_study(path, progress=False, report=None)
     runs = results["runs"]
     assert len(runs) == 18 and {r["budget_index"] for r in runs} == {1, 2, 3}
     for C in (1.5e9, 3e9, 6e9):

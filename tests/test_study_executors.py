@@ -33,7 +33,7 @@ def study(tmp_path_factory):
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        results = run_study(path, progress=True, report=False)
+        results = run_study(path, progress=True, report=None)
     return path, results, buf.getvalue()
 
 
@@ -68,7 +68,7 @@ def test_slurm_study_runs_each_run_as_a_job_and_collects_results(study):
     assert "submitted 2 job(s) to local" in printed
     assert "slurm: 0 queued, 2 running, 0 done, 0 failed" in printed
     # a second invocation finds every run finished and submits nothing
-    again = run_study(path, progress=False, report=False)
+    again = run_study(path, progress=False, report=None)
     assert len(again["runs"]) == 2 and _records(cfg) == recs
 
 

@@ -193,9 +193,11 @@ def cmd_plan(args) -> int:
 
 
 def cmd_study(args) -> int:
+    from scalelab.report.study_note import write_report
     from scalelab.scaling.study import format_study, run_study
 
-    results = run_study(args.config, args.overrides, progress=not args.quiet, report=not args.no_report)
+    results = run_study(args.config, args.overrides, progress=not args.quiet,
+                        report=None if args.no_report else write_report)
     if args.json:
         print(json.dumps({k: results[k] for k in ("sizes", "fits", "checks")}, indent=2))
     else:
@@ -208,7 +210,7 @@ def cmd_study(args) -> int:
 
 def cmd_report(args) -> int:
     from scalelab.release_cli import format_report_run, is_run_dir, report_run
-    from scalelab.report.note import write_report
+    from scalelab.report.study_note import write_report
 
     if is_run_dir(args.target):  # a training run: model card, benchmark, loss curve, samples, write-up
         print(format_report_run(report_run(args.target, samples=not args.no_samples)))

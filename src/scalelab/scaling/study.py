@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -386,7 +386,9 @@ def fit_all(results: dict[str, Any], cfg: StudyConfig) -> dict[str, Any]:
 
 
 def run_study(path: str | Path, overrides: list[str] | None = None, *, progress: bool = True,
-              report: bool = True) -> dict[str, Any]:
+              report: Callable[[Path], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Plan, train, evaluate and fit; results.json is written before `report` (a hook such
+    as report.study_note.write_report: the report layer sits above this one) is called."""
     cfg = load_study_config(path, overrides)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -476,11 +478,9 @@ def run_study(path: str | Path, overrides: list[str] | None = None, *, progress:
 
         results["checks"] = frontier_check(results)
     atomic_write_json(results_path, results)
-    if report:
-        from scalelab.report.note import write_report
-
+    if report is not None:
         results["report"] = {k: [str(p) for p in v] if isinstance(v, list) else str(v)
-                             for k, v in write_report(out).items()}
+                             for k, v in report(out).items()}
     return results
 
 
