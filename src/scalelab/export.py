@@ -9,7 +9,8 @@ OUT then holds what `transformers.AutoModelForCausalLM.from_pretrained(OUT)` and
 
     config.json              LlamaConfig (scalelab.model.hf_adapter.hf_llama_config; bos = eos = EOT)
     model.safetensors        the weights, fp32, renamed by the state-dict adapter
-    generation_config.json   EOT as bos/eos/pad, sampling defaults, max_length = seq_len
+    generation_config.json   EOT as bos/eos/pad, sampling defaults (no max_length: the window is
+                             config.json's max_position_embeddings)
     tokenizer.json, tokenizer_config.json   the run's tokenizer (below)
     vocab.json, merges.txt   GPT-2 tokenizer only (derived offline from the tiktoken ranks)
     tokenizer.model          SentencePiece only (the original model file)
@@ -29,6 +30,16 @@ All three are saved with `split_special_tokens=True`, so text that happens to co
 "<|endoftext|>" is encoded as text, as scalelab's own tokenizers do, and no BOS/EOS is
 added to an encoding: `AutoTokenizer.from_pretrained(OUT).encode(text)` equals
 scalelab's `encode(text)`.
+
+BOS/EOT convention: in training every document starts after an EOT token (the shards hold
+`EOT doc EOT doc ...`), so EOT is the tokenizer's `bos_token` (and eos/pad) for all three
+kinds, but the tokenizer *adds nothing* (`add_bos_token` false): to score or continue text
+from a document start, as in training, prepend it yourself
+(`[tok.bos_token_id] + tok.encode(text)`); the model card says the same. Encodings stay
+identical to scalelab's, which is what evaluation compares.
+
+transformers 4.x and 5.x: the JSON files are made readable by both (scalelab.export_compat:
+top-level rope_theta, 4.x's special-token keys, no loader-internal keys).
 
 Checks before anything is published (`verify=True`): the directory is loaded back with
 `AutoModelForCausalLM` / `AutoTokenizer`, a fixed text must encode to the same ids with
@@ -54,6 +65,7 @@ from typing import Any
 import torch
 
 from scalelab.errors import CheckpointError, ConfigError, ScalelabError
+from scalelab.export_compat import portable_model_config, portable_tokenizer_config
 from scalelab.io import dir_mode, file_mode
 
 EXPORT_FILE = "scalelab_export.json"
@@ -187,30 +199,19 @@ def export_tokenizer(tok, out_dir: str | Path, model_max_length: int | None = No
             shutil.copyfile(model_file, only / "tokenizer.model")
             hf_tok = transformers.LlamaTokenizer.from_pretrained(
                 str(only), add_bos_token=False, add_eos_token=False, legacy=False, add_prefix_space=False,
-                bos_token=None, eos_token=eos, unk_token=unk, pad_token=None, **common)
+                bos_token=eos, eos_token=eos, unk_token=unk, pad_token=None, **common)
             shutil.copyfile(model_file, out / "tokenizer.model")
             extra_files.append("tokenizer.model")
         else:
             raise ConfigError(f"cannot export a tokenizer of kind '{kind}' (known: bpe, gpt2, sentencepiece)")
         saved = hf_tok.save_pretrained(str(out))
-    _portable_tokenizer_config(out / "tokenizer_config.json")
+    # 4.x reads these (5.x does not save them): its Llama tokenizer would add a BOS, legacy-style
+    portable_tokenizer_config(out / "tokenizer_config.json", add_bos_token=False, add_eos_token=False,
+                              **({"legacy": False} if kind == "sentencepiece" else {}))
     files = sorted({Path(p).name for p in saved} | set(extra_files))
     return {"kind": kind, "identity": tok.identity, "class": type(hf_tok).__name__, "files": files,
-            "eot_id": int(tok.eot_id), "eot_token": hf_tok.eos_token, "vocab_size": int(tok.vocab_size)}
-
-
-def _portable_tokenizer_config(path: Path) -> None:
-    """transformers 5 names its generic fast tokenizer "TokenizersBackend"; write the name
-    both 4.x and 5.x resolve ("PreTrainedTokenizerFast") so older versions load it too."""
-    from scalelab.io import atomic_write_json
-
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return
-    if cfg.get("tokenizer_class") == "TokenizersBackend":
-        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-        atomic_write_json(path, cfg)
+            "eot_id": int(tok.eot_id), "eot_token": hf_tok.eos_token, "vocab_size": int(tok.vocab_size),
+            "document_start": "EOT (bos_token), not added by the tokenizer"}
 
 
 class _quiet_transformers:
@@ -306,12 +307,12 @@ def _build_hf_model(model, eot_id: int):
     return hf.eval()
 
 
-def _generation_config(eot_id: int, seq_len: int):
+def _generation_config(eot_id: int):
     import transformers
 
+    # no max_length: generate(max_new_tokens=...) would warn that both are set
     return transformers.GenerationConfig(bos_token_id=eot_id, eos_token_id=eot_id, pad_token_id=eot_id,
-                                         do_sample=True, temperature=0.8, top_k=50, top_p=1.0,
-                                         max_length=seq_len)
+                                         do_sample=True, temperature=0.8, top_k=50, top_p=1.0)
 
 
 @torch.no_grad()
@@ -365,8 +366,9 @@ def export_hf(run: str | Path, out: str | Path, which: str = "last", weights: st
         eot = int(src.tokenizer.eot_id)
         with _quiet_transformers():
             hf = _build_hf_model(src.model, eot)
-            hf.generation_config = _generation_config(eot, src.model.cfg.seq_len)
+            hf.generation_config = _generation_config(eot)
             hf.save_pretrained(str(tmp), safe_serialization=True)
+            portable_model_config(tmp / "config.json", src.model.cfg.rope_theta)
             tok_info = export_tokenizer(src.tokenizer, tmp, model_max_length=src.model.cfg.seq_len)
             checks = verify_export(tmp, src.model, src.tokenizer, atol=atol) if verify else None
         info = {
@@ -452,7 +454,13 @@ def _readme(src: _Source, info: dict[str, Any]) -> str:
     if source.startswith("hf:"):
         meta += ["datasets:", f"  - {source[3:]}"]
     meta += ["language:", "  - en", "---", ""]
-    return "\n".join(meta) + body
+    tok = info["tokenizer"]
+    note = (f"\n## Tokenization\n\nIn training every document started after the end-of-text token "
+            f"`{tok['eot_token']}` (id {tok['eot_id']}); it is the tokenizer's `bos_token` and `eos_token` "
+            "(and generation's pad token), but the tokenizer adds no special tokens. To start from a document "
+            "boundary as in training, prepend it: `ids = [tok.bos_token_id] + tok.encode(text)`. "
+            "Generation stops at the same token.\n")
+    return "\n".join(meta) + body.rstrip("\n") + "\n" + note
 
 
 def push_to_hub(folder: str | Path, repo: str, private: bool = False, token: str | None = None,
