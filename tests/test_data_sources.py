@@ -168,3 +168,35 @@ def test_encoding_config_validated():
     with pytest.raises(ConfigError, match="data.encoding 'latin-42' is not a known text encoding"):
         load_config(None, ["data.encoding=latin-42", "train.max_steps=1"])
     assert load_config(None, ["data.encoding=latin-1", "train.max_steps=1"]).data.encoding == "latin-1"
+
+
+def test_datasets_save_to_disk_and_arrow_files(tmp_path):
+    """`datasets` objects as their users keep them: a save_to_disk folder (Dataset or
+    DatasetDict, path or hf:PATH) and its .arrow files (IPC stream) or an IPC-file .arrow."""
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"id": list(range(len(TEXTS))), "text": TEXTS})
+    ds.save_to_disk(str(tmp_path / "saved"))
+    assert _docs(source=str(tmp_path / "saved")) == TEXTS
+    assert _docs(source=f"hf:{tmp_path / 'saved'}") == TEXTS  # where load_dataset says "use load_from_disk"
+    (arrow,) = (tmp_path / "saved").glob("*.arrow")
+    assert _docs(source=str(arrow)) == TEXTS
+    datasets.DatasetDict({"train": ds, "validation": ds.select(range(3))}).save_to_disk(str(tmp_path / "dd"))
+    assert _docs(source=str(tmp_path / "dd")) == TEXTS  # data.hf_split defaults to train
+    assert _docs(source=str(tmp_path / "dd"), hf_split="validation") == TEXTS[:3]
+    with pytest.raises(DataError, match="DatasetDict with splits train, validation; set data.hf_split"):
+        _docs(source=str(tmp_path / "dd"), hf_split="test")
+    with pytest.raises(DataError, match=r"no column 'body' \(columns: \['id', 'text'\]\); set data.text_column"):
+        _docs(source=str(tmp_path / "saved"), text_column="body")
+    # the IPC file format (pyarrow's own .arrow), alone and in a folder with other files
+    table = pa.table({"text": TEXTS[:5]})
+    (tmp_path / "mixed").mkdir()
+    with pa.OSFile(str(tmp_path / "mixed" / "a.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+        w.write_table(table)
+    (tmp_path / "mixed" / "b.txt").write_text("a plain text document")
+    assert _docs(source=str(tmp_path / "mixed")) == TEXTS[:5] + ["a plain text document"]
+    with pytest.raises(DataError, match="Arrow file .* has no column 'body'"):
+        _docs(source=str(tmp_path / "mixed" / "a.arrow"), text_column="body")
+    (tmp_path / "bad.arrow").write_bytes(b"not arrow at all")
+    with pytest.raises(DataError, match="bad.arrow is not an Arrow IPC stream or file"):
+        _docs(source=str(tmp_path / "bad.arrow"))

