@@ -164,6 +164,18 @@ def _score_windows(model, streams: Iterable[tuple[int, np.ndarray]], L: int, S: 
     return [nats[k] for k in keys], [toks[k] for k in keys], [nbytes.get(k, 0) for k in keys]
 
 
+def _same_content(data_dir: Path, tokenizer) -> bool:
+    """The data dir's tokenizer has the model's vocabulary and merges (e.g. a run's bpe
+    shards and its Hugging Face export: different names, identical ids)."""
+    from scalelab.data.prepare import load_data_tokenizer
+    from scalelab.data.tokenizer_content import same_tokenizer
+
+    try:
+        return same_tokenizer(load_data_tokenizer(data_dir), tokenizer)
+    except DataError:  # no readable tokenizer beside the shards: names are all there is
+        return False
+
+
 def _eval_shards(model, data_dir: Path, split: str, L: int, S: int, max_tokens: int | None, tb, progress: bool):
     from scalelab.data.prepare import load_meta
     from scalelab.data.shards import list_shards, open_shard
@@ -171,9 +183,10 @@ def _eval_shards(model, data_dir: Path, split: str, L: int, S: int, max_tokens: 
     meta = load_meta(data_dir)
     info = meta.get("tokenizer") or {}
     ident = getattr(model.tokenizer, "identity", None)
-    if info.get("identity") and ident and info["identity"] != ident:
+    if info.get("identity") and ident and info["identity"] != ident and not _same_content(data_dir, model.tokenizer):
         raise DataError(f"the shards in '{data_dir}' were tokenized with {info['identity']} but the model uses "
-                        f"{ident}; evaluate on data tokenized with the model's tokenizer (or on raw text)")
+                        f"{ident} (vocabulary and merges differ too); evaluate on data tokenized with the "
+                        "model's tokenizer (or on raw text)")
     files = list_shards(data_dir, split)
     budget = None if max_tokens is None else int(max_tokens) + 1  # +1: the first token is context only
 
