@@ -98,10 +98,11 @@ def fit_envelope(runs: list[dict[str, Any]], n_column: str = "params", n_boot: i
         boot = [(n, [cs[i] for i in rng.integers(0, len(cs), len(cs))]) for n, cs in configs]
         Nb, _, okb = _envelope(boot, grid)
         if okb.sum() >= 3 and np.unique(Nb[okb]).size >= 2:
-            samples.append(_power_law(grid[okb], Nb[okb])[0])
+            samples.append(_power_law(grid[okb], Nb[okb]))
         else:
-            samples.append(float("nan"))
-    s = np.array(samples, dtype=float)
+            samples.append((float("nan"), float("nan")))
+    draws = np.array(samples, dtype=float).reshape(-1, 2)
+    s, log_k = draws[:, 0], draws[:, 1]
     ci = list(percentile_interval(s, confidence)) if s.size and np.isfinite(s).mean() > 0.8 else [None, None]
     steps = np.unique(N_opt[ok]).size
     if steps < 4:
@@ -114,6 +115,7 @@ def fit_envelope(runs: list[dict[str, Any]], n_column: str = "params", n_boot: i
         "n_column": n_column,
         "grid": [{"C": float(math.exp(g)), "N_opt": float(n), "loss": float(l), "used": bool(u)}
                  for g, n, l, u in zip(grid, N_opt, L_opt, ok)],
-        "samples": {"a": [x if math.isfinite(x) else None for x in s.tolist()]},
+        "samples": {"a": [x if math.isfinite(x) else None for x in s.tolist()],
+                    "log_k_N": [x if math.isfinite(x) else None for x in log_k.tolist()]},
         "warnings": warnings,
     }
