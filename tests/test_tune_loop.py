@@ -325,3 +325,41 @@ def test_check_result_names_the_budget_when_no_trial_could_run():
                                         r"trial ran; raise --budget-s"):
         check_result(result)
     check_result({**result, "winner": {"trial": 0}})  # a winner: nothing to report
+
+
+def test_recipe_winner_is_stored_in_the_study_and_journal_storage(tmp_path, data_dir):
+    """The re-measured winner (RECIPE.md) goes into the study, where optuna-dashboard and
+    optuna.load_study see it even when the best *search* value is another trial; the
+    storage key takes any RDB URL or journal:PATH (JournalStorage)."""
+    import numpy as np
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    from scalelab.tune.recipe import analyze, record_in_study
+    from scalelab.tune.search import open_study, prepare
+
+    path = write_tune(tmp_path, data_dir, space={"train.micro_batch": [4, 8, 16]},
+                      storage=f"journal:{tmp_path / 'j' / 'tune.log'}")
+    setup = prepare(load_tune_config(path), progress=False)
+    study, _ = open_study(setup)
+    assert (tmp_path / "j" / "tune.log").is_file()
+    dists = {"train.micro_batch": CategoricalDistribution([4, 8, 16])}
+    for mb, value in ((4, 1000.0), (8, 2100.0), (16, 2000.0)):  # search: 8 looks best
+        study.add_trial(optuna.trial.create_trial(params={"train.micro_batch": mb}, distributions=dists, value=value,
+                                                  user_attrs={"window_rates": [value] * 3, "duration_s": 1.0}))
+    rng = np.random.default_rng(0)
+    records = {f"{n}:0": {"trial": n, "round": 0, "status": "ok", "window_rates": list(rate + rng.normal(0, 5, 6))}
+               for n, rate in ((1, 1900.0), (2, 2050.0))}  # re-measured: 16 (trial 2) wins
+    res = analyze(setup, study, {"candidates": [1, 2], "records": records}, {"stop_reason": "trials"}, 1.0, None)
+    assert res["winner"]["trial"] == 2 and study.best_trial.number == 1
+    record_in_study(study, res)
+    again = optuna.load_study(study_name="t", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "j" / "tune.log"))))
+    w = again.user_attrs["recipe_winner"]
+    assert w["trial"] == 2 and w["basis"] == "re-measured" and w["value"] == res["winner"]["value"]
+    rm = again.user_attrs["remeasured"]
+    assert rm["2"]["remeasured_mean"] > rm["1"]["remeasured_mean"] and rm["1"]["search_value"] == 2100.0
+    (tmp_path / "b").mkdir()
+    bad = write_tune(tmp_path / "b", data_dir, space={"train.micro_batch": [4, 8]}, storage="nosuchdb://x")
+    with pytest.raises(ConfigError, match="storage 'nosuchdb://x' cannot be opened"):
+        open_study(prepare(load_tune_config(bad), progress=False))

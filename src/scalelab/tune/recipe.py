@@ -125,6 +125,25 @@ def _interval(rates: list[float]) -> dict[str, Any]:
             "n_windows": ci["n"]}
 
 
+def record_in_study(study, result: dict[str, Any]) -> dict[str, Any]:
+    """RECIPE.md's winner and every candidate's re-measured throughput, as study user
+    attributes ("recipe_winner", "remeasured"). Optuna refuses attributes on finished
+    trials (UpdateFinishedTrialError), and the dashboard's "best trial" is the highest
+    *search* value, which is biased upward; these attributes carry the re-measured ranking."""
+    remeasured = {}
+    for c in result["remeasure"]["candidates"]:
+        r = c.get("remeasured") or {}
+        remeasured[str(c["trial"])] = {"search_value": c["search_value"], "remeasured_mean": r.get("mean"),
+                                       "remeasured_ci": [r.get("lo"), r.get("hi")], "rounds": c["rounds"]}
+    w = result.get("winner")
+    winner = None if not w else {"trial": w["trial"], "params": w["params"], "value": w["value"],
+                                 "basis": result["winner_basis"], "search_value": w["search_value"],
+                                 "command": w.get("command")}
+    study.set_user_attr("remeasured", remeasured)
+    study.set_user_attr("recipe_winner", winner)
+    return {"recipe_winner": winner, "remeasured": remeasured}
+
+
 def recipe_command(setup, params: dict[str, Any]) -> str:
     """A runnable line for the winner: env vars, launcher, base config, overrides."""
     overrides, env = setup.space.split(params)

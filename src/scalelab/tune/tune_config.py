@@ -135,3 +135,25 @@ def copy_config(cfg: TuneConfig, **changes: Any) -> TuneConfig:
             setattr(new, k, v)
     validate_tune_config(new)
     return new
+
+
+def open_storage(url: str):
+    """The study's Optuna storage: `journal:PATH` -> JournalStorage on a journal file (no
+    database, safe for several processes on one file system), anything else an RDB URL
+    (sqlite:///..., postgresql://..., mysql://...). A URL Optuna cannot open is a ConfigError."""
+    import optuna
+
+    try:
+        if url.startswith("journal:"):
+            from optuna.storages.journal import JournalFileBackend
+
+            path = Path(url[len("journal:"):]).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        return optuna.storages.RDBStorage(url)
+    except (ImportError, ValueError, OSError) as e:
+        raise ConfigError(f"storage '{url}' cannot be opened ({type(e).__name__}: {str(e).splitlines()[0]}); use "
+                          "an RDB URL (sqlite:///PATH/tune.db, postgresql://...) or journal:PATH") from None
+    except Exception as e:  # noqa: BLE001 - sqlalchemy's errors for a bad URL or an unreachable server
+        raise ConfigError(f"storage '{url}' cannot be opened ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                          "check the URL and that the database server is reachable") from None
