@@ -185,7 +185,7 @@ def test_isoflop_needs_three_sizes_per_budget():
 def test_run_fit_json_shape(tmp_path):
     N, D, L = synth_chinchilla(n_sizes=8, per_size=6, seed=3)
     path = write_json(tmp_path / "results.json", N, D, L, flops=6 * N * D)
-    import scalelab.scaling.fit as fitmod
+    import scalelab.scaling.fit.fits as fitmod  # where fit_chinchilla looks the grid up
 
     orig = fitmod.hoffmann_grid
     fitmod.hoffmann_grid = lambda: SMALL_GRID  # keep the test fast; the full grid is tested above

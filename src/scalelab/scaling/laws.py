@@ -8,9 +8,10 @@
                      (Hoffmann et al. 2022, eq. 4)
 
 All broadcast, so a vector of bootstrap parameter draws against a grid of N or C gives one
-curve per draw. Readers of results.json (the report) evaluate stored fits with these;
-``scalelab.scaling.fit`` still has its own ``chinchilla_loss`` / ``compute_optimal``
-(same formulas) until it switches to this module.
+curve per draw. Readers of results.json (the report) evaluate stored fits with these, and
+``scalelab.scaling.fit`` (its ``FitResult`` predictions, ``chinchilla_loss``,
+``compute_optimal``) uses them too: one home for the formulas. The power terms are written
+``A / N**alpha`` (not ``A * N**-alpha``) so the values are bit-identical to the fitter's.
 """
 from __future__ import annotations
 
@@ -21,14 +22,14 @@ def kaplan_loss(N, E, A, alpha):
     """L(N) = E + A·N^-alpha (broadcasts)."""
     N = np.asarray(N, dtype=float)
     with np.errstate(all="ignore"):
-        return np.asarray(E, dtype=float) + np.asarray(A, dtype=float) * N ** (-np.asarray(alpha, dtype=float))
+        return np.asarray(E, dtype=float) + np.asarray(A, dtype=float) / N ** np.asarray(alpha, dtype=float)
 
 
 def chinchilla_loss(N, D, E, A, B, alpha, beta):
     """L(N, D) = E + A·N^-alpha + B·D^-beta (broadcasts)."""
     D = np.asarray(D, dtype=float)
     with np.errstate(all="ignore"):
-        return kaplan_loss(N, E, A, alpha) + np.asarray(B, dtype=float) * D ** (-np.asarray(beta, dtype=float))
+        return kaplan_loss(N, E, A, alpha) + np.asarray(B, dtype=float) / D ** np.asarray(beta, dtype=float)
 
 
 def compute_optimal(C, E, A, B, alpha, beta) -> dict:
