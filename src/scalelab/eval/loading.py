@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from scalelab.errors import CheckpointError, DataError
 from scalelab.eval import scoring
@@ -188,10 +187,9 @@ class EvalModel:
 class GPTBackend:
     """Our GPT with per-token positions and an attention mask (for packed/tree rows).
 
-    The packed forward runs the model's own modules (embedding, norms, projections,
-    MLP, head) and differs from `GPT.hidden` only in taking position ids and a mask;
-    `self_check()` compares the two once, and a mismatch (gpt.py changed) switches to
-    unpacked rows through `GPT.hidden` itself, so results stay exact either way.
+    Packed rows go through `GPT.hidden(idx, pos=, mask=)`, the model's one forward pass
+    (U-Net skips and all). `self_check()` still compares packed with plain once, a guard
+    against a kernel or dtype where masks misbehave: then rows are unpacked, exact either way.
     """
 
     def __init__(self, model, device: torch.device, dtype: torch.dtype):
@@ -200,7 +198,6 @@ class GPTBackend:
         self.vocab_size = int(model.cfg.vocab_size)
         self.device = device
         self.dtype = dtype
-        self._tables: tuple[torch.Tensor, torch.Tensor] | None = None
         # FSDP2-sharded parameters are gathered by hooks around forward(): go through it
         # (full logits, one plain sequence per row); every rank must make the same calls.
         self.full_logits = _is_sharded(model)
@@ -211,34 +208,12 @@ class GPTBackend:
             return torch.autocast("cuda", dtype=self.dtype)
         return contextlib.nullcontext()
 
-    def _rope(self, n: int):
-        from scalelab.model.gpt import rope_tables
-
-        if self._tables is None or self._tables[0].shape[0] < n or self._tables[0].device != self.device:
-            size = max(n, self.cfg.seq_len)
-            self._tables = rope_tables(size, self.cfg.head_dim, self.cfg.rope_theta, device=self.device)
-        return self._tables
-
     @torch.no_grad()
     def hidden(self, idx, pos, mask):
         with self._autocast():
             if self.full_logits:
                 return self.model(idx)
-            if mask is None:
-                return self.model.hidden(idx)
-            return self._packed_hidden(idx, pos, mask)
-
-    def _packed_hidden(self, idx, pos, mask):
-        m = self.model
-        cos, sin = self._rope(int(pos.max()) + 1)
-        cos = cos[pos][:, :, None, :]  # [B, R, 1, D/2]
-        sin = sin[pos][:, :, None, :]
-        attn_mask = mask[:, None]  # [B, 1, R, R], broadcast over heads
-        x = m.tok_emb(idx)
-        for block in m.blocks:
-            x = x + _attention(block.attn, block.attn_norm(x), cos, sin, attn_mask)
-            x = x + block.mlp(block.mlp_norm(x))
-        return m.norm(x)
+            return self.model.hidden(idx, pos=pos, mask=mask)
 
     @torch.no_grad()
     def logits(self, h):
@@ -269,27 +244,6 @@ def _is_sharded(model) -> bool:
     except ImportError:  # torch without distributed
         return False
     return any(isinstance(p, DTensor) for p in model.parameters())
-
-
-def _rotate(x, cos, sin):
-    """RoPE, HF Llama rotate-half convention (as gpt.apply_rope), cos/sin [B, T, 1, D/2]."""
-    d = x.shape[-1] // 2
-    x1, x2 = x[..., :d], x[..., d:]
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-
-
-def _attention(attn, x, cos, sin, mask):
-    B, T, _ = x.shape
-    q = attn.wq(x).view(B, T, attn.n_head, attn.head_dim)
-    k = attn.wk(x).view(B, T, attn.kv_heads, attn.head_dim)
-    v = attn.wv(x).view(B, T, attn.kv_heads, attn.head_dim)
-    if attn.q_norm is not None:
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=attn.kv_heads != attn.n_head)
-    return attn.wo(y.transpose(1, 2).reshape(B, T, attn.n_head * attn.head_dim))
 
 
 class GPTEvalModel(EvalModel):

@@ -27,6 +27,10 @@ Conventions worth knowing:
   is added, times the learned scalar skip_weights[i], to the input of its mirror block
   n_layer - 1 - i; with an odd n_layer the middle block has no skip. Weights start at 1.
   (HF Llama has no such connection: a model with skips does not export to HF.)
+- Packed rows: `hidden(idx, pos=, mask=)` takes per-token positions [B, T] and an
+  attention mask [B, T, T] (True = may attend) in place of 0..T-1 and the causal mask,
+  so several documents (or a context and its continuations, eval/scoring.py) share a
+  row. It is the same forward pass, skips and all: there is no second copy to drift.
 
 The model knows nothing of distribution, checkpoints, logging or optimizers.
 """
@@ -128,12 +132,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
     Equivalent to HF's `x * cat(cos, cos) + rotate_half(x) * cat(sin, sin)` with
     rotate_half(x) = cat(-x2, x1), written on the halves to save two copies.
-    cos/sin are [T, D/2].
+    cos/sin are [T, D/2] (positions 0..T-1 of every row) or [B, T, D/2] (per-token positions).
     """
     d = x.shape[-1] // 2
     x1, x2 = x[..., :d], x[..., d:]
-    cos = cos[:, None, :].to(x.dtype)  # [T, 1, D/2] broadcasts over batch and heads
-    sin = sin[:, None, :].to(x.dtype)
+    cos = cos.unsqueeze(-2).to(x.dtype)  # [(B,) T, 1, D/2] broadcasts over (batch and) heads
+    sin = sin.unsqueeze(-2).to(x.dtype)
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
@@ -172,7 +176,7 @@ class Attention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0, mask=None):
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_head, self.head_dim)
         k = self.wk(x).view(B, T, self.kv_heads, self.head_dim)
@@ -182,8 +186,10 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, T, D]
 
-        mask, causal = None, True
-        if cache is not None:
+        causal = mask is None
+        if mask is not None:  # packed rows: the caller's [B, T, T] mask, broadcast over heads
+            mask = mask[:, None]
+        elif cache is not None:
             past = cache.pos
             k, v = cache.update(layer, k, v)
             if past > 0:  # new queries sit at positions past..past+T-1 and see keys 0..past+T-1
@@ -218,8 +224,8 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0):
-        x = x + self.attn(self.attn_norm(x), cos, sin, cache, layer)
+    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0, mask=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, layer, mask)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -287,17 +293,28 @@ class GPT(nn.Module):
             self.rope_cos, self.rope_sin = rope_tables(n, self.cfg.head_dim, self.cfg.rope_theta, device=device)
         return self.rope_cos[start:end], self.rope_sin[start:end]
 
-    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Final normalised hidden states [B, T, d_model] for token ids idx [B, T]."""
-        start = cache.pos if cache is not None else 0
-        cos, sin = self._rope(start, idx.shape[1], idx.device)
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None, pos: torch.Tensor | None = None,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Final normalised hidden states [B, T, d_model] for token ids idx [B, T].
+
+        pos [B, T]: each token's position (default 0..T-1, after the cache's); mask
+        [B, T, T] bool, True = may attend (default causal). Not combined with a cache.
+        """
+        if cache is not None and (pos is not None or mask is not None):
+            raise ValueError("hidden(): pos/mask (packed rows) cannot be combined with a KV cache")
+        if pos is None:
+            start = cache.pos if cache is not None else 0
+            cos, sin = self._rope(start, idx.shape[1], idx.device)
+        else:
+            cos, sin = self._rope(0, int(pos.max()) + 1, idx.device)
+            cos, sin = cos[pos], sin[pos]  # [B, T, D/2]: each token's own angle
         x = self.tok_emb(idx)
         L = self.cfg.n_layer
         skips = []  # outputs of the first-half blocks (U-Net skips), popped by their mirrors
         for i, block in enumerate(self.blocks):
             if self.skip_weights is not None and i >= L - L // 2:
                 x = x + self.skip_weights[L - 1 - i] * skips.pop()
-            x = block(x, cos, sin, cache, i)
+            x = block(x, cos, sin, cache, i, mask)
             if self.skip_weights is not None and i < L // 2:
                 skips.append(x)
         if cache is not None:
