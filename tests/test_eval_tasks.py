@@ -9,6 +9,7 @@ import eval_helpers as H
 
 from scalelab.errors import ScalelabError
 from scalelab.eval import tasks as T
+from scalelab.eval.tasks import run as RUN
 from scalelab.eval.loading import GPTEvalModel
 
 
@@ -188,11 +189,11 @@ def test_seeded_subsets_are_fixed_and_nested():
 def fixture_results(model, tasks=("arc_easy", "winogrande", "lambada", "hellaswag")):
     specs = {t: H.fixture_spec(t) for t in tasks}
     orig = T.get_spec
-    T.get_spec = lambda name: specs[name] if name in specs else orig(name)
+    RUN.get_spec = lambda name: specs[name] if name in specs else orig(name)  # where evaluate looks it up
     try:
         return T.evaluate(model, list(tasks), progress=False, n_boot=200)
     finally:
-        T.get_spec = orig
+        RUN.get_spec = orig
 
 
 def test_evaluate_write_load_and_compare(tmp_path):
@@ -233,11 +234,11 @@ def test_run_tasks_in_training_on_a_bare_gpt():
     model.train()
     specs = {t: H.fixture_spec(t) for t in ("arc_easy", "winogrande")}
     orig = T.get_spec
-    T.get_spec = lambda name: specs[name] if name in specs else orig(name)
+    RUN.get_spec = lambda name: specs[name] if name in specs else orig(name)  # where evaluate looks it up
     try:
         out = T.run_tasks_in_training(model, H.tokenizer(), ["arc_easy", "winogrande"], limit=4, device="cpu")
         again = T.run_tasks_in_training(model, H.tokenizer(), ["arc_easy", "winogrande"], limit=4, device="cpu")
     finally:
-        T.get_spec = orig
+        RUN.get_spec = orig
     assert set(out) == {"arc_easy", "winogrande"} and all(0 <= v <= 1 for v in out.values())
     assert out == again and model.training  # deterministic; train mode restored
