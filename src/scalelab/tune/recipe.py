@@ -22,6 +22,7 @@ from typing import Any
 
 from scalelab.eval.stats import mean_ci, ratio_of_means_ci, welch_t_test
 from scalelab.io import atomic_write_json, atomic_write_text, git_hash
+from scalelab.tune.setup import merge_overrides
 from scalelab.tune.space import format_value, same_value
 
 FORMAT_VERSION = 1
@@ -153,8 +154,6 @@ def recipe_command(setup, params: dict[str, Any]) -> str:
     else:
         parts += ["scalelab", "train"]
     parts.append(shlex.quote(str(setup.base_path)))
-    from scalelab.tune.search import merge_overrides
-
     parts += [shlex.quote(o) for o in merge_overrides(setup.cfg.base_overrides, overrides)]
     return " ".join(parts)
 
