@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from scalelab.eval.scoring import EvalError
-from scalelab.eval.tasks.spec import TaskError, PROCESSORS, TaskSpec
+from scalelab.eval.tasks.spec import PROCESSORS, TaskError, TaskSpec
 
 def package_root(package: str) -> Path | None:
     """Where an installed package's files are, without importing it."""

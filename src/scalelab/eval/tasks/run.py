@@ -10,9 +10,9 @@ import numpy as np
 
 from scalelab.eval import scoring
 from scalelab.eval.scoring import EvalError
-from scalelab.eval.tasks.spec import TaskSpec, get_spec
-from scalelab.eval.tasks.prompts import Example, format_example
 from scalelab.eval.tasks.data import load_docs, select_indices
+from scalelab.eval.tasks.prompts import Example, format_example
+from scalelab.eval.tasks.spec import TaskSpec, get_spec
 
 def build_examples(spec: TaskSpec, limit=None, fraction=None, seed: int = 0, source: str = "auto",
                    indices: list[int] | None = None) -> tuple[list[Example], int, str]:
