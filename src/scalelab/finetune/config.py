@@ -43,7 +43,9 @@ class FTDataConfig:
 class FTModelConfig:
     hf: str = "builtin:smollm2-135m-instruct"  # HF model dir, Hub id, .gguf file, or builtin:...
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
-    attn_implementation: str | None = None  # e.g. sdpa, eager, flash_attention_2 (None = transformers' pick)
+    # auto: scalelab_varlen (finetune/attention.py: causal sdpa per packed example) on CPU,
+    # transformers' pick on GPU; or sdpa, eager, flash_attention_2, scalelab_varlen.
+    attn_implementation: str | None = "auto"
     lora: bool = True  # false = full fine-tune
     lora_rank: int = 16
     lora_alpha: float = 32.0

@@ -22,8 +22,8 @@ from scalelab.errors import CheckpointError, ConfigError, ScalelabError, Trainin
 from scalelab.finetune.config import FinetuneConfig
 from scalelab.finetune.data import RowSchedule, collate, data_fingerprint, pack_rows, prepare_examples, read_records
 from scalelab.finetune.gguf import resolve_model_path
-from scalelab.finetune.model import (SFTModel, load_hf_model, load_tokenizer, parallelize, resolve_dtype,
-                                     save_output, self_check, verify_output)
+from scalelab.finetune.model import (SFTModel, hf_attn, load_hf_model, load_tokenizer, parallelize,
+                                     resolve_attention, resolve_dtype, save_output, self_check, verify_output)
 from scalelab.io import atomic_write_json, atomic_write_text, git_hash, software_versions
 from scalelab.train import checkpoint as ckpt_io
 from scalelab.train import resume as resume_io
@@ -100,11 +100,12 @@ class FinetuneJob:
         self.total_steps = min(steps)
 
         torch.manual_seed(cfg.seed)  # the same LoRA init on every rank
-        lm = load_hf_model(m, path, self.load_dtype)
+        self.attn = resolve_attention(m.attn_implementation, self.device)
+        lm = load_hf_model(m, path, self.load_dtype, self.attn)
         self.raw = SFTModel(lm).to(self.device)
         # A 4D block-diagonal mask (sdpa/eager); flash-attention kernels take the example
         # boundaries from the position ids instead.
-        block_mask = "flash" not in (m.attn_implementation or "")
+        block_mask = "flash" not in (self.attn or "")
         self.check = self_check(self.raw, self.device, d.packing, len(self.tokenizer), block_mask)
         self.model = parallelize(self.raw, self.parallel, self.device, self.compute_dtype, compile=m.compile,
                                  reshard_after_forward=t.fsdp_reshard_after_forward, bucket_mb=t.ddp_bucket_mb)
@@ -301,6 +302,11 @@ class FinetuneJob:
                 f"{self.compute_dtype} {self.parallel} on {self.device.type} | {self.total_steps} steps")
         last_eval: dict[str, float] = {}
         compiled = not cfg.model.compile
+        if self.step == 0:  # the starting point, to compare the fine-tuned model with
+            first = self.evaluate()
+            if first:
+                logger.log({"kind": "eval", "step": 0, "tokens": 0, **first})
+                progress.write(f"step 0: val_loss {first['val_loss']:.4f}")
         try:
             window_start, window_tokens = time.perf_counter(), 0
             while self.step < self.total_steps:
@@ -361,7 +367,8 @@ class FinetuneJob:
                    "tok_s": self.tokens_seen / self.train_time if self.train_time else None,
                    "params": self.n_params, "trainable_params": self.n_trainable, "world_size": info.world_size,
                    "parallel": self.parallel, "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
-                   **last_eval, "data": self.data.stats, "self_check": self.check, "git": git_hash(),
+                   **last_eval, "data": self.data.stats, "self_check": self.check,
+                   "attn_implementation": hf_attn(self.raw.lm), "git": git_hash(),
                    "versions": software_versions()}
         if info.is_main:
             atomic_write_json(self.out_dir / "summary.json", summary)

@@ -40,17 +40,31 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tok
 
 
-def load_hf_model(cfg, path: str, load_dtype: torch.dtype):
+def resolve_attention(name: str | None, device: torch.device) -> str | None:
+    """model.attn_implementation as transformers takes it (None: transformers' pick)."""
+    from scalelab.finetune.attention import NAME, register
+
+    if name == "auto":
+        name = NAME if device.type == "cpu" else None
+    if name == NAME:
+        register()
+    return name
+
+
+def load_hf_model(cfg, path: str, load_dtype: torch.dtype, attn_implementation: str | None = None):
     """The HF causal LM named by model.hf (cfg: FTModelConfig), in `load_dtype`, with LoRA
     when cfg.lora (adapter weights fp32), activation checkpointing when asked."""
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": load_dtype, "trust_remote_code": cfg.trust_remote_code}
-    if cfg.attn_implementation:
-        kwargs["attn_implementation"] = cfg.attn_implementation
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
+        if attn_implementation and "attn" in str(e).lower():
+            raise ConfigError(f"model.attn_implementation={cfg.attn_implementation}: '{path}' does not support it "
+                              f"({str(e).splitlines()[0][:160]}); use sdpa or eager") from None
         raise ConfigError(f"model.hf '{path}' could not be loaded as a causal LM ({str(e).splitlines()[0][:200]}); "
                           "give a Hugging Face model directory (config.json + weights), a .gguf file, or a Hub id "
                           "when online") from None
@@ -67,7 +81,11 @@ def load_hf_model(cfg, path: str, load_dtype: torch.dtype):
                               f"its linear layers are named {sorted(names)}")
         lcfg = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM")
-        model = get_peft_model(model, lcfg)  # adapters in fp32 (peft's autocast_adapter_dtype)
+        import warnings
+
+        with warnings.catch_warnings():  # peft asks transformers 5 a deprecated question; not the user's concern
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            model = get_peft_model(model, lcfg)  # adapters in fp32 (peft's autocast_adapter_dtype)
     return model
 
 
@@ -86,6 +104,10 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
             return list(layers)
     raise ConfigError(f"cannot find the decoder layers of {type(core).__name__} (looked for layers / h / blocks); "
                       "use train.parallel=ddp for this model")
+
+
+def hf_attn(lm: nn.Module) -> str | None:
+    return getattr(hf_core(lm).config, "_attn_implementation", None)
 
 
 class SFTModel(nn.Module):
@@ -158,7 +180,7 @@ def self_check(model: SFTModel, device: torch.device, packing: bool, vocab: int,
     if packing and not packed_ok:
         raise ConfigError("this model's attention ignores the block-diagonal mask (a packed row differs from "
                           "separate rows), so packing would let examples attend to each other; set "
-                          "data.packing=false or model.attn_implementation=sdpa")
+                          "data.packing=false or another model.attn_implementation (sdpa, eager)")
     return {"packed_matches_separate": packed_ok, "split_head": model.split_head, "block_mask": block_mask}
 
 
