@@ -115,9 +115,25 @@ def a_text(row: dict) -> str:
     return fci(row["a"], row.get("ci"), 2)
 
 
+NOPT_HOLDOUT = "isoflop_N_opt"  # approach 2's extrapolation of N_opt: one number, not per-run predictions
+
+
 def holdout_items(ctx: LadderContext) -> list[tuple[str, dict]]:
     h = ctx.fits.get("holdout")
-    return [(k, v) for k, v in h.items() if isinstance(v, dict)] if isinstance(h, dict) else []
+    return [(k, v) for k, v in h.items() if isinstance(v, dict) and k != NOPT_HOLDOUT] if isinstance(h, dict) else []
+
+
+def nopt_holdout(ctx: LadderContext) -> dict | None:
+    h = (ctx.fits.get("holdout") or {}).get(NOPT_HOLDOUT)
+    return h if isinstance(h, dict) else None
+
+
+def nopt_holdout_text(h: dict) -> str:
+    if h.get("degenerate") or not finite(h.get("predicted")):
+        return f"approach 2's N_opt: not checked ({h.get('reason') or 'no numbers stored'})"
+    return (f"approach 2's N_opt at the {h.get('held_out', 'held-out budget')}: predicted {fci(h['predicted'], h.get('pi'), 0)}"
+            f" from the other budgets, observed vertex {fci(h.get('observed'), h.get('observed_ci'), 0)} "
+            f"({'inside' if h.get('inside') else '**outside**'} the predicted interval)")
 
 
 def holdout_label(key: str, h: dict) -> str:
@@ -188,6 +204,8 @@ def summary(ctx: LadderContext) -> list[str]:
                           f"over {intc(h.get('n_held_out'))} runs")
         else:
             hparts.append(f"{holdout_label(key, h)}: not checked ({h.get('reason') or 'no numbers stored'})")
+    if nopt_holdout(ctx):
+        hparts.append(nopt_holdout_text(nopt_holdout(ctx)))
     held = next((h.get("held_out") for _, h in holdout_items(ctx) if h.get("held_out")), None)
     L.append(f"- **Measured extrapolation** (fitted without the {held or 'held-out runs'}): "
              + ("; ".join(hparts) if hparts else "no holdout check in results.json") + " (§7).")

@@ -231,7 +231,9 @@ def plot_nopt(results: dict, out_dir: Path) -> list[Path]:
 
 def holdout_targets(results: dict) -> list[tuple[str, dict]]:
     h = _fits(results).get("holdout")
-    return [(k, v) for k, v in h.items() if isinstance(v, dict)] if isinstance(h, dict) else []
+    # per-run predictions only (approach 2's single N_opt extrapolation is a sentence in the note)
+    return [(k, v) for k, v in h.items() if isinstance(v, dict) and isinstance(v.get("runs"), list)] \
+        if isinstance(h, dict) else []
 
 
 def plot_holdout(results: dict, out_dir: Path) -> list[Path]:
@@ -333,7 +335,7 @@ def plot_downstream(results: dict, out_dir: Path) -> list[Path]:
         ax_b.set_ylabel("bits per byte of the correct answer (lower is better)")
         ax_b.set_title(f"{task}: bpb vs N (seed means, 95% t CI)", fontsize=10)
         if math.isfinite(chance):
-            ax_a.axhline(chance, ls="--", color="0.4", lw=1.2, label=f"chance ({chance:g})")
+            ax_a.axhline(chance, ls="--", color="0.4", lw=1.2, label=f"chance ({chance:.3g})")
         lo, hi = ax_a.get_ylim()
         ax_a.set_ylim(max(lo, 0.0), min(hi, 1.0))
         ax_a.set_ylabel(f"{metric} (higher is better; axis clipped to [0, 1])")

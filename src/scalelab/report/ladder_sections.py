@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from scalelab.report.ladder_note import (
     LadderContext, consistency_verdict, frontier_metric_rows, holdout_items, holdout_label, holdout_ok, reason_of,
+    nopt_holdout, nopt_holdout_text,
 )
 from scalelab.report.markdown import count, f3, fci, finite, intc, num, sci, table
 from scalelab.report.note_context import CHINCHILLA_RANGE
@@ -63,6 +64,11 @@ def holdout(ctx: LadderContext) -> list[str]:
                for r in (h.get("runs") or []) if isinstance(r, dict)]
         L += [""] + table(["run", "seed", "N", "D", "observed", f"predicted [{conf:.0%} PI]", "error", "inside"], tab)
         L.append("")
+    if nopt_holdout(ctx):
+        L += ["### N_opt (approach 2)", "",
+              "The IsoFLOP power law fitted on the other budgets' parabola vertices, extrapolated to the held-out "
+              "budget (interval: bootstrap of that power law), against the held-out budget's own vertex: "
+              + nopt_holdout_text(nopt_holdout(ctx)) + ".", ""]
     L += ctx.figure("holdout", "Predicted vs observed for the held-out runs, with prediction intervals; dashed: "
                     "predicted = observed.")
     return L

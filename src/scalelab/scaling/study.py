@@ -538,6 +538,10 @@ def format_isoflop_study(results: dict[str, Any]) -> str:
     for name, h in (fits.get("holdout") or {}).items():
         if h.get("degenerate"):
             lines.append(f"holdout ({name}): not fitted ({h.get('reason')})")
+        elif "runs" not in h:  # approach 2's N_opt extrapolation: one number
+            lines.append(f"holdout ({h['target']}, {h['held_out']}): predicted {h['predicted']:,.0f} "
+                         f"[{h['pi'][0]:,.0f}, {h['pi'][1]:,.0f}], observed vertex {h['observed']:,.0f} "
+                         f"({'inside' if h['inside'] else 'OUTSIDE'})")
         else:
             lines.append(f"holdout ({h['target']}, {h['held_out']}): mean |error| {h['mean_abs_error']:.3f}, "
                          f"{h['coverage']:.0%} of {h['n_held_out']} inside the {h['confidence']:.0%} prediction intervals")

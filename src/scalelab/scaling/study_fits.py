@@ -133,9 +133,37 @@ def fit_isoflop_design(results: dict[str, Any], n_boot: int, seed: int, resample
         _attempt(hold, f"{task}_bpb", lambda: holdout(runs, bpb, chin, n_boot=n_boot, seed=seed,
                                                         label=f"{task} bpb"), law="holdout")
         tasks[task] = task_fits(runs, task, n_boot, seed, resample, budgets)
+    _attempt(hold, "isoflop_N_opt", lambda: isoflop_holdout(runs, fits.get("isoflop") or {}, n_boot, seed),
+             law="holdout")
     fits["holdout"] = hold
     fits["tasks"] = tasks
     return fits
+
+
+def isoflop_holdout(runs: list[dict], full: dict[str, Any], n_boot: int, seed: int) -> dict[str, Any]:
+    """Approach 2 without the largest budget: its N_opt power law predicts the held-out
+    budget's optimum, compared with that budget's own parabola vertex (both with CIs)."""
+    from scalelab.scaling.fit import Points, fit_isoflop
+
+    budgets = sorted({r["budget"] for r in runs})
+    if len(budgets) < 3:
+        raise ScalelabError("an IsoFLOP holdout needs 3+ budgets (2 to fit, 1 to predict)")
+    top = budgets[-1]
+    held_in = [r for r in runs if r["budget"] != top]
+    pts = Points(N=np.array([r["params"] for r in held_in], float), D=np.array([r["tokens"] for r in held_in], float),
+                 L=np.array([r["loss"] for r in held_in], float), flops=np.array([r["budget"] for r in held_in], float),
+                 source="study")
+    fit = fit_isoflop(pts, n_boot=n_boot, seed=seed, predict_compute=[top], tol=0.05)
+    pred = fit["compute_predictions"][0]
+    vertex = next((b for b in full.get("budgets") or [] if b.get("used") and abs(b["C"] / top - 1) < 0.05), None)
+    if vertex is None:
+        raise ScalelabError(f"the largest budget C = {top:.3g} has no usable parabola vertex to compare with")
+    lo, hi = pred["N_opt_ci"]
+    return {"target": "N_opt (approach 2)", "held_out": f"largest budget C = {top:.3g}", "a_fit": fit["a"],
+            "predicted": pred["N_opt"], "pi": [lo, hi], "observed": vertex["N_opt"],
+            "observed_ci": vertex.get("N_opt_ci"), "ratio": vertex["N_opt"] / pred["N_opt"],
+            "inside": bool(lo is not None and hi is not None and lo <= vertex["N_opt"] <= hi),
+            "note": "the interval is the bootstrap CI of the power law fitted on the held-in budgets' vertices"}
 
 
 def task_fits(runs: list[dict], task: str, n_boot: int, seed: int, resample: str,
@@ -145,7 +173,7 @@ def task_fits(runs: list[dict], task: str, n_boot: int, seed: int, resample: str
 
     out: dict[str, Any] = {}
     _attempt(out, "bpb_law", lambda: chinchilla_fit(runs, task_metric(task, "bpb"), n_boot, seed, resample,
-                                                    budgets), law="chinchilla")
+                                                    budgets, profile=False), law="chinchilla")
     rows = [(r["tasks"][task]) for r in runs if task in (r.get("tasks") or {})]
     metric = "acc_norm" if rows and all("acc_norm" in t for t in rows) else "acc"
     rows = [t for t in rows if t.get("bpb") is not None and t.get(metric) is not None]
