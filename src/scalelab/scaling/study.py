@@ -28,6 +28,7 @@ from scalelab.config import RunConfig, apply_overrides, build_dataclass, config_
 from scalelab.errors import ConfigError, ScalelabError, TrainingError
 from scalelab.io import atomic_write_json, atomic_write_text, git_hash, software_versions
 from scalelab.scaling.executors import run_jobs
+from scalelab.scaling.results import check_monotone, plan_primary_ratio, summarize_sizes
 from scalelab.scaling.plan import PlanRules, attach_gpu_hours, parse_size, plan_family, plan_isoflop
 
 FORMAT_VERSION = 1
@@ -323,61 +324,6 @@ def evaluate_tasks(run: dict[str, Any], cfg: StudyConfig) -> dict[str, Any]:
     return tasks
 
 
-def summarize_sizes(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    from scalelab.eval.stats import mean_ci
-
-    by_name: dict[str, list[dict[str, Any]]] = {}
-    for r in runs:
-        by_name.setdefault(r["name"], []).append(r)
-    out = []
-    for name, rs in by_name.items():
-        row = {"name": name, "non_embedding_params": rs[0]["non_embedding_params"], "params": rs[0]["params"],
-               "tokens": rs[0]["tokens"], "ratio": rs[0].get("ratio"), "n_seeds": len(rs),
-               "loss": mean_ci([r["loss"] for r in rs])}
-        bpb = [r["val_bpb"] for r in rs if r.get("val_bpb") is not None]
-        if bpb:
-            row["val_bpb"] = mean_ci(bpb)
-        out.append(row)
-    return sorted(out, key=lambda r: (r.get("ratio") or 0, r["non_embedding_params"]))
-
-
-def check_monotone(sizes: list[dict[str, Any]], primary: float | None = None) -> dict[str, Any]:
-    """Does loss fall with size by more than seed noise?
-
-    Between neighbouring sizes (same tokens-per-param ratio) the drop in mean loss must
-    exceed twice its standard error (sqrt(se_a^2 + se_b^2); ~95% one-sided z-test).
-    The verdict is taken on the primary ratio's family (the compute-optimal one; all
-    rows when `primary` is None); other ratios are listed in `detail` for information.
-    With one seed there is no noise estimate, and the check fails saying so.
-    """
-    detail, verdicts = [], []
-    groups: dict[Any, list[dict[str, Any]]] = {}
-    for s in sizes:
-        groups.setdefault(s.get("ratio"), []).append(s)
-    for ratio, rows in groups.items():
-        counts = primary is None or ratio is None or ratio == primary
-        for a, b in zip(rows, rows[1:]):
-            drop = a["loss"]["mean"] - b["loss"]["mean"]
-            both = a["n_seeds"] > 1 and b["n_seeds"] > 1
-            se = math.sqrt(a["loss"]["stderr"] ** 2 + b["loss"]["stderr"] ** 2) if both else float("nan")
-            beyond = drop > 0 and math.isfinite(se) and drop > 2 * se
-            if counts:
-                verdicts.append(beyond)
-            detail.append({"from": a["name"], "to": b["name"], "ratio": ratio, "counts_for_verdict": counts,
-                           "drop": drop, "stderr": se if math.isfinite(se) else None,
-                           "z": drop / se if both and se > 0 else None, "beyond_noise": beyond})
-    return {"loss_decreases_beyond_noise": bool(verdicts) and all(verdicts),
-            "rule": "each drop in mean loss between neighbouring sizes > 2 x combined stderr of the seed means"
-                    + (f" (verdict on the tokens/param = {primary:g} family)" if primary else ""),
-            "primary_ratio": primary, "detail": detail}
-
-
-def primary_ratio(plan: dict[str, Any]) -> float:
-    """The tokens-per-parameter ratio L(N) is fitted at: 20 (Chinchilla) if planned, else the largest."""
-    ratios = sorted({m.get("ratio") or 20.0 for m in plan["models"]})
-    return 20.0 if 20.0 in ratios else ratios[-1]
-
-
 def fit_all(results: dict[str, Any], cfg: StudyConfig) -> dict[str, Any]:
     """Every law and check of the study's design (scaling/study_fits.py)."""
     from scalelab.scaling.study_fits import fit_study
@@ -487,7 +433,7 @@ def run_study(path: str | Path, overrides: list[str] | None = None, *, progress:
 def _checks(sizes: list[dict[str, Any]], plan: dict[str, Any]) -> dict[str, Any]:
     if plan.get("design") == "isoflop":
         return {}  # filled once the runs are collected (study_fits.frontier_check)
-    return check_monotone(sizes, primary_ratio(plan))
+    return check_monotone(sizes, plan_primary_ratio(plan))
 
 
 def _hardware(base: RunConfig, cfg: StudyConfig) -> dict[str, Any]:
