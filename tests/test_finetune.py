@@ -130,6 +130,11 @@ def test_resume_after_kill_9_is_bitwise_identical(data, tmp_path):
     assert "resumed from" in r.stdout
     assert losses(crashed) == expected  # float equality of every step's loss (dropout RNG restored too)
     assert (crashed / "model" / "config.json").is_file()
+    # a finished run resumed again keeps its output; resuming an earlier checkpoint would replace it: refused
+    r = run_cli(args(model, data, crashed, "train.max_steps=8", "model.lora_dropout=0.1", "train.resume=true"))
+    assert r.returncode == 0 and losses(crashed) == expected, r.stderr[-2000:]
+    r = run_cli(args(model, data, crashed, "train.max_steps=8", "model.lora_dropout=0.1", "train.resume=step_000006"))
+    assert r.returncode == 2 and "never overwritten" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize("mode,extra", [("ddp", []), ("fsdp", ["model.lora=false", "train.lr=1e-3"])])

@@ -124,6 +124,9 @@ class FinetuneJob:
         self.best_val = math.inf
         if self.start.resume:
             self._resume()
+        if cfg.output_dir.exists() and self.step < self.total_steps:  # only a finished run keeps its output
+            raise ConfigError(f"output dir '{cfg.output_dir}' already exists and is never overwritten; move it away "
+                              f"(or set output.dir=...) to train on from step {self.step}")
 
     # -- set-up ------------------------------------------------------------
 
