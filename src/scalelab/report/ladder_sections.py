@@ -141,6 +141,18 @@ def downstream(ctx: LadderContext) -> list[str]:
             L.append(f"- **{t}, step 2:** sigmoid not fitted: {acc.get('reason') or 'no reason stored'}.")
         else:
             L.append(f"- **{t}, step 2:** no accuracy law in results.json.")
+        if isinstance(acc, dict) and acc.get("n_external"):
+            L.append(f"  ({intc(acc['n_external'])} of its points are externally scored ladder models.)")
+        for p in d.get("predictions") or []:
+            if not isinstance(p, dict):
+                continue
+            where = f"N = {sci(p.get('N'))}, D = {sci(p.get('D'))}"
+            if finite(p.get("bpb")):
+                acc_txt = (f"{p.get('accuracy'):.3f} [{p['accuracy_ci'][0]:.3f}, {p['accuracy_ci'][1]:.3f}]"
+                           if finite(p.get("accuracy")) else f"not predicted ({p.get('accuracy_reason')})")
+                L.append(f"  - chained prediction at {where}: bpb {fci(p['bpb'], p.get('bpb_ci'))}, accuracy {acc_txt}")
+            else:
+                L.append(f"  - chained prediction at {where}: not made ({p.get('reason')})")
     return L + [""]
 
 

@@ -74,6 +74,8 @@ class StudyFit:
     n_boot: int = 200
     resample: str = "points"  # bootstrap unit: points | size | seed
     seed: int = 0
+    # targets [N, D] at which every task's two-step law predicts bpb and accuracy (with intervals)
+    predict: list[list[float]] = field(default_factory=list)
 
 
 @dataclass
@@ -81,6 +83,9 @@ class StudyEval:
     tasks: list[str] = field(default_factory=list)  # zero-shot tasks per finished run, e.g. [hellaswag, arc_easy]
     limit: int | None = 500  # fixed seeded subset per task (None = all examples)
     seed: int = 0
+    # models scored elsewhere as extra ladder points for the accuracy step, e.g. public checkpoints:
+    # [{name: pythia-160m, params: 1.6e8, tokens: 3e11, results: path/to/eval/results.json}]
+    ladder_points: list[dict[str, Any]] = field(default_factory=list)
 
 
 EXECUTORS = ("local", "slurm")
@@ -328,7 +333,8 @@ def fit_all(results: dict[str, Any], cfg: StudyConfig) -> dict[str, Any]:
     """Every law and check of the study's design (scaling/study_fits.py)."""
     from scalelab.scaling.study_fits import fit_study
 
-    return fit_study(results, n_boot=cfg.fit.n_boot, seed=cfg.fit.seed, resample=cfg.fit.resample)
+    return fit_study(results, n_boot=cfg.fit.n_boot, seed=cfg.fit.seed, resample=cfg.fit.resample,
+                     predict=cfg.fit.predict)
 
 
 def run_study(path: str | Path, overrides: list[str] | None = None, *, progress: bool = True,
@@ -410,6 +416,7 @@ def run_study(path: str | Path, overrides: list[str] | None = None, *, progress:
                  "val_tokens": (meta.get("splits", {}).get("val") or {}).get("tokens"),
                  "train_docs": (meta.get("splits", {}).get("train") or {}).get("docs")},
         "hardware": _hardware(base, cfg),
+        "ladder_points": [read_ladder_point(p) for p in cfg.eval.ladder_points],
         "plan": plan,
         "runs": runs,
         "sizes": sizes,
@@ -428,6 +435,32 @@ def run_study(path: str | Path, overrides: list[str] | None = None, *, progress:
         results["report"] = {k: [str(p) for p in v] if isinstance(v, list) else str(v)
                              for k, v in report(out).items()}
     return results
+
+
+def read_ladder_point(point: dict[str, Any]) -> dict[str, Any]:
+    """An externally scored model (`scalelab eval` results.json) as a ladder point: N, D, task metrics."""
+    import json
+
+    missing = [k for k in ("name", "params", "tokens", "results") if k not in point]
+    if missing:
+        raise ConfigError(f"eval.ladder_points entry {point!r} lacks {', '.join(missing)}; give name, params, tokens "
+                          "and results (the results.json of `scalelab eval`)")
+    path = Path(point["results"])
+    try:
+        res = json.loads(path.read_text())["results"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"eval.ladder_points '{point['name']}': cannot read {path} ({e}); run `scalelab eval "
+                          f"TARGET --tasks ...` and point results at its results.json") from None
+    tasks = {}
+    for task, r in res.items():
+        row = {"n": r.get("n")}
+        for m in ("acc", "acc_norm", "bpb"):
+            if m in r:
+                lo, hi = r.get(f"{m}_ci") or [None, None]
+                row.update({m: r[m], f"{m}_lo": lo, f"{m}_hi": hi})
+        tasks[task] = row
+    return {"name": point["name"], "params": float(point["params"]), "tokens": float(point["tokens"]),
+            "source": str(path), "tasks": tasks}
 
 
 def _checks(sizes: list[dict[str, Any]], plan: dict[str, Any]) -> dict[str, Any]:

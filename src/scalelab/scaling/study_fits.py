@@ -96,7 +96,8 @@ def task_metric(task: str, metric: str) -> Callable[[dict], Any]:
     return lambda r: ((r.get("tasks") or {}).get(task) or {}).get(metric)
 
 
-def fit_isoflop_design(results: dict[str, Any], n_boot: int, seed: int, resample: str) -> dict[str, Any]:
+def fit_isoflop_design(results: dict[str, Any], n_boot: int, seed: int, resample: str,
+                       predict: list | None = None) -> dict[str, Any]:
     from scalelab.scaling.envelope import fit_envelope
     from scalelab.scaling.fit import Points, fit_chinchilla, fit_isoflop
     from scalelab.scaling.ladder import compare_exponents, frontier_consistency, holdout
@@ -132,7 +133,8 @@ def fit_isoflop_design(results: dict[str, Any], n_boot: int, seed: int, resample
         bpb = task_metric(task, "bpb")
         _attempt(hold, f"{task}_bpb", lambda: holdout(runs, bpb, chin, n_boot=n_boot, seed=seed,
                                                         label=f"{task} bpb"), law="holdout")
-        tasks[task] = task_fits(runs, task, n_boot, seed, resample, budgets)
+        tasks[task] = task_fits(runs, task, n_boot, seed, resample, budgets,
+                                external=results.get("ladder_points") or [], predict=predict or [])
     _attempt(hold, "isoflop_N_opt", lambda: isoflop_holdout(runs, fits.get("isoflop") or {}, n_boot, seed),
              law="holdout")
     fits["holdout"] = hold
@@ -166,23 +168,35 @@ def isoflop_holdout(runs: list[dict], full: dict[str, Any], n_boot: int, seed: i
             "note": "the interval is the bootstrap CI of the power law fitted on the held-in budgets' vertices"}
 
 
-def task_fits(runs: list[dict], task: str, n_boot: int, seed: int, resample: str,
-              budgets: list[float]) -> dict[str, Any]:
-    """Step 1 (task bpb vs N, D) and step 2 (accuracy vs bpb, where points are above chance)."""
-    from scalelab.scaling.task_laws import above_chance, fit_accuracy_sigmoid
+def task_fits(runs: list[dict], task: str, n_boot: int, seed: int, resample: str, budgets: list[float],
+              external: list[dict] | None = None, predict: list | None = None) -> dict[str, Any]:
+    """Step 1 (task bpb vs N, D, on the study's runs) and step 2 (accuracy vs bpb, where points are
+    above chance; externally scored ladder points join here), chained at the `predict` targets."""
+    from scalelab.scaling.task_laws import above_chance, fit_accuracy_sigmoid, predict_accuracy
 
     out: dict[str, Any] = {}
     _attempt(out, "bpb_law", lambda: chinchilla_fit(runs, task_metric(task, "bpb"), n_boot, seed, resample,
                                                     budgets, profile=False), law="chinchilla")
-    rows = [(r["tasks"][task]) for r in runs if task in (r.get("tasks") or {})]
+    own = [r["tasks"][task] for r in runs if task in (r.get("tasks") or {})]
+    chance = float(np.mean([t.get("chance") or 0.25 for t in own])) if own else None
+    ext = [p["tasks"][task] for p in external or [] if task in (p.get("tasks") or {})]
+    rows = own + ext
     metric = "acc_norm" if rows and all("acc_norm" in t for t in rows) else "acc"
     rows = [t for t in rows if t.get("bpb") is not None and t.get(metric) is not None]
-    chance = float(np.mean([t.get("chance") or 0.25 for t in rows])) if rows else None
-    if rows:
+    if rows and chance is not None:
         out["accuracy"] = fit_accuracy_sigmoid([t["bpb"] for t in rows], [t[metric] for t in rows], chance,
-                                               [above_chance(t.get(f"{metric}_lo"), t.get("chance")) for t in rows],
+                                               [above_chance(t.get(f"{metric}_lo"), chance) for t in rows],
                                                n_boot=n_boot, seed=seed)
-        out["accuracy"]["metric"] = metric
+        out["accuracy"].update(metric=metric, n_external=len(ext))
+    preds = []
+    for target in predict or []:
+        N, D = (float(x) for x in target)
+        try:
+            preds.append(predict_accuracy(out["bpb_law"], out.get("accuracy") or {}, N, D))
+        except (ScalelabError, KeyError) as e:
+            preds.append({"N": N, "D": D, "reason": str(e)})
+    if preds:
+        out["predictions"] = preds
     return out
 
 
@@ -274,7 +288,8 @@ def fit_ratio_design(results: dict[str, Any], n_boot: int, seed: int, resample: 
     return fits
 
 
-def fit_study(results: dict[str, Any], n_boot: int = 200, seed: int = 0, resample: str = "points") -> dict[str, Any]:
+def fit_study(results: dict[str, Any], n_boot: int = 200, seed: int = 0, resample: str = "points",
+              predict: list | None = None) -> dict[str, Any]:
     if (results.get("plan") or {}).get("design") == "isoflop":
-        return fit_isoflop_design(results, n_boot, seed, resample)
+        return fit_isoflop_design(results, n_boot, seed, resample, predict or [])
     return fit_ratio_design(results, n_boot, seed, resample)

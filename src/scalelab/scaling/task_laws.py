@@ -69,23 +69,29 @@ def fit_accuracy_sigmoid(bpb, acc, chance: float, above_chance, n_boot: int = 20
 
 def predict_accuracy(bpb_fit: dict[str, Any], acc_fit: dict[str, Any], N: float, D: float,
                      confidence: float = 0.95) -> dict[str, Any]:
-    """Chain: bpb at (N, D) from step 1's bootstrap samples, through step 2's samples, to accuracy."""
-    if not acc_fit.get("fitted"):
-        raise ScalelabError(f"no accuracy sigmoid to chain: {acc_fit.get('reason')}")
+    """Chain: bpb at (N, D) from step 1's bootstrap samples, through step 2's samples, to accuracy.
+    Without a fitted step 2 the accuracy is left out, with the reason."""
+    if bpb_fit.get("degenerate"):
+        raise ScalelabError(f"the task-bpb law is degenerate: {bpb_fit.get('reason')}")
     s = bpb_fit.get("samples") or {}
     if not s:
         raise ScalelabError("the task-bpb fit has no stored bootstrap samples; refit with n_boot >= 2")
     E, A, B, al, be = (np.asarray(s[k], float) for k in ("E", "A", "B", "alpha", "beta"))
-    bpb = E + A / N ** al + B / D ** be
+    with np.errstate(all="ignore"):
+        bpb = E + A / N ** al + B / D ** be
+    p = bpb_fit
+    bpb_pt = p["E"] + p["A"] / N ** p["alpha"] + p["B"] / D ** p["beta"]
+    out = {"N": N, "D": D, "bpb": float(bpb_pt), "bpb_ci": list(percentile_interval(bpb, confidence))}
+    if not acc_fit.get("fitted"):
+        out["accuracy_reason"] = acc_fit.get("reason") or "no accuracy law"
+        return out
     a = acc_fit["samples"]
     m = min(bpb.size, len(a["top"]))
     acc = sigmoid_accuracy(bpb[:m], np.asarray(a["top"][:m]), np.asarray(a["k"][:m]), np.asarray(a["x0"][:m]),
                            acc_fit["chance"])
-    p = bpb_fit
-    bpb_pt = p["E"] + p["A"] / N ** p["alpha"] + p["B"] / D ** p["beta"]
-    acc_pt = float(sigmoid_accuracy(bpb_pt, acc_fit["top"], acc_fit["k"], acc_fit["x0"], acc_fit["chance"]))
-    return {"N": N, "D": D, "bpb": float(bpb_pt), "bpb_ci": list(percentile_interval(bpb, confidence)),
-            "accuracy": acc_pt, "accuracy_ci": list(percentile_interval(acc, confidence))}
+    out["accuracy"] = float(sigmoid_accuracy(bpb_pt, acc_fit["top"], acc_fit["k"], acc_fit["x0"], acc_fit["chance"]))
+    out["accuracy_ci"] = list(percentile_interval(acc, confidence))
+    return out
 
 
 def above_chance(lo: float | None, chance: float | None) -> bool:
