@@ -61,3 +61,15 @@ def test_every_command_checks_device_first(argv, capsys, tmp_path, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: --device 'tpu' is not a device") and "\n" not in err
     assert list(tmp_path.iterdir()) == []  # nothing prepared, trained or written
+
+
+def test_library_train_refuses_an_unknown_device_before_any_work(tmp_path):
+    """`train(cfg, device=...)` called from Python gets the same check as the CLI."""
+    from scalelab.config import load_config
+    from scalelab.errors import ConfigError
+    from scalelab.train.trainer import train
+
+    cfg = load_config("configs/cpu-tiny.yaml", [f"out_dir={tmp_path / 'run'}", "train.max_steps=1"])
+    with pytest.raises(ConfigError, match="tpu"):
+        train(cfg, device="tpu")
+    assert not (tmp_path / "run").exists()

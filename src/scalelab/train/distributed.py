@@ -40,6 +40,10 @@ def init_distributed(device: str | None = None) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is not None:  # the library path gets the CLI's check too: "tpu" never trains on the CPU
+        from scalelab.train.hardware import resolve_device
+
+        device = str(resolve_device(device))
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
     if use_cuda:
         torch.cuda.set_device(local_rank)
