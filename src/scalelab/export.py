@@ -250,41 +250,28 @@ class _Source:
     weights: str  # "model" | "ema"
 
 
-def _run_dir_of(ckpt: Path) -> Path:
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt
-
-
 def load_source(run: str | Path, which: str = "last", weights: str = "model",
                 tokenizer: str | Path | None = None) -> _Source:
     """The checkpoint, its GPT (weights loaded, eval mode) and its tokenizer."""
-    from scalelab.eval.loading import load_gpt, read_checkpoint
     from scalelab.model.hf_adapter import check_llama_compatible
-    from scalelab.train import checkpoint as ck
+    from scalelab.train.load import load_trained, read_checkpoint
 
     if which not in ("last", "best"):
         raise ConfigError(f"--which must be 'last' or 'best', got '{which}'")
     if weights not in ("model", "ema"):
         raise ConfigError(f"--weights must be 'model' or 'ema', got '{weights}'")
-    ckpt, state, cfg = read_checkpoint(Path(run), which)
+    ckpt, _, cfg = read_checkpoint(Path(run), which)
     try:
         check_llama_compatible(cfg)
     except ConfigError as e:
         raise ConfigError(f"cannot export '{ckpt}': {e}. Only Llama-shaped models (model.mlp=swiglu, "
                           "model.qk_norm=false, model.logit_softcap=null, model.unet_skips=false) map onto "
                           "LlamaForCausalLM") from None
-    em = load_gpt(ckpt, device="cpu", dtype="fp32", tokenizer=tokenizer)
-    model = em.model
-    if weights == "ema":
-        ema_path = ckpt / "ema.safetensors"
-        if not ema_path.is_file():
-            raise CheckpointError(f"checkpoint '{ckpt}' has no EMA weights (ema.safetensors): the run was trained "
-                                  "without train.ema_decay. Export --weights model instead")
-        try:
-            model.load_state_dict(ck.load_weights(ema_path), strict=True)
-        except RuntimeError as e:
-            raise CheckpointError(f"EMA weights of '{ckpt}' do not fit the model: {str(e).splitlines()[0]}") from None
-    model.eval()
-    return _Source(_run_dir_of(ckpt), ckpt, state, model, em.tokenizer, weights)
+    if weights == "ema" and not (ckpt / "ema.safetensors").is_file():
+        raise CheckpointError(f"checkpoint '{ckpt}' has no EMA weights (ema.safetensors): the run was trained "
+                              "without train.ema_decay. Export --weights model instead")
+    t = load_trained(ckpt, device="cpu", tokenizer=tokenizer, weights=weights)
+    return _Source(t.run_dir, ckpt, t.state, t.model, t.tokenizer, weights)
 
 
 def _build_hf_model(model, eot_id: int):

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from scalelab.errors import CheckpointError, DataError
+from scalelab.errors import CheckpointError
 from scalelab.eval import scoring
 from scalelab.eval.scoring import EngineStats, EvalError
 
@@ -295,95 +295,18 @@ class GPTEvalModel(EvalModel):
         return new
 
 
-def read_checkpoint(path: Path, which: str = "last"):
-    """(checkpoint dir, its state.json, its GPTConfig) for a run dir or a checkpoint dir."""
-    from scalelab.model.gpt import GPTConfig
-    from scalelab.train import checkpoint as ck
-
-    if not path.exists():
-        raise CheckpointError(f"'{path}' does not exist: give a scalelab run dir, a checkpoint dir, or hf:PATH "
-                              "for a Hugging Face model")
-    ckpt = ck.find_checkpoint(path, which)
-    if ckpt is None:
-        raise CheckpointError(f"'{path}' holds no scalelab checkpoint (no {ck.STATE_FILE}, no checkpoints/{which}); "
-                              "train it first, or pass hf:PATH for a Hugging Face model directory")
-    state = ck.load_state(ckpt)
-    mc = state.get("model_config")
-    if not isinstance(mc, dict):
-        raise CheckpointError(f"checkpoint '{ckpt}' has no model_config in {ck.STATE_FILE}; it was not written by "
-                              "scalelab train")
-    known = set(GPTConfig.__dataclass_fields__)
-    unknown = sorted(set(mc) - known)
-    if unknown:
-        raise CheckpointError(f"checkpoint '{ckpt}' has model settings this scalelab does not know ({', '.join(unknown)}); "
-                              "upgrade scalelab")
-    cfg = GPTConfig(**mc)
-    return ckpt, state, cfg
-
-
 def load_gpt(target: str | Path, device=None, dtype=None, tokenizer: str | Path | None = None) -> GPTEvalModel:
-    """A scalelab run dir (`RUN`, `RUN@best`, `RUN@last`) or checkpoint dir."""
-    from scalelab.data.prepare import load_data_tokenizer
-    from scalelab.data.tokenizer import load_tokenizer
-    from scalelab.model.gpt import GPT
-    from scalelab.train import checkpoint as ck
-
-    text = str(target)
-    which = "last"
-    if "@" in Path(text).name:
-        text, which = text.rsplit("@", 1)
-        if which not in ("last", "best"):
-            raise CheckpointError(f"'{target}': the suffix after @ must be 'last' or 'best', got '{which}'")
-    ckpt, state, cfg = read_checkpoint(Path(text), which)
-
-    # The tokenizer: the run's data dir, or an explicit one; its identity must match.
-    saved_identity = state.get("tokenizer_identity")
-    if tokenizer is not None:
-        tok = load_tokenizer(tokenizer)
-        where = str(tokenizer)
-    else:
-        data_dir = ((state.get("config") or {}).get("data") or {}).get("dir")
-        if not data_dir:
-            raise DataError(f"checkpoint '{ckpt}' does not record its data dir (config.data.dir); pass the "
-                            "tokenizer explicitly (--tokenizer PATH)")
-        candidates = [Path(data_dir)]
-        if not Path(data_dir).is_absolute():  # trained from another working directory?
-            run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt
-            candidates += [run_dir.parent / data_dir, run_dir / Path(data_dir).name]
-        found = next((c for c in candidates if c.is_dir()), None)
-        if found is None:
-            raise DataError(f"the tokenizer of checkpoint '{ckpt}' is missing: its data dir '{data_dir}' "
-                            f"(state.json config.data.dir) does not exist here. Run from the directory you "
-                            f"trained in, or pass --tokenizer PATH (a tokenizer with identity {saved_identity})")
-        try:
-            tok = load_data_tokenizer(found)
-        except DataError as e:
-            raise DataError(f"cannot load the tokenizer of checkpoint '{ckpt}' from '{found}': {e}") from None
-        if tok is None:
-            raise DataError(f"data dir '{found}' of checkpoint '{ckpt}' has no tokenizer (public shards?); pass "
-                            "--tokenizer PATH")
-        where = str(found)
-    if saved_identity and tok.identity != saved_identity:
-        raise CheckpointError(f"wrong tokenizer for checkpoint '{ckpt}': it was trained with {saved_identity} but "
-                              f"'{where}' holds {tok.identity}. Point at the original data dir / tokenizer")
-    if cfg.vocab_size is None:
-        cfg.vocab_size = tok.vocab_size
+    """A scalelab run dir (`RUN`, `RUN@best`, `RUN@last`) or checkpoint dir (train.load_trained)."""
+    from scalelab.train.load import load_trained
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    weights_path = ckpt / ck.MODEL_FILE
-    sd = ck.load_weights(weights_path)
-    with torch.device(dev):  # fp32 weights; bf16 on GPU comes from autocast, as in training
-        model = GPT(cfg)
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint '{ckpt}' does not fit its own model_config: {str(e).splitlines()[0]}") from None
-    model.eval()
+    t = load_trained(target, device=dev, tokenizer=tokenizer)
+    ckpt = t.path
     run = ckpt.parent.parent.name if ckpt.parent.name == "checkpoints" else ckpt.name
     name = f"{run}/{ckpt.name}" if ckpt.parent.name == "checkpoints" else run
-    em = GPTEvalModel(model, tok, dev, dt, name=name, hash=file_hash([weights_path]))
-    em.origin = str(weights_path)
+    em = GPTEvalModel(t.model, t.tokenizer, dev, dt, name=name, hash=file_hash([t.weights_file]))
+    em.origin = str(t.weights_file)
     return em
 
 

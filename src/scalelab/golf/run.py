@@ -101,17 +101,19 @@ def precheck(model_cfg: GPTConfig, golf: GolfConfig) -> dict[str, int]:
     return est
 
 
-def _final_weights(run: RunConfig, golf: GolfConfig) -> tuple[str, dict[str, torch.Tensor]]:
-    from scalelab.train.checkpoint import MODEL_FILE, find_checkpoint, load_weights
+def _final_model(run: RunConfig, golf: GolfConfig, device: torch.device, tokenizer):
+    """(which weights, the trained GPT on `device`) from the run's last checkpoint."""
+    from scalelab.train.checkpoint import find_checkpoint
+    from scalelab.train.load import load_trained
 
     ckpt = find_checkpoint(run.out_dir, "last")
     if ckpt is None:
         raise GolfError(f"training finished but '{run.out_dir}' holds no checkpoint")
     which = golf.weights if golf.weights != "auto" else ("ema" if run.train.ema_decay else "raw")
-    path = ckpt / ("ema.safetensors" if which == "ema" else MODEL_FILE)
-    if not path.is_file():
-        raise GolfError(f"checkpoint '{ckpt}' has no {path.name} (golf.weights={golf.weights})")
-    return which, load_weights(path)
+    if which == "ema" and not (ckpt / "ema.safetensors").is_file():
+        raise GolfError(f"checkpoint '{ckpt}' has no ema.safetensors (golf.weights={golf.weights})")
+    trained = load_trained(ckpt, device=device, tokenizer=tokenizer, weights="ema" if which == "ema" else "model")
+    return which, trained.model
 
 
 def _markdown(result: dict) -> str:
@@ -163,9 +165,8 @@ def run_golf(run: RunConfig, golf: GolfConfig, device: str | None = None, progre
     if run.train.threads:
         torch.set_num_threads(run.train.threads)
     model_cfg = GPTConfig(**summary["model_config"])
-    which, weights = _final_weights(run, golf)
-
     tok, tok_file = resolve_tokenizer(run.data.dir, run.data.tokenizer)
+    which, model = _final_model(run, golf, dev, tok)
     counter = ByteCounter.for_tokenizer(tok, tok_file if tok.name == "sentencepiece" else None)
     if tok.vocab_size > model_cfg.vocab_size:
         raise GolfError(f"the tokenizer has {tok.vocab_size} tokens but the model only {model_cfg.vocab_size}")
@@ -174,9 +175,6 @@ def run_golf(run: RunConfig, golf: GolfConfig, device: str | None = None, progre
     ev = dict(counter=counter, seq_len=model_cfg.seq_len, batch_size=golf.eval_batch, device=dev,
               autocast_dtype=autocast)
 
-    model = GPT(model_cfg)
-    model.load_state_dict(weights, strict=True)
-    model.to(dev)
     pre = evaluate_bpb(model, val, **ev)
     _log(f"before quantization: val_bpb {pre['val_bpb']:.4f} ({pre['tokens']:,} tokens, {pre['bytes']:,} bytes, "
          f"{pre['seconds']:.1f} s)", progress)
