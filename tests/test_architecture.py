@@ -24,8 +24,6 @@ LONG_FILES = {
 # but the modules still depend on each other. Each is listed with the reason it is tolerated;
 # the test fails on any new circle and on a listed one that no longer exists.
 LAZY_CYCLES = {
-    # load_model_for_eval dispatches to the HF loader on demand; hf.py builds on EvalModel.
-    ("scalelab.eval.hf", "scalelab.eval.loading"): "dispatch to an optional backend (transformers)",
     # tasks/spec.py reads harness-form task files through task_files.py (lazily), and
     # task_files.py's export_harness_task uses the tasks package (lazily): the task file format
     # lives in two places; the way out is moving its reading half into tasks/spec.py.

@@ -5,7 +5,7 @@ import pytest
 import eval_helpers as H
 
 from scalelab.eval.generate import DEFAULT_PROMPTS, SampleSettings, read_prompts, sample_prompts, write_samples
-from scalelab.eval.loading import GPTEvalModel
+from scalelab.eval.gpt_backend import GPTEvalModel
 from scalelab.eval.scoring import EvalError
 
 

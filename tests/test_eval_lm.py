@@ -9,7 +9,7 @@ import eval_helpers as H
 
 from scalelab.errors import DataError
 from scalelab.eval.lm import evaluate_lm, window_plan
-from scalelab.eval.loading import GPTEvalModel
+from scalelab.eval.gpt_backend import GPTEvalModel
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

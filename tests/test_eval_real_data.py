@@ -7,7 +7,7 @@ import pytest
 import eval_helpers as H
 
 from scalelab.eval import tasks as T
-from scalelab.eval.loading import GPTEvalModel
+from scalelab.eval.gpt_backend import GPTEvalModel
 
 SIZES = {"hellaswag": 10042, "arc_easy": 570, "arc_challenge": 299, "piqa": 1838, "winogrande": 1267,
          "openbookqa": 500, "sciq": 1000, "boolq": 3270, "lambada": 5153}

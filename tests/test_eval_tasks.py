@@ -10,7 +10,7 @@ import eval_helpers as H
 from scalelab.errors import ScalelabError
 from scalelab.eval import tasks as T
 from scalelab.eval.tasks import run as RUN
-from scalelab.eval.loading import GPTEvalModel
+from scalelab.eval.gpt_backend import GPTEvalModel
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

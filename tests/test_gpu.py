@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scalelab.eval.lm import evaluate_lm
-from scalelab.eval.loading import load_gpt
+from scalelab.eval.gpt_backend import load_gpt
 from scalelab.train import fp8
 from scalelab.train.trainer import train
 from test_schedule_optim import muon_and_torch_muon_after

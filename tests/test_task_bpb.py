@@ -7,7 +7,7 @@ import eval_helpers as H
 
 from scalelab.eval import scoring
 from scalelab.eval import tasks as T
-from scalelab.eval.loading import GPTEvalModel
+from scalelab.eval.gpt_backend import GPTEvalModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from scalelab.errors import CheckpointError, DataError
-from scalelab.eval.loading import EvalModel, file_hash, resolve_device, resolve_dtype
+from scalelab.eval.model import EvalModel, file_hash, resolve_device, resolve_dtype
 from scalelab.eval.scoring import EvalError
 
 DEFAULT_MAX_LENGTH = 2048

@@ -18,7 +18,7 @@ contexts longer than the window truncated from the left: the model sees the last
   positions that predict a scored token, in chunks (bounded memory), in fp32.
 
 A backend supplies `hidden(idx, pos, mask)` (final hidden states; `pos`/`mask` None =
-ordinary causal) and `logits(h)`; `scalelab.eval.loading` (our GPT) and
+ordinary causal) and `logits(h)`; `scalelab.eval.gpt_backend` (our GPT) and
 `scalelab.eval.hf` (any Hugging Face causal LM) implement it. A backend without
 working masks (`supports_masks = False`) gets one plain sequence per row instead; one
 with `full_logits = True` returns logits from `hidden` (a model reachable only through

@@ -81,7 +81,7 @@ class CheckpointSampler:
 
         from scalelab.data.prepare import load_data_tokenizer
         from scalelab.eval.generate import SampleSettings, sample_prompts
-        from scalelab.eval.loading import wrap_gpt
+        from scalelab.eval.gpt_backend import wrap_gpt
 
         if self._tokenizer is None:
             self._tokenizer = load_data_tokenizer(self.data_dir)

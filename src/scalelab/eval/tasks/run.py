@@ -132,7 +132,7 @@ def run_tasks_in_training(model, tokenizer, task_names: list[str], limit: int | 
     scalelab `GPT` and its `Tokenizer`. Data and prompts are cached across calls. An
     FSDP2-sharded model is scored through its forward (the hooks gather the shards):
     call it on every rank with the same arguments."""
-    from scalelab.eval.loading import wrap_gpt
+    from scalelab.eval.gpt_backend import wrap_gpt
 
     em = wrap_gpt(model, tokenizer, device=device)
     if batch_size is not None:
