@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from ft_helpers import qa_records, tiny_llama_dir, workdir, write_jsonl
-from scalelab.errors import ConfigError
+from scalelab.errors import ConfigError, DataError
 from scalelab.finetune.config import load_finetune_config
 from scalelab.finetune.job import finetune
 from scalelab.train.logging import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -90,17 +92,27 @@ def test_adapter_output_reproduces_the_merged_model(data, tmp_path):
         assert torch.allclose(merged(ids).logits, adapted(ids).logits, atol=1e-4)
 
 
-def test_full_finetune_and_fallback_template(data, tmp_path):
+def test_full_finetune_on_chat_data_with_the_fallback_template(tmp_path):
     model = tiny_llama_dir(False)  # no chat template: the documented fallback
-    s = finetune(load_finetune_config(None, args(model, data, tmp_path / "full", "train.max_steps=4",
-                                                 "model.lora=false", "train.lr=1e-3", "data.packing=false")))
-    assert s["trainable_params"] == s["params"]
+    chat = [{"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": r["instruction"]},
+                          {"role": "assistant", "content": r["output"]}]} for r in qa_records(80)]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(chat), tmp_path / "chat.parquet")
+    s = finetune(load_finetune_config(None, args(model, tmp_path / "chat.parquet", tmp_path / "full",
+                                                 "train.max_steps=4", "model.lora=false", "train.lr=1e-3",
+                                                 "data.packing=false")))
+    assert s["trainable_params"] == s["params"] and s["data"]["format"] == "chat"
     ls = losses(tmp_path / "full")
     assert ls[-1] < ls[0]
 
 
-def test_user_errors_are_one_clear_message(data, tmp_path):
+def test_user_errors_are_one_clear_message(data, tmp_path, monkeypatch):
     model = tiny_llama_dir(True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network wait: the Hub is unreachable here anyway
+    with pytest.raises(DataError, match="hf:no-such/dataset.*could not be loaded"):
+        finetune(load_finetune_config(None, args(model, "hf:no-such/dataset", tmp_path / "w", "train.max_steps=1")))
     with pytest.raises(ConfigError, match="lora_target_modules.*linear layers are named"):
         finetune(load_finetune_config(None, args(model, data, tmp_path / "x", "train.max_steps=1",
                                                  "model.lora_target_modules=[qkv]")))
@@ -165,3 +177,30 @@ def test_activation_checkpointing_gives_the_same_losses(data, tmp_path):
                                                     "model.activation_checkpointing=true")))
     assert losses(tmp_path / "c") == pytest.approx(losses(tmp_path / "p"), rel=1e-6)
     assert ckpt["val_loss"] == pytest.approx(plain["val_loss"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_smollm2_lora_two_steps_and_the_output_answers(tmp_path):
+    """The real offline model (converted once into the cache, ~70 s the first time)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    s = finetune(load_finetune_config(ROOT / "configs/finetune-cpu.yaml", [
+        f"out_dir={tmp_path / 'run'}", "train.max_steps=2", "data.max_examples=24", "data.val_examples=4",
+        "train.eval_rows=2", "data.max_length=384"]))
+    assert s["steps"] == 2 and s["self_check"]["packed_matches_separate"] and s["val_loss"] < 2.0
+    tok = AutoTokenizer.from_pretrained(s["output"])
+    lm = AutoModelForCausalLM.from_pretrained(s["output"], dtype=torch.float32)
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = lm.generate(**ids, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1]:])
+
+
+@pytest.mark.slow
+def test_compile_gives_the_same_losses(data, tmp_path):
+    model = tiny_llama_dir(True)
+    plain = finetune(load_finetune_config(None, args(model, data, tmp_path / "p", "train.max_steps=3")))
+    comp = finetune(load_finetune_config(None, args(model, data, tmp_path / "c", "train.max_steps=3",
+                                                    "model.compile=true")))
+    assert losses(tmp_path / "c") == pytest.approx(losses(tmp_path / "p"), rel=1e-4)
+    assert comp["val_loss"] == pytest.approx(plain["val_loss"], rel=1e-4)
