@@ -63,9 +63,14 @@ def test_bad_override_syntax_and_missing_file(tmp_path):
 def test_shipped_configs_load():
     import pathlib
 
+    from scalelab.finetune.config import load_finetune_config
+
     for path in sorted(pathlib.Path(__file__).parents[1].glob("configs/*.yaml")):
         if path.name.startswith(("study", "tune", "golf")):
-            continue  # not run configs
+            continue  # not run configs (tests/test_study.py, test_tune_*, test_golf* load those)
+        if path.name.startswith("finetune"):
+            load_finetune_config(path)  # a fine-tune job's config
+            continue
         load_config(path)
 
 
