@@ -11,6 +11,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import dataclasses
 import json
+import re
 import sys
 import typing
 
@@ -79,8 +80,8 @@ def _train_resume_override(args) -> None:
         if args.config is not None:
             args.overrides.insert(0, args.config)
         args.config, value = value, "last"
-    elif "=" in value:  # `CONFIG --resume key=value ...`
-        args.overrides.insert(0, value)
+    elif "=" in value:  # `CONFIG [overrides] --resume key=value ...`: after those, before later ones
+        args.overrides.insert(getattr(args, "n_early_overrides", len(args.overrides)), value)
         value = "last"
     args.overrides.append(f"train.resume={value}")
 
@@ -369,9 +370,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# A dotted override word: `train.lr=3e-3`, `seeds=[0,1,2]` (never a flag, never a path).
+_OVERRIDE_WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """parse_args, except that dotted overrides may also follow flags
+    (`train CFG --device cpu train.lr=1e-3`). argparse fills the `overrides` positional
+    only from the words before the first flag and calls later ones unrecognized;
+    parse_intermixed_args cannot be used with subcommands. Later overrides keep their order
+    after the earlier ones; any other unknown word is the usual argparse error."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        late = [w for w in extra if _OVERRIDE_WORD.match(w)]
+        if len(late) != len(extra) or not isinstance(getattr(args, "overrides", None), list):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.n_early_overrides = len(args.overrides)
+        args.overrides.extend(late)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    return run_parsed(parser, parser.parse_args(argv))
+    return run_parsed(parser, parse_args(parser, argv))
 
 
 def run_parsed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

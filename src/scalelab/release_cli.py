@@ -143,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir")
     p.add_argument("--no-samples", action="store_true")
     p.set_defaults(func=lambda a: print(format_report_run(report_run(a.run_dir, samples=not a.no_samples))) or 0)
-    from scalelab.cli import run_parsed
+    from scalelab.cli import parse_args, run_parsed
 
-    return run_parsed(parser, parser.parse_args(argv))
+    return run_parsed(parser, parse_args(parser, argv))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,52 @@
+"""Dotted overrides may come before or after flags, for every subcommand that takes them."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scalelab import cli, release_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+CFG = str(ROOT / "configs" / "cpu-tiny.yaml")
+
+
+def printed_config(capsys, argv):
+    assert cli.main(argv) == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_train_overrides_after_flags(capsys):
+    # the case argparse rejected: more than one override after --resume
+    c = printed_config(capsys, ["train", CFG, "--resume", "train.lr=1e-3", "train.warmup_steps=3", "--print-config"])
+    assert c["train"]["lr"] == 1e-3 and c["train"]["warmup_steps"] == 3 and c["train"]["resume"] == "last"
+    c = printed_config(capsys, ["train", CFG, "--device", "cpu", "train.lr=2e-3", "--print-config"])
+    assert c["train"]["lr"] == 2e-3 and c["train"]["resume"] is False
+    # later words win, in command-line order, around --resume CHECKPOINT as well
+    c = printed_config(capsys, ["train", CFG, "train.lr=5", "--resume", "step_000004", "train.lr=1e-3",
+                                "--print-config"])
+    assert c["train"]["lr"] == 1e-3 and c["train"]["resume"] == "step_000004"
+    c = printed_config(capsys, ["train", CFG, "train.lr=5", "--resume", "train.lr=4e-3", "--print-config"])
+    assert c["train"]["lr"] == 4e-3
+    # only overrides, no YAML file, flags first
+    c = printed_config(capsys, ["train", "--print-config", "train.max_steps=7", "model.n_layer=3"])
+    assert c["train"]["max_steps"] == 7 and c["model"]["n_layer"] == 3
+
+
+def test_other_subcommands_take_late_overrides():
+    parser = cli.build_parser()
+    args = cli.parse_args(parser, ["data", CFG, "--quiet", "data.max_docs=5"])
+    assert args.overrides == ["data.max_docs=5"] and args.quiet
+    args = cli.parse_args(parser, ["study", "s.yaml", "seeds=[0,1]", "--quiet", "out_dir=runs/x"])
+    assert args.overrides == ["seeds=[0,1]", "out_dir=runs/x"]
+    args = cli.parse_args(parser, ["lr-find", CFG, "--steps", "5", "train.lr=1e-3"])
+    assert args.overrides == ["train.lr=1e-3"] and args.steps == 5
+
+
+def test_unknown_words_are_still_argparse_errors(capsys):
+    for argv in (["train", CFG, "--device", "cpu", "bogus"], ["train", CFG, "--nope", "train.lr=1"],
+                 ["fit", "results.json", "--json", "train.lr=1"]):  # fit takes no overrides
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        release_cli.main(["lr-find", CFG, "--steps", "5", "other.yaml"])
