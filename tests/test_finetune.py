@@ -149,7 +149,7 @@ def test_resume_after_kill_9_is_bitwise_identical(data, tmp_path):
     assert r.returncode == 2 and "never overwritten" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("mode,extra", [("ddp", []), ("fsdp", ["model.lora=false", "train.lr=1e-3"])])
+@pytest.mark.parametrize("mode,extra", [("ddp", []), ("fsdp", ["model.lora=false", "train.lr=1e-3"]), ("fsdp", [])])
 def test_two_processes_match_one_with_double_accumulation(data, tmp_path, mode, extra):
     model = tiny_llama_dir(True)
     single = tmp_path / "single"
