@@ -85,3 +85,31 @@ def test_hopeless_model_is_refused_before_training(tmp_path, capsys):
     assert rc == 2
     assert "cannot fit golf.budget_bytes=1,000,000" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_json_output_is_the_json_alone_and_gptq_runs_end_to_end(golf_run, capsys):
+    root, overrides, first = golf_run
+    # --json: stdout parses as JSON (`| jq`); progress lines go to stderr.
+    rc = main([CONFIG, *overrides, "golf.quant_method=gptq", "golf.gptq_calib_tokens=4096", "--resume", "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 0
+    result = json.loads(out)
+    assert "[golf]" in err and "[golf]" not in out
+    assert result["quant"]["method"] == "gptq" and result["roundtrip_bit_exact"] is True
+    methods = result["quant"]["methods"]  # the quantized (not fp16) tensors
+    block_q = {k for k in methods if k.startswith("blocks.")}
+    assert block_q and {k for k, v in methods.items() if v == "gptq"} == block_q
+    assert result["quant"]["methods"]["tok_emb.weight"] == "rtn"  # tied with the head: no Hessian of its own
+    assert result["eval"]["pre"]["val_bpb"] == first["eval"]["pre"]["val_bpb"]
+
+
+def test_estimate_prints_the_size_without_training(tmp_path, capsys):
+    rc = main([CONFIG, "model.vocab_size=1024", f"out_dir={tmp_path / 'run'}", f"data.dir={tmp_path / 'none'}",
+               "--estimate", "--json"])
+    est = json.loads(capsys.readouterr().out)
+    assert rc == 0 and est["fits"] and est["budget_bytes"] == 1_000_000
+    assert est["total_bytes"] == est["code_bytes"] + est["weights_bytes"]
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+    rc = main([CONFIG, "model.vocab_size=1024", "golf.budget_bytes=300000", f"data.dir={tmp_path / 'none'}",
+               "--estimate"])
+    assert rc == 2 and "OVER" in capsys.readouterr().out

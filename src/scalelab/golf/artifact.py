@@ -99,6 +99,11 @@ def check_budget(total_bytes: int, budget_bytes: int, code: int, weights: int) -
     """Raise BudgetError with the numbers when code + weights exceed the budget."""
     if total_bytes > budget_bytes:
         over = total_bytes - budget_bytes
+        if code >= budget_bytes:  # no model size fixes this: say so instead of "shrink the model"
+            raise BudgetError(
+                f"the counted code alone is {code:,} bytes, over golf.budget_bytes={budget_bytes:,} before any "
+                f"weights (artifact {total_bytes:,} bytes). Raise golf.budget_bytes above the code size "
+                f"(at least {code + 1:,} plus the weights)")
         raise BudgetError(
             f"golf artifact is {total_bytes:,} bytes (code {code:,} + compressed weights {weights:,}), "
             f"{over:,} bytes ({100 * over / budget_bytes:.2f}%) over golf.budget_bytes={budget_bytes:,}. "

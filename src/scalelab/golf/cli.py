@@ -20,8 +20,10 @@ Overrides: golf.key=value patches the golf section, other keys the training conf
 golf keys and defaults:
   golf.budget_bytes = 16000000     code + compressed weights must fit (error otherwise)
   golf.weights = auto              ema | raw | auto (ema when train.ema_decay is set)
-  golf.quant = int8                int8 | int6 | int5 | int4 | fp16 for tensors > keep_float_numel
+  golf.quant = int8                int8 | int7 | int6 | int5 | int4 | fp16 for tensors > keep_float_numel
   golf.quant_overrides = {}        {fnmatch pattern: scheme}, e.g. {"tok_emb.weight": int8}
+  golf.quant_method = rtn          rtn (round to nearest) | gptq (Hessian-aware, calibrated on training tokens)
+  golf.gptq_calib_tokens = 65536   gptq: training tokens for the Hessians;  golf.gptq_damp = 0.01
   golf.clip = mse                  per-row clip: max | quantile | mse
   golf.clip_quantile = 0.9999984   for clip=quantile
   golf.keep_float_numel = 4096     tensors this small stay fp16
@@ -33,6 +35,7 @@ golf keys and defaults:
 
 examples:
   scalelab golf configs/golf-cpu.yaml
+  scalelab golf configs/golf-8xh100.yaml --estimate      artifact size before training
   scalelab golf configs/golf-cpu.yaml train.max_time_s=60 golf.quant=int6 out_dir=runs/golf-try
   torchrun --standalone --nproc_per_node 8 -m scalelab golf configs/golf-8xh100.yaml
 Results: OUT_DIR/golf.json, OUT_DIR/GOLF.md, OUT_DIR/artifact/ (see docs/GOLF.md).
@@ -55,7 +58,16 @@ def cmd_golf(args) -> int:
 
         print(yaml.safe_dump(to_dict(run, golf), sort_keys=False))
         return 0
-    result = run_golf(run, golf, device=args.device, progress=not args.quiet)
+    if args.estimate:
+        return _estimate(run, golf, args.json)
+    if args.json:
+        # stdout carries the JSON alone (`| jq`); progress lines of golf and the trainer go to stderr.
+        import contextlib
+
+        with contextlib.redirect_stdout(sys.stderr):
+            result = run_golf(run, golf, device=args.device, progress=not args.quiet)
+    else:
+        result = run_golf(run, golf, device=args.device, progress=not args.quiet)
     if not result:
         return 0
     if args.json:
@@ -72,6 +84,30 @@ def cmd_golf(args) -> int:
     return 0
 
 
+def _estimate(run, golf, as_json: bool) -> int:
+    """Print the artifact size the config will produce; exit status 2 when it exceeds the budget."""
+    import dataclasses
+    from pathlib import Path
+
+    from scalelab.golf.estimate import estimate_artifact
+
+    vocab = run.model.vocab_size
+    if not vocab:  # the prepared data's tokenizer, else the tokenizer data preparation will train
+        meta = Path(run.data.dir) / "meta.json"
+        tok = (json.loads(meta.read_text()).get("tokenizer") or {}) if meta.is_file() else {}
+        vocab = int(tok.get("vocab_size") or run.data.vocab_size)
+    est = estimate_artifact(dataclasses.replace(run.model, vocab_size=vocab), golf)
+    if as_json:
+        print(json.dumps(est, indent=2))
+    else:
+        rows = "; ".join(f"{k} {v['params']:,} params -> {v['bytes']:,} B" for k, v in est["by_scheme"].items())
+        print(f"estimated artifact {est['total_bytes']:,} bytes = code {est['code_bytes']:,} + weights "
+              f"{est['weights_bytes']:,} ({est['params']:,} params, {est['bits_per_param']} bits/param: {rows}); "
+              f"budget {est['budget_bytes']:,}: {'fits' if est['fits'] else 'OVER'} "
+              f"(headroom {est['headroom_bytes']:,}). Estimate: {est['method']}")
+    return 0 if est["fits"] else 2
+
+
 DESCRIPTION = ("Train under train.max_time_s, quantize and compress the weights, measure the artifact "
                "(code + compressed weights), reload the model from the compressed bytes alone and report val_bpb "
                "before and after. Exceeding golf.budget_bytes is an error (exit status 2).")
@@ -83,7 +119,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue (or re-quantize) the run in out_dir")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("--json", action="store_true", help="print golf.json")
+    p.add_argument("--estimate", action="store_true",
+                   help="print the artifact size this config will produce, without training (exit 2 if over budget)")
+    p.add_argument("--json", action="store_true", help="print golf.json (with --estimate: the estimate) as JSON")
     p.add_argument("--quiet", action="store_true", help="no [golf] progress lines")
     p.set_defaults(func=cmd_golf)
 

@@ -12,18 +12,21 @@ from typing import Any
 from scalelab.config import RunConfig, all_keys, apply_overrides, build_dataclass, config_from_dict, load_yaml_mapping
 from scalelab.errors import ConfigError
 from scalelab.golf.compress import COMPRESSORS
-from scalelab.golf.quantize import CLIPS, SCHEMES, QuantSpec
+from scalelab.golf.quantize import CLIPS, METHODS, SCHEMES, QuantSpec
 
 
 @dataclass
 class GolfConfig:
     budget_bytes: int = 16_000_000  # code + compressed weights must fit (decimal bytes, as the challenge)
     weights: str = "auto"  # which weights to quantize: ema | raw | auto (ema when train.ema_decay is set)
-    quant: str = "int8"  # default scheme for tensors over keep_float_numel values: int8 | int6 | int5 | int4 | fp16
+    quant: str = "int8"  # scheme of tensors over keep_float_numel values: int8 | int7 | int6 | int5 | int4 | fp16
     quant_overrides: dict[str, str] = field(default_factory=dict)  # fnmatch pattern on names -> scheme
     clip: str = "mse"  # per-row clip value: max | quantile | mse
     clip_quantile: float = 0.9999984  # for clip=quantile (the public baseline's value)
     keep_float_numel: int = 4096  # tensors this small (norm weights, skip scalars) stay fp16
+    quant_method: str = "rtn"  # rtn (round to nearest) | gptq (Hessian-aware rounding, golf/gptq.py)
+    gptq_calib_tokens: int = 65536  # gptq: training tokens whose activations give each layer's Hessian
+    gptq_damp: float = 0.01  # gptq: damp * mean(diag H) added to H's diagonal
     compressors: list[str] = field(default_factory=lambda: list(COMPRESSORS))  # smallest output wins
     sliding_stride: int | None = None  # also report sliding-window val_bpb with this stride (e.g. 64)
     eval_batch: int = 16  # windows per forward pass in the final evaluations
@@ -32,7 +35,8 @@ class GolfConfig:
 
     def quant_spec(self) -> QuantSpec:
         return QuantSpec(default=self.quant, overrides=dict(self.quant_overrides), clip=self.clip,
-                         clip_quantile=self.clip_quantile, keep_float_numel=self.keep_float_numel)
+                         clip_quantile=self.clip_quantile, keep_float_numel=self.keep_float_numel,
+                         method=self.quant_method, damp=self.gptq_damp)
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -49,6 +53,10 @@ def validate_golf(g: GolfConfig, run: RunConfig) -> None:
     for pattern, scheme in g.quant_overrides.items():
         _check(scheme in SCHEMES, f"golf.quant_overrides['{pattern}'] must be one of {', '.join(SCHEMES)}; "
                                   f"got '{scheme}'")
+    _check(g.quant_method in METHODS, f"golf.quant_method must be one of {', '.join(METHODS)}; got '{g.quant_method}'")
+    _check(g.gptq_calib_tokens >= run.model.seq_len,
+           f"golf.gptq_calib_tokens must be >= model.seq_len={run.model.seq_len}, got {g.gptq_calib_tokens}")
+    _check(0 < g.gptq_damp < 1, f"golf.gptq_damp must be in (0, 1), got {g.gptq_damp}")
     _check(g.clip in CLIPS, f"golf.clip must be one of {', '.join(CLIPS)}; got '{g.clip}'")
     _check(0.5 < g.clip_quantile <= 1.0, f"golf.clip_quantile must be in (0.5, 1], got {g.clip_quantile}")
     _check(g.keep_float_numel >= 0, f"golf.keep_float_numel must be >= 0, got {g.keep_float_numel}")

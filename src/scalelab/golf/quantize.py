@@ -1,7 +1,7 @@
 """Post-training quantization of a state dict for the golf artifact.
 
 Schemes, chosen per tensor:
-- int8 / int6 / int5 / int4: symmetric per-row quantization. A tensor is viewed as
+- int8 / int7 / int6 / int5 / int4: symmetric per-row quantization. A tensor is viewed as
   [rows, cols] (rows = its first dimension: the output channels of a Linear, the tokens
   of an embedding); each row gets a clip value c and the scale s = c / qmax with
   qmax = 2^(bits-1) - 1, stored as fp16; values are q = round(clamp(w, -c, c) / s),
@@ -33,10 +33,11 @@ import torch
 
 from scalelab.golf.codec import dequantize
 
-INT_SCHEMES = {"int8": 8, "int6": 6, "int5": 5, "int4": 4}
+INT_SCHEMES = {"int8": 8, "int7": 7, "int6": 6, "int5": 5, "int4": 4}
 FLOAT_SCHEMES = ("fp16", "fp32")
 SCHEMES = (*INT_SCHEMES, *FLOAT_SCHEMES)
 CLIPS = ("max", "quantile", "mse")
+METHODS = ("rtn", "gptq")  # how values are rounded: to nearest, or GPTQ (golf/gptq.py)
 MSE_RATIOS = (1.0, 0.98, 0.96, 0.94, 0.92, 0.9, 0.88, 0.86, 0.84, 0.82, 0.8, 0.77, 0.74, 0.7, 0.66, 0.62,
               0.58, 0.54, 0.5)
 _FP16_MIN_SCALE = 2.0**-24  # smallest positive fp16 (subnormal)
@@ -49,6 +50,8 @@ class QuantSpec:
     clip: str = "mse"
     clip_quantile: float = 0.9999984
     keep_float_numel: int = 4096
+    method: str = "rtn"  # rtn | gptq (gptq needs a Hessian per weight, else that weight is rounded to nearest)
+    damp: float = 0.01  # gptq: damp * mean(diag H) added to H's diagonal
 
     def scheme_for(self, name: str, numel: int) -> str:
         for pattern, scheme in self.overrides.items():
@@ -132,6 +135,7 @@ class QuantizedState:
     tensors: list[dict]
     aliases: dict[str, str]
     schemes: dict[str, str]  # parameter name -> scheme
+    methods: dict[str, str] = field(default_factory=dict)  # quantized parameter name -> rtn | gptq
 
     def dequantized(self) -> dict[str, torch.Tensor]:
         """fp32 state dict exactly as a reader of the packed file gets it (aliases included)."""
@@ -163,10 +167,14 @@ class QuantizedState:
         return {"params": params, "by_scheme": by_scheme, "aliases": dict(self.aliases)}
 
 
-def quantize_state_dict(state_dict: dict[str, torch.Tensor], spec: QuantSpec) -> QuantizedState:
-    """Quantize every tensor of a (float) state dict according to `spec`."""
+def quantize_state_dict(state_dict: dict[str, torch.Tensor], spec: QuantSpec,
+                        hessians: dict[str, torch.Tensor] | None = None) -> QuantizedState:
+    """Quantize every tensor of a (float) state dict according to `spec`. With
+    spec.method=gptq, each 2-D weight that has a Hessian in `hessians` (golf/gptq.py) is
+    rounded by GPTQ; the others (embeddings, tied weights) to nearest."""
     unique, aliases = _dedupe(state_dict)
-    tensors, schemes = [], {}
+    tensors, schemes, methods = [], {}, {}
+    hessians = hessians or {}
     for name, t in unique:
         if not torch.is_floating_point(t):
             raise ValueError(f"golf quantization handles float tensors only; '{name}' is {t.dtype}")
@@ -177,7 +185,15 @@ def quantize_state_dict(state_dict: dict[str, torch.Tensor], spec: QuantSpec) ->
         if scheme in INT_SCHEMES:
             bits = INT_SCHEMES[scheme]
             rows = shape[0] if shape else 1
-            q, scale = quantize_rows(t.reshape(rows, -1), bits, spec.clip, spec.clip_quantile)
+            h = hessians.get(name) if spec.method == "gptq" and t.dim() == 2 else None
+            if h is not None and h.shape == (shape[1], shape[1]):
+                from scalelab.golf.gptq import gptq_quantize
+
+                q, scale = gptq_quantize(t, h, bits, spec.clip, spec.clip_quantile, damp=spec.damp)
+                methods[name] = "gptq"
+            else:
+                q, scale = quantize_rows(t.reshape(rows, -1), bits, spec.clip, spec.clip_quantile)
+                methods[name] = "rtn"
             tensors.append({"name": name, "kind": "q", "shape": shape, "bits": bits, "q": q, "scale": scale})
         elif scheme == "fp16":
             tensors.append({"name": name, "kind": "f16", "shape": shape, "values": t.to(torch.float16)})
@@ -185,5 +201,5 @@ def quantize_state_dict(state_dict: dict[str, torch.Tensor], spec: QuantSpec) ->
             tensors.append({"name": name, "kind": "f32", "shape": shape, "values": t.to(torch.float32)})
         else:
             raise ValueError(f"unknown quantization scheme '{scheme}' for '{name}'; known: {', '.join(SCHEMES)}")
-    return QuantizedState(tensors, aliases, schemes)
+    return QuantizedState(tensors, aliases, schemes, methods)
 

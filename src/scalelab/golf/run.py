@@ -5,7 +5,8 @@
 1. check that the model can plausibly fit the budget (`golf.precheck`), then train with
    the normal trainer (`train.max_time_s` is the cap; a wsd schedule decays by time);
 2. take the final weights (EMA or raw), evaluate val_bpb on the full validation split;
-3. quantize (golf.quant / quant_overrides / clip), pack, compress with every compressor
+3. quantize (golf.quant / quant_overrides / clip; golf.quant_method=gptq calibrates each
+   linear layer's Hessian on training tokens first), pack, compress with every compressor
    and keep the smallest; write the artifact (code files + weights file);
 4. read the weights file back from disk, rebuild the model from those bytes alone, check
    the dequantized tensors are bit-identical to the in-memory ones, and evaluate val_bpb
@@ -18,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,16 +29,16 @@ import torch
 from scalelab.config import RunConfig
 from scalelab.errors import ScalelabError
 from scalelab.golf import codec
-from scalelab.golf.artifact import BudgetError, check_budget, code_bytes, write_artifact
+from scalelab.golf.artifact import BudgetError, check_budget, write_artifact  # noqa: F401 (BudgetError re-exported)
 from scalelab.golf.compress import compress_best
 from scalelab.golf.config import GolfConfig, to_dict
+from scalelab.golf.estimate import estimate_bytes, precheck  # noqa: F401 (re-exported)
 from scalelab.golf.evaluate import ByteCounter, evaluate_bpb, load_split_tokens, resolve_tokenizer
-from scalelab.golf.quantize import INT_SCHEMES, quantize_state_dict
+from scalelab.golf.quantize import quantize_state_dict
 from scalelab.io import atomic_write_json, atomic_write_text, git_hash, software_versions
-from scalelab.model.gpt import GPT, GPTConfig
+from scalelab.model.gpt import GPTConfig
 
 ARTIFACT_DIR = "artifact"
-PRECHECK_RATIO = 0.5  # no compressor gets the quantized payload below half of its bit-width size
 
 
 class GolfError(ScalelabError):
@@ -44,8 +46,8 @@ class GolfError(ScalelabError):
 
 
 def _log(msg: str, progress: bool) -> None:
-    if progress:
-        print(f"[golf] {msg}", flush=True)
+    if progress:  # stderr: stdout is for results (`--json | jq`)
+        print(f"[golf] {msg}", file=sys.stderr, flush=True)
 
 
 def _load1() -> float | None:
@@ -69,36 +71,6 @@ def _vocab_size(run: RunConfig) -> int:
         raise ScalelabError(f"data dir '{d}' has no tokenizer metadata (public shards?): set model.vocab_size "
                             f"(1024 for the sp1024 shards)")
     return int(tok["vocab_size"])
-
-
-def estimate_bytes(model_cfg: GPTConfig, golf: GolfConfig) -> dict[str, int]:
-    """Bytes of the quantized payload at its bit width (before compression), from shapes alone."""
-    with torch.device("meta"):
-        model = GPT(model_cfg)
-    spec = golf.quant_spec()
-    seen, total = set(), 0
-    for name, t in model.state_dict(keep_vars=True).items():
-        if id(t) in seen:
-            continue
-        seen.add(id(t))
-        scheme = spec.scheme_for(name, t.numel())
-        if scheme in INT_SCHEMES:
-            total += t.numel() * INT_SCHEMES[scheme] / 8 + 2 * (t.shape[0] if t.dim() else 1)
-        else:
-            total += t.numel() * (2 if scheme == "fp16" else 4)
-    return {"payload_at_bit_width": int(total), "code": code_bytes()}
-
-
-def precheck(model_cfg: GPTConfig, golf: GolfConfig) -> dict[str, int]:
-    est = estimate_bytes(model_cfg, golf)
-    floor = int(est["payload_at_bit_width"] * PRECHECK_RATIO) + est["code"]
-    if golf.precheck and floor > golf.budget_bytes:
-        raise BudgetError(
-            f"this model cannot fit golf.budget_bytes={golf.budget_bytes:,}: its weights are "
-            f"{est['payload_at_bit_width']:,} bytes at golf.quant={golf.quant} before compression, and even "
-            f"{1 / PRECHECK_RATIO:.0f}x compression plus {est['code']:,} bytes of code gives {floor:,}. Make the "
-            f"model smaller or quantize harder (or golf.precheck=false to train anyway)")
-    return est
 
 
 def _final_model(run: RunConfig, golf: GolfConfig, device: torch.device, tokenizer):
@@ -131,7 +103,8 @@ def _markdown(result: dict) -> str:
         ("artifact bytes (code + weights)", f"{a['total_bytes']:,} = {a['code_bytes']:,} + {a['weights_bytes']:,}"),
         ("budget", f"{a['budget_bytes']:,} ({'held' if a['budget_ok'] else 'EXCEEDED'}, "
                    f"headroom {a['budget_bytes'] - a['total_bytes']:,})"),
-        ("quantization", f"{q['default']} (clip {q['clip']}; overrides {q['overrides'] or 'none'}), "
+        ("quantization", f"{q['default']} (clip {q['clip']}; rounding {q.get('method', 'rtn')}; "
+                         f"overrides {q['overrides'] or 'none'}), "
                          f"{q['params']:,} params, {result['weights']} weights"),
         ("compressor", f"{result['compression']['chosen']} (" + "; ".join(
             f"{k} {v:,}" if isinstance(v, int) else f"{k}: {v}" for k, v in result['compression']['sizes'].items())
@@ -180,7 +153,14 @@ def run_golf(run: RunConfig, golf: GolfConfig, device: str | None = None, progre
          f"{pre['seconds']:.1f} s)", progress)
 
     t_q = time.perf_counter()
-    qs = quantize_state_dict({k: v.cpu() for k, v in model.state_dict().items()}, golf.quant_spec())
+    hessians = None
+    if golf.quant_method == "gptq":
+        from scalelab.golf.gptq import calibration_windows, collect_hessians
+
+        calib = calibration_windows(run.data.dir, model_cfg.seq_len, golf.gptq_calib_tokens)
+        hessians = collect_hessians(model, calib, batch_size=golf.eval_batch)
+        _log(f"gptq: Hessians of {len(hessians)} linear layers from {calib.numel():,} training tokens", progress)
+    qs = quantize_state_dict({k: v.cpu() for k, v in model.state_dict().items()}, golf.quant_spec(), hessians)
     raw = codec.pack(dataclasses.asdict(model_cfg), qs.tensors, qs.aliases)
     chosen, blob, sizes = compress_best(raw, golf.compressors)
     quant_s = time.perf_counter() - t_q
@@ -220,6 +200,7 @@ def run_golf(run: RunConfig, golf: GolfConfig, device: str | None = None, progre
                                               "epochs", "val_loss", "val_bpb", "world_size")},
         "eval": evals,
         "quant": {"default": golf.quant, "clip": golf.clip, "overrides": dict(golf.quant_overrides),
+                  "method": golf.quant_method, "methods": qs.methods,
                   "params": stats["params"], "by_scheme": stats["by_scheme"], "aliases": stats["aliases"],
                   "schemes": qs.schemes, "payload_bytes": len(raw), "seconds": round(quant_s, 3)},
         "compression": {"chosen": chosen, "sizes": sizes},
