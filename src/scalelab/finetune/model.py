@@ -304,8 +304,12 @@ def verify_output(out: Path, model: SFTModel, device: torch.device, merged: bool
         else:
             from peft import PeftModel
 
+            import warnings
+
             base = hf_core(lm).config._name_or_path
-            loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), out)
+            with warnings.catch_warnings():  # as in load_hf_model: peft's deprecated question to transformers
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+                loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), out)
         loaded.to(device).eval()
         got = loaded(input_ids=ids, position_ids=pos).logits.float()
     model.train(was)
