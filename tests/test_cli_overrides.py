@@ -50,3 +50,17 @@ def test_unknown_words_are_still_argparse_errors(capsys):
         assert e.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         release_cli.main(["lr-find", CFG, "--steps", "5", "other.yaml"])
+
+
+def test_one_config_loader_for_every_cli(tmp_path):
+    from scalelab.config import load_run_config, split_config_arg
+    from scalelab.tune.tune_config import load_tune_config
+
+    assert split_config_arg("train.lr=1", ["a.b=2"]) == (None, ["train.lr=1", "a.b=2"])
+    assert split_config_arg(CFG, ["a.b=2"]) == (CFG, ["a.b=2"])
+    cfg = load_run_config("train.max_steps=9", ["model.n_layer=3"])  # no YAML file: the word is an override
+    assert cfg.train.max_steps == 9 and cfg.model.n_layer == 3
+    assert load_run_config(CFG, ["train.lr=3e-3"]).train.lr == 3e-3
+    # tune's own keys go through config.apply_overrides (YAML values, 5e-1 a number)
+    tc = load_tune_config(ROOT / "configs" / "tune-cpu.yaml", ["trials=3", "remeasure_share=5e-1"])
+    assert tc.trials == 3 and tc.remeasure_share == 0.5

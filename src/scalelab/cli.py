@@ -40,15 +40,10 @@ def _config_keys_epilog() -> str:
 
 
 def _load(args):
-    from scalelab.config import load_config
+    from scalelab.config import load_run_config
 
-    overrides = list(args.overrides)
-    if args.config and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
-        overrides.insert(0, args.config)  # no YAML file, only overrides
-        args.config = None
-    if getattr(args, "resume", False):
-        overrides.append("train.resume=true")
-    return load_config(args.config, overrides)
+    resume = ["train.resume=true"] if getattr(args, "resume", False) else []
+    return load_run_config(args.config, list(args.overrides) + resume)
 
 
 # ---------------------------------------------------------------------------- subcommands

@@ -302,6 +302,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
+def split_config_arg(config: str | Path | None, overrides: list[str] | None = None) -> tuple[str | None, list[str]]:
+    """A command's CONFIG word may be an override itself (`scalelab train train.max_steps=5`,
+    no YAML file): then it leads the overrides. Returns (YAML path or None, overrides)."""
+    overrides = list(overrides or [])
+    text = None if config is None else str(config)
+    if text and "=" in text and not text.endswith((".yaml", ".yml")):
+        return None, [text] + overrides
+    return text, overrides
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """The CLIs' "config file + dotted overrides" (the YAML path may be an override, see
+    split_config_arg), validated."""
+    return load_config(*split_config_arg(path, overrides))
+
+
 def config_from_dict(tree: dict[str, Any]) -> RunConfig:
     cfg = _build(RunConfig, tree, "")
     validate(cfg)

@@ -76,20 +76,11 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_export)
 
 
-def _load_config(config: str | None, overrides: list[str]):
-    from scalelab.config import load_config
-
-    overrides = list(overrides)
-    if config and "=" in config and not config.endswith((".yaml", ".yml")):
-        overrides.insert(0, config)
-        config = None
-    return load_config(config, overrides)
-
-
 def cmd_lr_find(args) -> int:
+    from scalelab.config import load_run_config
     from scalelab.train.lr_find import LRFindSettings, format_lr_find, lr_find
 
-    cfg = _load_config(args.config, args.overrides)
+    cfg = load_run_config(args.config, args.overrides)
     settings = LRFindSettings(min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps, beta=args.beta,
                               stop_factor=args.stop_factor)
     result = lr_find(cfg, settings, out_dir=args.out, device=args.device, progress=not (args.quiet or args.json))

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from scalelab.config import build_dataclass
+from scalelab.config import apply_overrides, build_dataclass, load_yaml_mapping
 from scalelab.errors import ConfigError
 from scalelab.tune.space import parse_space
 
@@ -61,21 +61,9 @@ class TuneConfig:
     source: str | None = None  # the YAML file this came from (set by the loader)
 
 
-def _set_dotted(tree: dict, key: str, value: Any) -> None:
-    node = tree
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[parts[-1]] = value
-
-
 def load_tune_config(path: str | Path, overrides: list[str] | None = None) -> TuneConfig:
     """Read a tune YAML; `key=value` overrides set its keys: `trials=10`, `base.train.threads=1`
     (appended to base_overrides when the base is a file), `space.train.compile=[false]`."""
-    from scalelab.config import load_yaml_mapping
-
     p = Path(path)
     tree = load_yaml_mapping(p, "tune config", "configs/tune-cpu.yaml")
     for item in overrides or []:
@@ -91,7 +79,7 @@ def load_tune_config(path: str | Path, overrides: list[str] | None = None) -> Tu
                 tree["space"] = {}
             tree["space"][key[len("space."):]] = yaml.safe_load(text)
             continue
-        _set_dotted(tree, key, yaml.safe_load(text))
+        apply_overrides(tree, [f"{key}={text}"], valid=[])  # TuneConfig's own keys: checked when built
     tree["source"] = str(p)
     cfg = build_dataclass(TuneConfig, tree)
     validate_tune_config(cfg)
