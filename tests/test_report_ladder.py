@@ -19,7 +19,7 @@ import pytest
 
 from scalelab.report import study_note
 from scalelab.report.study_note import write_note, write_report
-from scalelab.scaling import results as q
+from scalelab.scaling import ladder_results as q
 from scalelab.scaling.laws import chinchilla_loss, compute_optimal
 
 FIXTURE = Path(__file__).parent / "fixtures" / "study_results_isoflop.json"

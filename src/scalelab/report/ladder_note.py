@@ -20,10 +20,10 @@ from scalelab.io import atomic_write_text
 from scalelab.report.markdown import count, duration, f3, fci, finite, intc, num, sci, table
 from scalelab.report.note_context import BESIROGLU_2024, HOFFMANN_2022, fig_link
 from scalelab.scaling.ladder import CHINCHILLA_A
-from scalelab.scaling.results import (
-    above_chance_counts, accuracy_metric, approach_status, budget_configs, budget_of, by_budget, good_runs,
-    identification, study_budgets, task_names,
+from scalelab.scaling.ladder_results import (
+    above_chance_counts, accuracy_metric, approach_status, budget_configs, budget_of, by_budget, identification, study_budgets, task_names,
 )
+from scalelab.scaling.results import good_runs
 
 APPROACH_NAMES = {"approach1": "1: envelope of training curves", "approach2": "2: IsoFLOP parabolas",
                   "approach3": "3: L(N, D) fit, a = β/(α+β)"}

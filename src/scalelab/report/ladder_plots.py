@@ -34,10 +34,10 @@ from scalelab.report.plot_common import (
     LOSS_LABEL, new_figure, percentile_band, save_figure, size_colors, study_title, text_box,
 )
 from scalelab.scaling.laws import chinchilla_loss, compute_optimal
-from scalelab.scaling.results import (
-    accuracy_metric, approach_status, budget_configs, budget_of, by_budget, chinchilla_draws, chinchilla_params,
-    finite, good_runs, has_parabola, num, parabola, power_law_draws, study_budgets, task_names,
+from scalelab.scaling.ladder_results import (
+    accuracy_metric, approach_status, budget_configs, budget_of, by_budget, chinchilla_draws, has_parabola, parabola, power_law_draws, study_budgets, task_names,
 )
+from scalelab.scaling.results import chinchilla_params, finite, good_runs, num
 
 LADDER_FIGURES = ("isoflop_profiles", "nopt_vs_compute", "holdout", "downstream")
 N_TOTAL = "total parameters N (log scale)"
@@ -74,7 +74,7 @@ def _errbar_y(ax, x, rows, color, fmt="o", label=None, **kw):
 
 
 def _seed_points(ax, rows, task, metric, color):
-    from scalelab.scaling.results import run_value
+    from scalelab.scaling.ladder_results import run_value
 
     xs, ys = [], []
     for r in rows:

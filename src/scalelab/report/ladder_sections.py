@@ -13,7 +13,7 @@ from scalelab.report.ladder_note import (
 )
 from scalelab.report.markdown import count, f3, fci, finite, intc, num, sci, table
 from scalelab.report.note_context import CHINCHILLA_RANGE
-from scalelab.scaling.results import (
+from scalelab.scaling.ladder_results import (
     above_chance_counts, accuracy_metric, approach_status, identification, typical_ci_width,
 )
 
@@ -160,7 +160,7 @@ def neighbour_gaps(ctx: LadderContext) -> float:
     """Median |difference| of the seed-mean loss between neighbouring sizes at one budget (nan when none)."""
     import numpy as np
 
-    from scalelab.scaling.results import by_budget
+    from scalelab.scaling.ladder_results import by_budget
 
     g = [abs(num(a["value"]["mean"]) - num(b["value"]["mean"])) for _, rows in by_budget(ctx.configs)
          for a, b in zip(rows, rows[1:])]

@@ -25,7 +25,8 @@ from scalelab.report import note_discussion, note_fits, note_results, note_setup
 from scalelab.report.markdown import count, f3, fci, fmt_ratio, intc, num, sci
 from scalelab.report.note_context import HOFFMANN_2022, KAPLAN_2020, NoteContext, build_context
 from scalelab.report.study_plots import plot_study
-from scalelab.scaling.results import good_runs, is_isoflop
+from scalelab.scaling.ladder_results import is_isoflop
+from scalelab.scaling.results import good_runs
 
 STUDY_COMMAND = "scalelab study CONFIG"
 

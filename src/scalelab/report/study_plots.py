@@ -39,9 +39,9 @@ from scalelab.report.plot_common import (
     compute_axis_label, family_styles, kaplan_curve, new_figure, place_legend, ratio_key, run_ls, save_figure,
     seed_offsets, size_colors, size_label, size_ticks, study_title, text_box,
 )
+from scalelab.scaling.ladder_results import is_isoflop
 from scalelab.scaling.results import (
-    families, finite, fit_samples, fit_status, flops_per_token, fmt_ratio, frontier_column, frontier_points,
-    good_runs, is_isoflop, lower_envelope, num, opt_inside_data, ratio_of, run_n, size_rows, study_ratios, curve,
+    families, finite, fit_samples, fit_status, flops_per_token, fmt_ratio, frontier_column, frontier_points, good_runs, lower_envelope, num, opt_inside_data, ratio_of, run_n, size_rows, study_ratios, curve,
 )
 
 
