@@ -409,20 +409,13 @@ def _respect_umask(root: Path) -> None:
 
 
 def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
-    from scalelab.io import fsync_dir
+    from scalelab.io import fsync_dir, swap_dir_into_place
 
     _respect_umask(tmp)
     fsync_dir(tmp)
-    if out.exists():
-        if not overwrite:
-            raise ConfigError(f"'{out}' appeared while exporting; not replaced")
-        trash = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, trash)
-        os.replace(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-    fsync_dir(out.parent)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"'{out}' appeared while exporting; not replaced")
+    swap_dir_into_place(tmp, out)
 
 
 def _readme(src: _Source, info: dict[str, Any]) -> str:

@@ -6,8 +6,10 @@ import errno
 import json
 import math
 import os
+import shutil
 import subprocess
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,25 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def swap_dir_into_place(tmp: Path, final: Path, trash: Path | None = None) -> None:
+    """Rename the finished directory `tmp` to `final`, replacing what is there (a directory,
+    a file or a symlink). The old one is renamed aside first (to `trash`, by default a hidden
+    sibling) and deleted only once the new one is in place: a crash at any moment leaves
+    `final` whole (old or new), never half-written. The caller fsyncs `tmp`'s contents."""
+    tmp, final = Path(tmp), Path(final)
+    old = None
+    if final.exists() or final.is_symlink():
+        old = Path(trash) if trash is not None else final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
 
 
 def current_umask() -> int:

@@ -38,7 +38,7 @@ from scalelab.data.outdir import WriteFailed, check_writable, write_failure
 from scalelab.data.sources import iter_documents
 from scalelab.data.tokenizer import Tokenizer, gpt2_tokenizer, load_tokenizer, train_tokenizer
 from scalelab.errors import DataError
-from scalelab.io import fsync_dir
+from scalelab.io import swap_dir_into_place
 
 if TYPE_CHECKING:
     from scalelab.config import DataConfig
@@ -472,17 +472,7 @@ def _foreign_entries(out: Path) -> list[str]:
 
 def _publish(tmp: Path, out: Path) -> None:
     """Rename the finished temp dir to `out`, replacing what was there."""
-    old = None
-    if out.exists() or out.is_symlink():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    fsync_dir(out.parent)
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
+    swap_dir_into_place(tmp, out)
 
 
 def _read_meta_file(path: Path) -> dict:

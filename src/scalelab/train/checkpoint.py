@@ -32,6 +32,7 @@ from scalelab.io import (
     describe_write_error,
     file_mode,
     fsync_dir,
+    swap_dir_into_place,
 )
 
 FORMAT_VERSION = 1
@@ -239,14 +240,9 @@ def save_checkpoint(
         atomic_write_json(tmp / STATE_FILE, state)
         _crash_hook(step, "state")
         fsync_dir(tmp)
-        if final.exists():  # re-saving a step (e.g. after resume): swap, then drop the old one
-            trash = root / f"{_TMP_PREFIX}old-{final.name}-{os.getpid()}"
-            os.replace(final, trash)
-            os.replace(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        fsync_dir(root)
+        # Re-saving a step (e.g. after resume) swaps the old one out; its trash name has the
+        # temp prefix, so clean_stale removes it if a crash comes first.
+        swap_dir_into_place(tmp, final, trash=root / f"{_TMP_PREFIX}old-{final.name}-{os.getpid()}")
         _crash_hook(step, "renamed")
         atomic_write_text(root / "last", final.name + "\n")
         _crash_hook(step, "pointer")
