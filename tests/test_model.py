@@ -85,21 +85,20 @@ def test_param_tying_and_names():
     n_untied = sum(p.numel() for p in untied.parameters())
     assert n_untied - n_tied == 128 * 32  # one more padded_vocab x d_model table
     names = set(dict(untied.named_parameters()))
-    for want in ("tok_emb.weight", "blocks.0.attn_norm.weight", "blocks.0.attn.wq.weight", "blocks.0.attn.wk.weight",
-                 "blocks.0.attn.wv.weight", "blocks.0.attn.wo.weight", "blocks.0.mlp_norm.weight",
-                 "blocks.0.mlp.w1.weight", "blocks.0.mlp.w2.weight", "blocks.0.mlp.w3.weight",
+    for want in ("tok_emb.weight", "blocks.0.attn_norm.weight", "blocks.0.attn.wqkv.weight",
+                 "blocks.0.attn.wo.weight", "blocks.0.mlp_norm.weight",
+                 "blocks.0.mlp.w13.weight", "blocks.0.mlp.w2.weight",
                  "norm.weight", "lm_head.weight"):
         assert want in names, want
     assert not any("rope" in k for k in untied.state_dict())  # RoPE tables are not saved
     relu = build(mlp="relu2")
-    assert relu.blocks[0].mlp.w3 is None and relu.blocks[0].mlp.w1.weight.shape == (128, 32)
+    assert not hasattr(relu.blocks[0].mlp, "w13") and relu.blocks[0].mlp.w1.weight.shape == (128, 32)
 
 
 def test_gqa_shapes():
     model = build(n_kv_head=2)
     attn = model.blocks[0].attn
-    assert attn.wq.weight.shape == (32, 32)
-    assert attn.wk.weight.shape == (16, 32) and attn.wv.weight.shape == (16, 32)
+    assert attn.wqkv.weight.shape == (32 + 16 + 16, 32)  # rows [q; k; v]
 
 
 def test_gqa_equals_repeated_kv_heads():
@@ -109,12 +108,31 @@ def test_gqa_equals_repeated_kv_heads():
     sd = gqa.state_dict()
     hd = 8
     for i in range(2):
-        for w in ("wk", "wv"):
-            t = sd[f"blocks.{i}.attn.{w}.weight"].view(2, hd, 32)
-            sd[f"blocks.{i}.attn.{w}.weight"] = t.repeat_interleave(2, dim=0).reshape(32, 32)
+        q, k, v = sd.pop(f"blocks.{i}.attn.wqkv.weight").split((32, 16, 16))
+        k, v = (t.view(2, hd, 32).repeat_interleave(2, dim=0).reshape(32, 32) for t in (k, v))
+        sd[f"blocks.{i}.attn.wqkv.weight"] = torch.cat([q, k, v])
     full.load_state_dict(sd)
     x = tokens()
     torch.testing.assert_close(full(x), gqa(x))
+
+
+def test_prefusion_state_dict_loads():
+    """A state dict from before the fused projections (wq/wk/wv, w1/w3) loads into the same model."""
+    model = build(n_kv_head=2)
+    old = {}
+    for name, t in model.state_dict().items():
+        if name.endswith("attn.wqkv.weight"):
+            for w, part in zip(("wq", "wk", "wv"), t.split((32, 16, 16)), strict=True):
+                old[name.replace("wqkv", w)] = part.clone()
+        elif name.endswith("mlp.w13.weight"):
+            for w, part in zip(("w1", "w3"), t.chunk(2), strict=True):
+                old[name.replace("w13", w)] = part.clone()
+        else:
+            old[name] = t.clone()
+    fresh = build(n_kv_head=2, seed=7)
+    fresh.load_state_dict(old, strict=True)
+    x = tokens()
+    torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
 
 
 def test_softcap_bounds_logits():
@@ -152,6 +170,38 @@ def test_rope_matches_hf_rotate_half():
     Q = apply_rope(q.expand(1, 16, 1, 8), cos, sin)[0, :, 0]
     K = apply_rope(k.expand(1, 16, 1, 8), cos, sin)[0, :, 0]
     torch.testing.assert_close(Q[5] @ K[3], Q[12] @ K[10])
+
+
+def test_rope_and_rmsnorm_gradients_match_autograd_of_the_formula():
+    """RoPE's and RMSNorm's hand-written backward passes equal autograd of the plain formulas."""
+    from scalelab.model.gpt import RMSNorm, _RMSNormFn
+
+    cos, sin = rope_tables(16, 8, 10000.0)
+    x = torch.randn(2, 16, 3, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: apply_rope(t, cos.double(), sin.double()), (x,))
+
+    def plain_rope(t):
+        c, s = cos.double()[:, None], sin.double()[:, None]
+        return torch.cat((t[..., :4] * c - t[..., 4:] * s, t[..., 4:] * c + t[..., :4] * s), -1)
+
+    g = torch.randn_like(x)
+    (a,) = torch.autograd.grad(apply_rope(x, cos.double(), sin.double()), x, g)
+    (b,) = torch.autograd.grad(plain_rope(x), x, g)
+    torch.testing.assert_close(a, b)
+
+    ours, ref = RMSNorm(8, eps=1e-5).double(), torch.nn.RMSNorm(8, eps=1e-5).double()
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+        ref.weight.copy_(ours.weight)
+    y = torch.randn(4, 5, 8, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(4, 5, 8, dtype=torch.float64)
+    gx, gw = torch.autograd.grad(ours(y), (y, ours.weight), h)
+    rx, rw = torch.autograd.grad(ref(y), (y, ref.weight), h)
+    torch.testing.assert_close(ours(y), ref(y))
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(gw, rw)
+    w = ours.weight.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda t, v: _RMSNormFn.apply(t, v, 1e-5), (y, w))
 
 
 @pytest.mark.parametrize("name", ["base", "gqa", "all"])
@@ -193,7 +243,7 @@ def test_init_weights_deterministic_and_scaled():
         assert torch.equal(v, b.state_dict()[k]), k
         assert v.shape == before[k].shape
     big = GPT(tiny(n_layer=8, d_model=128, n_head=4, init_std=0.02))
-    assert abs(big.blocks[0].attn.wq.weight.std().item() - 0.02) < 0.002
+    assert abs(big.blocks[0].attn.wqkv.weight.std().item() - 0.02) < 0.002
     assert abs(big.blocks[0].attn.wo.weight.std().item() - 0.02 / 4) < 0.001  # 1/sqrt(2*8)
     assert torch.equal(big.blocks[0].attn_norm.weight, torch.ones(128))
 

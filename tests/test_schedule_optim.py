@@ -117,6 +117,35 @@ def test_muon_matches_torch_muon_in_bf16_and_orthogonalizes_in_fp32():
         Muon([torch.nn.Parameter(torch.zeros(3))])
 
 
+def test_muon_row_split_equals_separate_matrices():
+    """A fused [q; k; v] weight with row_split gets the update of its three parts alone."""
+    torch.manual_seed(0)
+    parts = [torch.nn.Parameter(torch.randn(r, 16)) for r in (16, 8, 8)]
+    fused = torch.nn.Parameter(torch.cat([p.detach() for p in parts]))
+    a = Muon(parts, lr=0.02, weight_decay=0.1, ns_dtype=torch.float32)
+    b = Muon([{"params": [fused], "row_split": (16, 8, 8)}], lr=0.02, weight_decay=0.1, ns_dtype=torch.float32)
+    for _ in range(3):
+        g = torch.randn_like(fused)
+        fused.grad = g.clone()
+        for p, gp in zip(parts, g.split((16, 8, 8)), strict=True):
+            p.grad = gp.clone()
+        a.step()
+        b.step()
+    torch.testing.assert_close(fused.detach(), torch.cat([p.detach() for p in parts]), rtol=0, atol=0)
+
+
+def test_build_optimizer_splits_fused_projections_for_muon():
+    from scalelab.model.gpt import GPT, GPTConfig
+
+    model = GPT(GPTConfig(vocab_size=64, seq_len=8, n_layer=1, n_head=4, n_kv_head=2, d_model=32))
+    muon, _ = build_optimizer(model, TrainConfig(optimizer="muon"), "cpu")
+    splits = {id(p): g["row_split"] for g in muon.param_groups for p in g["params"]}
+    attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
+    assert splits[id(attn.wqkv.weight)] == (32, 16, 16)
+    assert splits[id(mlp.w13.weight)] == (mlp.w2.in_features,) * 2
+    assert splits[id(attn.wo.weight)] is None
+
+
 def test_ema_decay_warms_up_then_holds():
     from torch.optim.swa_utils import AveragedModel
 

@@ -1,14 +1,15 @@
 """A decoder-only GPT (Llama layout: RoPE, RMSNorm, SwiGLU), readable top to bottom.
 
-Layout (parameter names chosen so the weights map 1:1 onto Hugging Face
-`LlamaForCausalLM`; see `hf_adapter.py`):
+Layout (`hf_adapter.py` maps it onto Hugging Face `LlamaForCausalLM`, splitting the
+fused wqkv and w13 into q/k/v_proj and gate/up_proj):
 
     tok_emb                      Embedding(padded_vocab, d_model)
     blocks[i].attn_norm          RMSNorm(d_model)
-    blocks[i].attn.wq/wk/wv/wo   Linear, no bias; wk/wv have kv_heads * head_dim outputs (GQA)
+    blocks[i].attn.wqkv          Linear, no bias: rows [q; k; v], k and v with kv_heads * head_dim each (GQA)
+    blocks[i].attn.wo            Linear, no bias
     blocks[i].attn.q_norm/k_norm RMSNorm(head_dim), only when cfg.qk_norm
     blocks[i].mlp_norm           RMSNorm(d_model)
-    blocks[i].mlp.w1/w3/w2       SwiGLU: w2(silu(w1 x) * w3 x)     (cfg.mlp == "swiglu")
+    blocks[i].mlp.w13/w2         SwiGLU: w2(silu(gate) * up), [gate; up] = w13 x   (cfg.mlp == "swiglu")
     blocks[i].mlp.w1/w2          ReLU^2: w2(relu(w1 x)^2)          (cfg.mlp == "relu2")
     norm                         final RMSNorm
     lm_head                      Linear(d_model, padded_vocab), tied to tok_emb when cfg.tie_embeddings
@@ -31,6 +32,10 @@ Conventions worth knowing:
   attention mask [B, T, T] (True = may attend) in place of 0..T-1 and the causal mask,
   so several documents (or a context and its continuations, eval/scoring.py) share a
   row. It is the same forward pass, skips and all: there is no second copy to drift.
+- Fused projections: q, k, v come from one matmul and SwiGLU's gate and up from another
+  (fewer, larger GEMMs: measurably faster on CPU, bench/bench_vs_nanogpt.py). State dicts
+  from before the fusion (wq/wk/wv, w1/w3) are concatenated on load, so old
+  checkpoints still load.
 
 The model knows nothing of distribution, checkpoints, logging or optimizers.
 """
@@ -134,11 +139,74 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     rotate_half(x) = cat(-x2, x1), written on the halves to save two copies.
     cos/sin are [T, D/2] (positions 0..T-1 of every row) or [B, T, D/2] (per-token positions).
     """
-    d = x.shape[-1] // 2
-    x1, x2 = x[..., :d], x[..., d:]
     cos = cos.unsqueeze(-2).to(x.dtype)  # [(B,) T, 1, D/2] broadcasts over (batch and) heads
     sin = sin.unsqueeze(-2).to(x.dtype)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    return _Rope.apply(x, cos, sin)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    d = x.shape[-1] // 2
+    x1, x2 = x[..., :d], x[..., d:]
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    torch.mul(x1, cos, out=out[..., :d]).addcmul_(x2, sin, value=-1)  # written in place: no cat
+    torch.mul(x2, cos, out=out[..., d:]).addcmul_(x1, sin)
+    return out
+
+
+class _Rope(torch.autograd.Function):
+    # The gradient of a rotation is the rotation by minus the angle: one pass back, where
+    # autograd of the sliced formula zero-fills and sums four slice gradients.
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        return _rotate(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        return _rotate(grad, cos, -sin), None, None
+
+
+# ---------------------------------------------------------------------------
+# RMSNorm
+
+
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm with a hand-written backward on CPU.
+
+    There F.rms_norm is a chain of broadcast ops that autograd differentiates one by one;
+    the closed-form gradient takes half the time (bench/bench_vs_nanogpt.py). Other devices
+    keep torch's fused kernel.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            return super().forward(x)
+        eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
+        return _RMSNormFn.apply(x, self.weight, eps)
+
+
+class _RMSNormFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        xf = _upcast(x)  # statistics in fp32 for half-precision inputs
+        r = torch.rsqrt(xf.square().mean(-1, keepdim=True).add_(eps))
+        ctx.save_for_backward(x, weight, r)
+        return (xf * r).mul_(weight).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, r = ctx.saved_tensors
+        xhat, g = _upcast(x) * r, _upcast(grad)
+        grad_w = (g * xhat).reshape(-1, x.shape[-1]).sum(0).to(weight.dtype)
+        gw = g * weight
+        # d/dx of w * x * r(x): r * (g w - xhat * mean(g w xhat))
+        grad_x = (gw - xhat * (gw * xhat).mean(-1, keepdim=True)).mul_(r)
+        return grad_x.to(x.dtype), grad_w, None
+
+
+def _upcast(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 # ---------------------------------------------------------------------------
@@ -166,21 +234,21 @@ class Attention(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.n_head, self.kv_heads, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
-        self.wq = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=False)
-        self.wk = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
-        self.wv = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.sizes = (cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim)
+        self.wqkv = nn.Linear(cfg.d_model, sum(self.sizes), bias=False)
         self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=False)
         if cfg.qk_norm:
-            self.q_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
-            self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
+            self.q_norm = RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
+            self.k_norm = RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
         else:
             self.q_norm = self.k_norm = None
 
     def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0, mask=None):
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_head, self.head_dim)
-        k = self.wk(x).view(B, T, self.kv_heads, self.head_dim)
-        v = self.wv(x).view(B, T, self.kv_heads, self.head_dim)
+        q, k, v = self.wqkv(x).split(self.sizes, dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim)
+        k = k.view(B, T, self.kv_heads, self.head_dim)
+        v = v.view(B, T, self.kv_heads, self.head_dim)
         if self.q_norm is not None:  # QK-norm: RMSNorm over head_dim, before RoPE
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -201,27 +269,46 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
         return self.wo(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        _fuse_legacy(state_dict, prefix, ("wq", "wk", "wv"), "wqkv")
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
 
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.kind = cfg.mlp
-        self.w1 = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)  # gate (swiglu) / up (relu2)
+        if cfg.mlp == "swiglu":
+            self.w13 = nn.Linear(cfg.d_model, 2 * cfg.ffn_dim, bias=False)  # rows [gate; up]
+        else:
+            self.w1 = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)  # up (relu2)
         self.w2 = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=False)  # down
-        self.w3 = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False) if cfg.mlp == "swiglu" else None  # up
 
     def forward(self, x):
-        if self.w3 is not None:
-            return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        if self.kind == "swiglu":
+            gate, up = self.w13(x).chunk(2, dim=-1)
+            return self.w2(F.silu(gate) * up)
         return self.w2(F.relu(self.w1(x)).square())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        if self.kind == "swiglu":
+            _fuse_legacy(state_dict, prefix, ("w1", "w3"), "w13")
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+def _fuse_legacy(state_dict, prefix: str, parts: tuple[str, ...], fused: str) -> None:
+    """Concatenate pre-fusion weights (e.g. wq, wk, wv) into the fused one, in place."""
+    keys = [f"{prefix}{p}.weight" for p in parts]
+    if all(k in state_dict for k in keys):
+        state_dict[f"{prefix}{fused}.weight"] = torch.cat([state_dict.pop(k) for k in keys])
 
 
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
-        self.attn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.attn = Attention(cfg)
-        self.mlp_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = MLP(cfg)
 
     def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0, mask=None):
@@ -247,7 +334,7 @@ class GPT(nn.Module):
         with torch.device("meta"):
             self.tok_emb = nn.Embedding(cfg.padded_vocab, cfg.d_model)
             self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-            self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+            self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
             self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab, bias=False)
             # One learned scalar per skip connection (block i -> block n_layer - 1 - i).
             self.skip_weights = nn.Parameter(torch.empty(cfg.n_layer // 2)) if cfg.unet_skips else None

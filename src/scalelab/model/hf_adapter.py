@@ -1,18 +1,23 @@
 """State-dict adapter: scalelab GPT <-> Hugging Face `LlamaForCausalLM`.
 
-Only names change; no tensor is permuted, because gpt.py applies RoPE with HF Llama's
-rotate-half convention. Embedding and lm_head rows are cut back from cfg.padded_vocab
+No tensor is permuted, because gpt.py applies RoPE with HF Llama's rotate-half
+convention; the fused projections are split by rows (wqkv -> q, k, v; w13 -> gate, up)
+on export and concatenated on import. Embedding and lm_head rows are cut back from cfg.padded_vocab
 to cfg.vocab_size (the padding rows are never used). Supported: mlp="swiglu", no
 qk_norm, no logit_softcap -- anything else is not a Llama and raises ConfigError.
 
     ours                                HF Llama
     tok_emb.weight                      model.embed_tokens.weight
     blocks.{i}.attn_norm.weight         model.layers.{i}.input_layernorm.weight
-    blocks.{i}.attn.w{q,k,v,o}.weight   model.layers.{i}.self_attn.{q,k,v,o}_proj.weight
+    blocks.{i}.attn.wqkv.weight         model.layers.{i}.self_attn.{q,k,v}_proj.weight (split by rows)
+    blocks.{i}.attn.wo.weight           model.layers.{i}.self_attn.o_proj.weight
     blocks.{i}.mlp_norm.weight          model.layers.{i}.post_attention_layernorm.weight
-    blocks.{i}.mlp.w1/w3/w2.weight      model.layers.{i}.mlp.gate_proj/up_proj/down_proj.weight
+    blocks.{i}.mlp.w13.weight           model.layers.{i}.mlp.{gate,up}_proj.weight (split by rows)
+    blocks.{i}.mlp.w2.weight            model.layers.{i}.mlp.down_proj.weight
     norm.weight                         model.norm.weight
     lm_head.weight                      lm_head.weight   (omitted when tied)
+
+Pre-fusion names (attn.wq/wk/wv, mlp.w1/w3) in a bare state dict export too.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from scalelab.model.gpt import GPT, GPTConfig
 _RULES: list[tuple[str, str]] = [
     (r"tok_emb\.weight", "model.embed_tokens.weight"),
     (r"blocks\.(\d+)\.attn_norm\.weight", r"model.layers.\1.input_layernorm.weight"),
+    # pre-fusion names, still accepted in bare state dicts (old checkpoints)
     (r"blocks\.(\d+)\.attn\.wq\.weight", r"model.layers.\1.self_attn.q_proj.weight"),
     (r"blocks\.(\d+)\.attn\.wk\.weight", r"model.layers.\1.self_attn.k_proj.weight"),
     (r"blocks\.(\d+)\.attn\.wv\.weight", r"model.layers.\1.self_attn.v_proj.weight"),
@@ -38,6 +44,24 @@ _RULES: list[tuple[str, str]] = [
     (r"norm\.weight", "model.norm.weight"),
     (r"lm_head\.weight", "lm_head.weight"),
 ]
+
+
+# fused parameter -> the HF parameters it holds, top rows first
+_FUSED = {"attn.wqkv": ("attn.wq", "attn.wk", "attn.wv"), "mlp.w13": ("mlp.w1", "mlp.w3")}
+
+
+def _split(name: str, tensor: torch.Tensor, cfg: GPTConfig) -> list[tuple[str, torch.Tensor]]:
+    """A fused weight as its pre-fusion (name, rows) parts; any other weight unchanged."""
+    for fused, parts in _FUSED.items():
+        if name.endswith(f".{fused}.weight"):
+            block = name[: -len(f"{fused}.weight")]
+            if fused == "attn.wqkv":
+                q, kv = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+                sizes = (q, kv, kv)
+            else:
+                sizes = (cfg.ffn_dim, cfg.ffn_dim)
+            return [(f"{block}{p}.weight", t) for p, t in zip(parts, tensor.split(sizes), strict=True)]
+    return [(name, tensor)]
 
 
 def check_llama_compatible(cfg: GPTConfig) -> None:
@@ -77,7 +101,8 @@ def to_hf_llama_state_dict(model: GPT | dict[str, torch.Tensor], cfg: GPTConfig 
             continue
         if name in ("tok_emb.weight", "lm_head.weight"):
             tensor = tensor[: cfg.vocab_size]
-        out[hf_name(name)] = tensor.detach().contiguous()
+        for part, t in _split(name, tensor, cfg):
+            out[hf_name(part)] = t.detach().contiguous()
     return out
 
 
@@ -99,10 +124,16 @@ def from_hf_llama_state_dict(sd: dict[str, torch.Tensor], cfg: GPTConfig) -> dic
         out[ours] = tensor
     if cfg.tie_embeddings:
         out["lm_head.weight"] = out["tok_emb.weight"]
+    for i in range(cfg.n_layer):
+        for fused, parts in _FUSED.items():
+            keys = [f"blocks.{i}.{p}.weight" for p in parts]
+            if all(k in out for k in keys):
+                out[f"blocks.{i}.{fused}.weight"] = torch.cat([out.pop(k) for k in keys])
     return out
 
 
 def _ours_names(cfg: GPTConfig) -> list[str]:
+    # pre-fusion names: each has one HF counterpart; from_hf_llama_state_dict fuses them after
     names = ["tok_emb.weight", "norm.weight", "lm_head.weight"]
     for i in range(cfg.n_layer):
         names += [f"blocks.{i}.attn_norm.weight", f"blocks.{i}.mlp_norm.weight"]

@@ -28,7 +28,7 @@ from scalelab.model.gpt import GPTConfig
 
 def _layer_params(cfg: GPTConfig) -> int:
     d, q = cfg.d_model, cfg.head_dim
-    attn = d * cfg.n_head * q + 2 * d * cfg.kv_heads * q + cfg.n_head * q * d  # wq, wk+wv, wo
+    attn = d * cfg.n_head * q + 2 * d * cfg.kv_heads * q + cfg.n_head * q * d  # wqkv (q, k, v rows), wo
     if cfg.qk_norm:
         attn += 2 * q
     mlp = (3 if cfg.mlp == "swiglu" else 2) * d * cfg.ffn_dim

@@ -8,6 +8,10 @@ torch's runs in bf16, which is right on GPUs and slow on CPUs without native bf1
 (measured on the dev box: 0.9 s vs 30 ms per step on the golf CPU shapes,
 `bench/bench_optim_step.py --torch-muon`). Same-shaped matrices are orthogonalized together.
 `build_optimizer` picks bf16 on CUDA and fp32 elsewhere.
+
+A param group may carry `row_split` (row counts): each block of rows is then its own
+matrix, so a fused projection (gpt.py's wqkv, w13) gets exactly the update its separate
+parts would (orthogonalizing [q; k; v] as one matrix is a different optimizer).
 """
 from __future__ import annotations
 
@@ -52,7 +56,7 @@ class Muon(torch.optim.Optimizer):
         if ns_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"Muon: ns_dtype must be float32, bfloat16 or float16, got {ns_dtype}")
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
-                        ns_steps=ns_steps, ns_dtype=ns_dtype)
+                        ns_steps=ns_steps, ns_dtype=ns_dtype, row_split=None)
         super().__init__(params, defaults)
         for group in self.param_groups:
             for p in group["params"]:
@@ -77,7 +81,10 @@ class Muon(torch.optim.Optimizer):
                 buf = state["momentum_buffer"]
                 buf.lerp_(p.grad, 1 - mom)
                 update = p.grad.lerp(buf, mom) if group["nesterov"] else buf
-                by_shape.setdefault((tuple(p.shape), p.device), []).append((p, update))
+                split = group.get("row_split")  # absent in state dicts saved before it existed
+                # row blocks are views: updating a block updates p in place
+                for block, u in (zip(p.split(split), update.split(split), strict=True) if split else [(p, update)]):
+                    by_shape.setdefault((tuple(block.shape), p.device), []).append((block, u))
             for (shape, _), items in by_shape.items():
                 ortho = orthogonalize(torch.stack([u for _, u in items]), group["ns_steps"],
                                       getattr(torch, group["ns_dtype"]))

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from scalelab.config import TrainConfig
+from scalelab.model.gpt import MLP, Attention
 from scalelab.train.muon import Muon
 
 
@@ -38,6 +39,17 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def _row_splits(model: nn.Module) -> dict[int, tuple[int, ...]]:
+    """id of each fused projection weight (gpt.py) -> row counts of the matrices it holds."""
+    out = {}
+    for m in model.modules():
+        if isinstance(m, Attention):
+            out[id(m.wqkv.weight)] = m.sizes
+        elif isinstance(m, MLP) and m.kind == "swiglu":
+            out[id(m.w13.weight)] = (m.w13.out_features // 2,) * 2
+    return out
+
+
 def _adamw(groups: list[dict], cfg: TrainConfig, device_type: str) -> torch.optim.Optimizer:
     # The fused kernel is faster on GPU; on CPU the foreach path is the fast one.
     extra = {"fused": True} if device_type == "cuda" else {"foreach": True}
@@ -61,7 +73,12 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device_type: str) -> lis
     rest_decay = [p for p in groups[0]["params"] if id(p) not in hidden_ids]
     # bf16 Newton-Schulz on GPUs (tensor cores); fp32 on CPUs, where bf16 matmuls are emulated.
     ns_dtype = torch.bfloat16 if device_type == "cuda" else torch.float32
-    muon = Muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay, ns_dtype=ns_dtype)
+    # Fused projections are orthogonalized per part (q, k, v; gate, up), as when they were separate.
+    splits, by_split = _row_splits(model), {}
+    for p in hidden:
+        by_split.setdefault(splits.get(id(p)), []).append(p)
+    muon_groups = [{"params": ps, "row_split": split} for split, ps in by_split.items()]
+    muon = Muon(muon_groups, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay, ns_dtype=ns_dtype)
     for g in muon.param_groups:
         g["base_lr"] = g["lr"]
     adam_groups = [g for g in ({"params": rest_decay, "weight_decay": cfg.weight_decay}, groups[1]) if g["params"]]
