@@ -37,9 +37,6 @@ LAZY_CYCLES = {
     ("scalelab.cli", "scalelab.golf.cli", "scalelab.release_cli"): "subcommands re-enter the CLI dispatcher",
 }
 LAZY_PACKAGE_CYCLES = {
-    # the trainer's in-training evaluation and samples call eval on demand (DESIGN: a hook
-    # would be the layered way); eval loads checkpoints and resolves devices through train.
-    ("scalelab.eval", "scalelab.train"): "in-training eval / samples call eval lazily",
     ("scalelab.cli", "scalelab.golf", "scalelab.release_cli"): "subcommands re-enter the CLI dispatcher",
 }
 

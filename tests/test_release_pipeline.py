@@ -18,7 +18,9 @@ def test_100m_cpu_pipeline(tmp_path, capsys):
 
     config = str(ROOT / "configs" / "100m-cpu.yaml")
     over = [f"out_dir={tmp_path / 'run'}", f"data.dir={tmp_path / 'data'}"]
-    summary = train(load_config(config, over))  # what `scalelab train CONFIG` runs
+    from scalelab.eval.train_hooks import training_hooks
+
+    summary = train(load_config(config, over), hooks=training_hooks())  # what `scalelab train CONFIG` runs
     run = tmp_path / "run"
     assert summary["steps"] == 40 and summary["val_loss"] < 6.0
 

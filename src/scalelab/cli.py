@@ -82,6 +82,7 @@ def _train_resume_override(args) -> None:
 
 
 def cmd_train(args) -> int:
+    from scalelab.eval.train_hooks import training_hooks
     from scalelab.train.trainer import train
 
     _train_resume_override(args)
@@ -91,7 +92,7 @@ def cmd_train(args) -> int:
 
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
-    summary = train(cfg, device=args.device)
+    summary = train(cfg, device=args.device, hooks=training_hooks())
     if summary:
         bpb = f", val bpb {summary['val_bpb']:.4f}" if summary.get("val_bpb") is not None else ""
         print(f"val loss {summary['val_loss']:.4f} (ppl {summary['val_ppl']:.2f}{bpb}) after "

@@ -121,6 +121,7 @@ def _markdown(result: dict) -> str:
 
 def run_golf(run: RunConfig, golf: GolfConfig, device: str | None = None, progress: bool = True) -> dict[str, Any]:
     """The whole golf pipeline (module doc); returns the golf.json dict."""
+    from scalelab.eval.train_hooks import training_hooks
     from scalelab.train.trainer import train
 
     t_start = time.perf_counter()
@@ -131,7 +132,7 @@ def run_golf(run: RunConfig, golf: GolfConfig, device: str | None = None, progre
         _log(f"weights at {golf.quant}: ~{est['payload_at_bit_width']:,} bytes before compression + "
              f"{est['code']:,} bytes of code; budget {golf.budget_bytes:,}", progress)
 
-    summary = train(run, device=device)
+    summary = train(run, device=device, hooks=training_hooks())
     if not summary or int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 does the rest
         return {}
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -77,13 +77,14 @@ def _train_in_worker(config_path: str, run_dir: str, threads: int | None, eval_c
 
         torch.set_num_threads(threads)
     from scalelab.config import load_config
+    from scalelab.eval.train_hooks import training_hooks
     from scalelab.train.trainer import train
 
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     with open(Path(run_dir) / "train.log", "a") as log, contextlib.redirect_stdout(log), \
             contextlib.redirect_stderr(log):
         try:
-            train(load_config(config_path))
+            train(load_config(config_path), hooks=training_hooks())
             if eval_cfg is not None and eval_cfg.eval.tasks:  # warm the eval cache while the executor is busy
                 from scalelab.scaling.study import evaluate_tasks
 

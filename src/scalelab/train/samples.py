@@ -1,6 +1,6 @@
 """The fixed prompts sampled at each checkpoint save, into RUN/samples.jsonl (train.ckpt_samples).
 
-    sampler = CheckpointSampler(out_dir, data_dir, model_cfg, device)   # the trainer's after_save hook
+    sampler = CheckpointSampler(out_dir, data_dir, model_cfg, device, sample_fn)   # the trainer's after_save
     sampler(ckpt_dir, model_state_dict, live_model)                     # after each checkpoint save
 
 One JSON line per save: {"step", "tokens", "checkpoint", "settings", "samples": [{"prompt",
@@ -9,8 +9,8 @@ One JSON line per save: {"step", "tokens", "checkpoint", "settings", "samples": 
 line for step k is what `scalelab sample RUN/checkpoints/step_k` prints -- and it outlives
 the checkpoint when that is pruned. With train.wandb the rows also go to W&B as a table.
 
-Layer rule: train does not import eval at module level; the generator is imported when
-the first sample is drawn (as the trainer's in-training task scores are).
+Layer rule: train does not import eval; the sampling itself is a hook (`sample_fn`,
+eval.train_hooks.sample_for_training, handed over in TrainHooks).
 """
 from __future__ import annotations
 
@@ -48,8 +48,9 @@ class CheckpointSampler:
     """Callable run on rank 0 after each checkpoint save (see the module docstring)."""
 
     def __init__(self, out_dir: str | Path, data_dir: str | Path, model_cfg, device: torch.device,
-                 wandb: bool = False):
+                 sample_fn, wandb: bool = False):
         self.out_dir = Path(out_dir)
+        self.sample_fn = sample_fn  # (model, tokenizer, device, name) -> (samples, settings)
         self.data_dir = data_dir
         self.model_cfg = model_cfg
         self.device = device
@@ -77,11 +78,7 @@ class CheckpointSampler:
         return rec
 
     def _sample(self, model, model_state):
-        from dataclasses import asdict
-
         from scalelab.data.prepare import load_data_tokenizer
-        from scalelab.eval.generate import SampleSettings, sample_prompts
-        from scalelab.eval.gpt_backend import wrap_gpt
 
         if self._tokenizer is None:
             self._tokenizer = load_data_tokenizer(self.data_dir)
@@ -93,11 +90,7 @@ class CheckpointSampler:
             with torch.device(self.device):
                 model = GPT(self.model_cfg)
             model.load_state_dict(model_state, strict=True)
-        settings = SampleSettings()
-        em = wrap_gpt(model, self._tokenizer, device=self.device, name=self.out_dir.name)
-        samples = sample_prompts(em, None, settings)
-        return ([{"prompt": s["prompt"], "completion": s["completion"], "tokens": s["tokens"]} for s in samples],
-                asdict(settings))
+        return self.sample_fn(model, self._tokenizer, self.device, self.out_dir.name)
 
     def _append(self, rec: dict[str, Any]) -> None:
         # A save at step k supersedes lines at or after k (a resumed run's abandoned future).

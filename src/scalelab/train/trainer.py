@@ -36,17 +36,20 @@ from scalelab.train.distributed import (
     parallelize,
     resolve_parallel,
 )
+from scalelab.train.hooks import TrainHooks, check_hooks
 from scalelab.train.logging import Progress, RunLogger, truncate_metrics
 from scalelab.train.optim import build_optimizer, set_lr
 from scalelab.train.samples import CheckpointSampler
 from scalelab.train.schedule import lr_at
 
 
-def train(cfg: RunConfig, device: str | None = None) -> dict[str, Any]:
-    """Train (or resume) the run described by `cfg`; returns the summary dict."""
+def train(cfg: RunConfig, device: str | None = None, hooks: TrainHooks | None = None) -> dict[str, Any]:
+    """Train (or resume) the run described by `cfg`; returns the summary dict. `hooks`:
+    eval's task scores and samples (eval.train_hooks), needed by train.eval_tasks / ckpt_samples."""
+    hooks = check_hooks(cfg, hooks)
     info = init_distributed(device)
     try:
-        return Trainer(cfg, info).run()
+        return Trainer(cfg, info, hooks).run()
     finally:
         cleanup()
 
@@ -140,9 +143,10 @@ def ema_with_warmup(decay: float):
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, info: DistInfo):
+    def __init__(self, cfg: RunConfig, info: DistInfo, hooks: TrainHooks | None = None):
         self.cfg = cfg
         self.info = info
+        self.hooks = check_hooks(cfg, hooks)
         self.out_dir = Path(cfg.out_dir)
         t = cfg.train
         if t.threads:
@@ -199,7 +203,8 @@ class Trainer:
             workers=t.loader_workers, prefetch_factor=t.prefetch_factor, pin_memory=t.pin_memory)
         self.sizes = count_params(self.model_cfg)
         self.flops_per_token = flops_per_token(self.model_cfg, self.model_cfg.seq_len)
-        self.after_save = (CheckpointSampler(self.out_dir, cfg.data.dir, self.model_cfg, self.device, wandb=t.wandb)
+        self.after_save = (CheckpointSampler(self.out_dir, cfg.data.dir, self.model_cfg, self.device,
+                                             self.hooks.sample, wandb=t.wandb)
                            if t.ckpt_samples and info.is_main else None)
 
         self.step = 0
@@ -390,7 +395,6 @@ class Trainer:
         if not t.eval_tasks:
             return {}
         from scalelab.data.prepare import load_data_tokenizer
-        from scalelab.eval.tasks import run_tasks_in_training
 
         if getattr(self, "_task_tokenizer", None) is None:
             self._task_tokenizer = load_data_tokenizer(self.cfg.data.dir)
@@ -401,7 +405,7 @@ class Trainer:
         if self.parallel != "fsdp" and not self.info.is_main:
             return {}
         target = self.ema.module if self.ema is not None else (model if self.parallel == "fsdp" else self.raw_model)
-        scores = run_tasks_in_training(target, self._task_tokenizer, list(t.eval_tasks), limit=t.eval_tasks_limit,
+        scores = self.hooks.task_scores(target, self._task_tokenizer, list(t.eval_tasks), limit=t.eval_tasks_limit,
                                        device=self.device, seed=self.cfg.seed)
         return {f"task_{k}": float(v) for k, v in scores.items()}
 
