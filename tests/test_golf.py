@@ -224,7 +224,7 @@ def test_precheck_refuses_a_hopeless_model_before_training():
 
 
 def test_golf_configs_in_repo_load():
-    for name in ("golf-cpu", "golf-baseline", "golf-8xh100"):
+    for name in ("golf-cpu", "golf-cpu-regime", "golf-baseline", "golf-8xh100", "golf-baseline-8xh100"):
         run, golf = load_golf_config(REPO / "configs" / f"{name}.yaml")
         assert run.train.max_time_s and golf.budget_bytes > 0
     run, golf = load_golf_config(REPO / "configs" / "golf-cpu.yaml", ["golf.quant=int5", "train.lr=1e-3",

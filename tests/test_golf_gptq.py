@@ -9,7 +9,7 @@ from scalelab.golf import codec
 from scalelab.golf.artifact import BudgetError, check_budget, write_artifact
 from scalelab.golf.compress import compress_with
 from scalelab.golf.config import GolfConfig, load_golf_config
-from scalelab.golf.estimate import estimate_artifact, precheck
+from scalelab.golf.estimate import estimate_artifact, estimate_for, precheck
 from scalelab.golf.gptq import calibration_windows, collect_hessians, gptq_quantize
 from scalelab.golf.quantize import QuantSpec, quantize_rows, quantize_state_dict
 from scalelab.model.gpt import GPT, GPTConfig
@@ -187,3 +187,13 @@ def test_a_budget_below_the_code_says_so():
     assert "Shrink the model" not in str(e.value)
     with pytest.raises(BudgetError, match="below the counted code alone"):
         precheck(GPTConfig(vocab_size=64, n_layer=1, d_model=32, n_head=2), GolfConfig(budget_bytes=1_000))
+
+
+def test_the_regime_config_is_bound_by_its_budget():
+    """configs/golf-cpu-regime.yaml: the model fits its budget, one more layer or 8 more channels do not."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "golf-cpu-regime.yaml"
+    for overrides, fits in (([], True), (["model.n_layer=3"], False), (["model.d_model=40"], False)):
+        run, golf = load_golf_config(path, overrides)
+        assert estimate_for(run, golf)["fits"] is fits, overrides

@@ -86,17 +86,9 @@ def cmd_golf(args) -> int:
 
 def _estimate(run, golf, as_json: bool) -> int:
     """Print the artifact size the config will produce; exit status 2 when it exceeds the budget."""
-    import dataclasses
-    from pathlib import Path
+    from scalelab.golf.estimate import estimate_for
 
-    from scalelab.golf.estimate import estimate_artifact
-
-    vocab = run.model.vocab_size
-    if not vocab:  # the prepared data's tokenizer, else the tokenizer data preparation will train
-        meta = Path(run.data.dir) / "meta.json"
-        tok = (json.loads(meta.read_text()).get("tokenizer") or {}) if meta.is_file() else {}
-        vocab = int(tok.get("vocab_size") or run.data.vocab_size)
-    est = estimate_artifact(dataclasses.replace(run.model, vocab_size=vocab), golf)
+    est = estimate_for(run, golf)
     if as_json:
         print(json.dumps(est, indent=2))
     else:

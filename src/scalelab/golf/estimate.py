@@ -6,7 +6,7 @@ The estimate is exact for everything but the compressed quantized values:
   sizes (these sections are small; counting them uncompressed errs on the large side);
 - the quantized values: numel x (bits per value measured by quantizing a Gaussian sample
   with the config's clip rule and compressing it with each of golf.compressors; the
-  smallest wins, as in a run). Against measured artifacts it was within ~1.5%, on
+  smallest wins, as in a run). Against measured artifacts it was within ~2%, on
   either side (docs/GOLF.md): trained weights are not Gaussian, and how they compress
   drifts with training length, so leave a margin.
 """
@@ -79,6 +79,20 @@ def sample_bits_per_value(bits: int, clip: str, clip_quantile: float, compressor
     return 8 * len(blob) / q.numel()
 
 
+def estimate_for(run, golf) -> dict:
+    """`estimate_artifact` for a run config; the vocabulary from model.vocab_size, else the
+    prepared data's tokenizer, else data.vocab_size (what data preparation will train)."""
+    import dataclasses
+    from pathlib import Path
+
+    vocab = run.model.vocab_size
+    if not vocab:
+        meta = Path(run.data.dir) / "meta.json"
+        tok = (json.loads(meta.read_text()).get("tokenizer") or {}) if meta.is_file() else {}
+        vocab = int(tok.get("vocab_size") or run.data.vocab_size)
+    return estimate_artifact(dataclasses.replace(run.model, vocab_size=vocab), golf)
+
+
 def estimate_artifact(model_cfg: GPTConfig, golf) -> dict:
     """The artifact size this config will produce (module doc), with a per-scheme breakdown."""
     by_scheme: dict[str, dict] = {}
@@ -111,7 +125,7 @@ def estimate_artifact(model_cfg: GPTConfig, golf) -> dict:
     total = code + weights
     return {
         "method": "quantized values: bits per value of a Gaussian sample quantized with golf.clip and compressed "
-                  "with golf.compressors (within ~1.5% of measured artifacts, either side); scales, fp16 "
+                  "with golf.compressors (within ~2% of measured artifacts, either side); scales, fp16 "
                   "tensors and header at raw size",
         "params": params, "code_bytes": code, "weights_bytes": weights, "total_bytes": total,
         "budget_bytes": golf.budget_bytes, "fits": total <= golf.budget_bytes,
