@@ -64,3 +64,10 @@ def test_one_config_loader_for_every_cli(tmp_path):
     # tune's own keys go through config.apply_overrides (YAML values, 5e-1 a number)
     tc = load_tune_config(ROOT / "configs" / "tune-cpu.yaml", ["trials=3", "remeasure_share=5e-1"])
     assert tc.trials == 3 and tc.remeasure_share == 0.5
+
+
+def test_golf_config_takes_the_same_config_word_rule():
+    from scalelab.golf.config import load_golf_config
+
+    run, golf = load_golf_config("train.max_steps=9", ["train.max_time_s=60", "golf.budget_bytes=1000000"])
+    assert run.train.max_steps == 9 and golf.budget_bytes == 1_000_000

@@ -9,7 +9,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scalelab.config import RunConfig, all_keys, apply_overrides, build_dataclass, config_from_dict, load_yaml_mapping
+from scalelab.config import (
+    RunConfig,
+    all_keys,
+    apply_overrides,
+    build_dataclass,
+    config_from_dict,
+    load_yaml_mapping,
+    split_config_arg,
+)
 from scalelab.errors import ConfigError
 from scalelab.golf.compress import COMPRESSORS
 from scalelab.golf.quantize import CLIPS, METHODS, SCHEMES, QuantSpec
@@ -76,7 +84,9 @@ def golf_keys() -> list[str]:
 
 
 def load_golf_config(path: str | Path | None, overrides: list[str] | None = None) -> tuple[RunConfig, GolfConfig]:
-    """Load and validate a golf YAML (training config + golf section) with overrides."""
+    """Load and validate a golf YAML (training config + golf section) with overrides; the
+    path may be an override itself, as for every CLI (config.split_config_arg)."""
+    path, overrides = split_config_arg(path, overrides)
     tree = load_yaml_mapping(path, "golf config", "configs/golf-*.yaml") if path is not None else {}
     tree = apply_overrides(copy.deepcopy(tree), list(overrides or []), valid=golf_keys())
     golf_tree = tree.pop("golf", None) or {}
