@@ -29,7 +29,7 @@ from torch import nn
 from scalelab.data.shards import list_shards, open_shard
 from scalelab.errors import DataError
 
-from scalelab.golf.quantize import _scale_for, row_clip
+from scalelab.golf.rounding import _scale_for, row_clip
 
 
 def calibration_windows(data_dir, seq_len: int, n_tokens: int) -> torch.Tensor:

@@ -32,17 +32,13 @@ import numpy as np
 import torch
 
 from scalelab.golf.codec import dequantize
+from scalelab.golf.rounding import MSE_RATIOS, _quantize_with, _scale_for, row_clip  # noqa: F401
 
 INT_SCHEMES = {"int8": 8, "int7": 7, "int6": 6, "int5": 5, "int4": 4}
 FLOAT_SCHEMES = ("fp16", "fp32")
 SCHEMES = (*INT_SCHEMES, *FLOAT_SCHEMES)
 CLIPS = ("max", "quantile", "mse")
 METHODS = ("rtn", "gptq")  # how values are rounded: to nearest, or GPTQ (golf/gptq.py)
-MSE_RATIOS = (1.0, 0.98, 0.96, 0.94, 0.92, 0.9, 0.88, 0.86, 0.84, 0.82, 0.8, 0.77, 0.74, 0.7, 0.66, 0.62,
-              0.58, 0.54, 0.5)
-_FP16_MIN_SCALE = 2.0**-24  # smallest positive fp16 (subnormal)
-
-
 @dataclass
 class QuantSpec:
     default: str = "int8"
@@ -60,47 +56,6 @@ class QuantSpec:
         if numel <= self.keep_float_numel:
             return "fp16"
         return self.default
-
-
-def _scale_for(clip: torch.Tensor, qmax: int) -> torch.Tensor:
-    """fp16 scale per row from the clip value, rounded up so that qmax * scale >= clip
-    (zero rows get scale 1)."""
-    s = torch.where(clip > 0, clip / qmax, torch.ones_like(clip)).to(torch.float16).clamp_min(_FP16_MIN_SCALE)
-    low = s.to(torch.float32) * qmax < clip
-    return torch.where(low, torch.nextafter(s, torch.full_like(s, float("inf"))), s)
-
-
-def _quantize_with(w: torch.Tensor, scale: torch.Tensor, qmax: int) -> torch.Tensor:
-    """Integer levels in [-qmax, qmax] (int16) for w [rows, cols] with fp16 scale [rows]."""
-    return torch.clamp(torch.round(w / scale.to(torch.float32)[:, None]), -qmax, qmax).to(torch.int16)
-
-
-def _row_quantile(a: torch.Tensor, q: float) -> torch.Tensor:
-    # torch.quantile refuses inputs over 2^24 values: go in chunks of rows.
-    rows_per_chunk = max(1, (1 << 22) // max(1, a.shape[1]))
-    return torch.cat([torch.quantile(a[i:i + rows_per_chunk], q, dim=1) for i in range(0, a.shape[0], rows_per_chunk)])
-
-
-def row_clip(w: torch.Tensor, bits: int, clip: str, clip_quantile: float) -> torch.Tensor:
-    """Clip value per row of w [rows, cols] (fp32)."""
-    amax = w.abs().amax(dim=1)
-    if clip == "max":
-        return amax
-    if clip == "quantile":
-        return _row_quantile(w.abs(), clip_quantile)
-    qmax = (1 << (bits - 1)) - 1
-    best, best_err = amax, None
-    for r in MSE_RATIOS:
-        c = amax * r
-        s = _scale_for(c, qmax)
-        err = (w - _quantize_with(w, s, qmax).to(torch.float32) * s.to(torch.float32)[:, None]).square().sum(dim=1)
-        if best_err is None:
-            best, best_err = c, err
-        else:
-            better = err < best_err
-            best = torch.where(better, c, best)
-            best_err = torch.where(better, err, best_err)
-    return best
 
 
 def quantize_rows(w: torch.Tensor, bits: int, clip: str = "mse", clip_quantile: float = 0.9999984
