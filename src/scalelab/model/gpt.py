@@ -139,32 +139,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     rotate_half(x) = cat(-x2, x1), written on the halves to save two copies.
     cos/sin are [T, D/2] (positions 0..T-1 of every row) or [B, T, D/2] (per-token positions).
     """
-    cos = cos.unsqueeze(-2).to(x.dtype)  # [(B,) T, 1, D/2] broadcasts over (batch and) heads
-    sin = sin.unsqueeze(-2).to(x.dtype)
-    return _Rope.apply(x, cos, sin)
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     d = x.shape[-1] // 2
     x1, x2 = x[..., :d], x[..., d:]
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    torch.mul(x1, cos, out=out[..., :d]).addcmul_(x2, sin, value=-1)  # written in place: no cat
-    torch.mul(x2, cos, out=out[..., d:]).addcmul_(x1, sin)
-    return out
-
-
-class _Rope(torch.autograd.Function):
-    # The gradient of a rotation is the rotation by minus the angle: one pass back, where
-    # autograd of the sliced formula zero-fills and sums four slice gradients.
-    @staticmethod
-    def forward(ctx, x, cos, sin):
-        ctx.save_for_backward(cos, sin)
-        return _rotate(x, cos, sin)
-
-    @staticmethod
-    def backward(ctx, grad):
-        cos, sin = ctx.saved_tensors
-        return _rotate(grad, cos, -sin), None, None
+    cos = cos.unsqueeze(-2).to(x.dtype)  # [(B,) T, 1, D/2] broadcasts over (batch and) heads
+    sin = sin.unsqueeze(-2).to(x.dtype)
+    # (A closed-form backward was 28% faster in isolation but no faster end to end: not kept.)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
 # ---------------------------------------------------------------------------
