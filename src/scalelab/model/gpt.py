@@ -155,7 +155,7 @@ class RMSNorm(nn.RMSNorm):
     """nn.RMSNorm with a hand-written backward on CPU.
 
     There F.rms_norm is a chain of broadcast ops that autograd differentiates one by one;
-    the closed-form gradient takes half the time (bench/bench_vs_nanogpt.py). Other devices
+    the closed-form gradient takes half the time (docs/bench-train.md). Other devices
     keep torch's fused kernel.
     """
 
