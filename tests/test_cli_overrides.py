@@ -71,3 +71,17 @@ def test_golf_config_takes_the_same_config_word_rule():
 
     run, golf = load_golf_config("train.max_steps=9", ["train.max_time_s=60", "golf.budget_bytes=1000000"])
     assert run.train.max_steps == 9 and golf.budget_bytes == 1_000_000
+
+
+def test_json_output_is_alone_on_stdout(tmp_path, capsys):
+    """--json: progress and notes go to stderr, so `scalelab ... --json | jq` works."""
+    import json
+
+    from scalelab.cli import main
+
+    rc = main(["data", "configs/cpu-tiny.yaml", f"data.dir={tmp_path / 'd'}", "data.max_docs=40",
+               "data.vocab_size=300", "--json"])
+    out = capsys.readouterr()
+    assert rc == 0
+    meta = json.loads(out.out)  # nothing but the JSON
+    assert meta["splits"]["train"]["docs"] > 0 and "\r" not in out.err  # no bar in a pipe

@@ -16,6 +16,7 @@ import sys
 import typing
 
 from scalelab.errors import ConfigError, ScalelabError
+from scalelab.io import emit_json
 
 OVERRIDES_HELP = ("dotted key=value overrides applied after the YAML file, e.g. train.lr=3e-3 "
                   "out_dir=runs/a model.n_layer=6 (see the key list below)")
@@ -55,7 +56,7 @@ def cmd_data(args) -> int:
     cfg = _load(args)
     meta = prepare_data(cfg.data, progress=not args.quiet, overwrite=args.overwrite)
     if args.json:
-        print(json.dumps(meta, indent=2))
+        emit_json(meta)
     else:
         splits = meta.get("splits", {})
         for name, s in splits.items():
@@ -123,7 +124,7 @@ def cmd_fit(args) -> int:
                      predict_compute=[float(c) for c in args.predict_compute or []] or None,
                      holdout=args.holdout)
     if args.json:
-        print(json.dumps(result, indent=2))
+        emit_json(result)
     else:
         print(format_fit(result))
     return 0
@@ -137,7 +138,7 @@ def _plan_study(args) -> int:
     cfg = load_study_config(args.study)
     plan = make_plan(cfg, planned_vocab(cfg), args.data_tokens)
     if args.json:
-        print(json.dumps(plan, indent=2))
+        emit_json(plan)
     else:
         print(format_plan(plan))
         print(f"{len(plan['models'])} configurations x {len(cfg.seeds)} seeds = "
@@ -181,7 +182,7 @@ def cmd_plan(args) -> int:
         paths = write_configs(plan, base, args.write_configs, runs_dir=args.runs_dir)
         plan["configs"] = [str(p) for p in paths]
     if args.json:
-        print(json.dumps(plan, indent=2))
+        emit_json(plan)
     else:
         print(format_plan(plan))
         for path in plan.get("configs", []):
@@ -196,7 +197,7 @@ def cmd_study(args) -> int:
     results = run_study(args.config, args.overrides, progress=not args.quiet,
                         report=None if args.no_report else write_report)
     if args.json:
-        print(json.dumps({k: results[k] for k in ("sizes", "fits", "checks")}, indent=2))
+        emit_json({k: results[k] for k in ("sizes", "fits", "checks")})
     else:
         print(format_study(results))
         print(f"results: {results['config']['out_dir']}/results.json")
@@ -402,6 +403,17 @@ def run_parsed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
             from scalelab.train.hardware import resolve_device
 
             resolve_device(args.device)
+        if getattr(args, "json", False):  # the JSON alone on stdout; progress and notes to stderr
+            import contextlib
+
+            from scalelab import io as sio
+
+            sio.JSON_STREAM, real = sys.stdout, sys.stdout
+            try:
+                with contextlib.redirect_stdout(sys.stderr):
+                    return args.func(args) or 0
+            finally:
+                sio.JSON_STREAM = None if sio.JSON_STREAM is real else sio.JSON_STREAM
         return args.func(args) or 0
     except ScalelabError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -222,3 +222,18 @@ def software_versions() -> dict[str, str]:
         "torch": torch.__version__,
         "numpy": numpy.__version__,
     }
+
+
+# Where machine-readable output goes. With --json, the CLI points everything printed to
+# stdout at stderr while a command runs (progress, notes) and keeps the real stdout here,
+# so `scalelab ... --json | jq` sees the JSON alone.
+JSON_STREAM = None
+
+
+def emit_json(obj: Any, **kwargs: Any) -> None:
+    """Print `obj` as JSON on the command's machine-readable output (stdout)."""
+    import sys
+
+    stream = JSON_STREAM if JSON_STREAM is not None else sys.stdout
+    print(json.dumps(obj, indent=2, **kwargs), file=stream, flush=True)
+

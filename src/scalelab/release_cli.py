@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from scalelab.io import emit_json
+
 LR_FIND_EPILOG = """The sweep uses the config's model, optimizer (AdamW groups, betas, weight decay),
 batch (train.batch_tokens with accumulation), clipping, dtype and data, on a fresh model.
 It writes lr_find.json and lr_find.png into --out (default OUT_DIR/lr_find, which
@@ -85,7 +87,7 @@ def cmd_lr_find(args) -> int:
                               stop_factor=args.stop_factor)
     result = lr_find(cfg, settings, out_dir=args.out, device=args.device, progress=not (args.quiet or args.json))
     if args.json:
-        print(json.dumps({k: v for k, v in result.items() if k not in ("records", "config")}, indent=2))
+        emit_json({k: v for k, v in result.items() if k not in ("records", "config")})
     else:
         print(format_lr_find(result))
         print(f"wrote {result['json_path']} and {result['plot_path']}")
@@ -98,7 +100,7 @@ def cmd_export(args) -> int:
     info = export_hf(args.run, args.hf, which=args.which, weights=args.weights, push=args.push,
                      private=args.private, verify=not args.no_verify, overwrite=args.overwrite,
                      tokenizer=args.tokenizer)
-    print(json.dumps(info, indent=2) if args.json else format_export(info))
+    emit_json(info) if args.json else print(format_export(info))
     return 0
 
 

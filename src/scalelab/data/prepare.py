@@ -370,7 +370,8 @@ def _build(cfg: DataConfig, tmp: Path, progress: bool) -> dict:
     from tqdm import tqdm
 
     bar = tqdm(total=cfg.max_bytes, unit="B", unit_scale=True, unit_divisor=1000, desc="tokenizing",
-               disable=not progress, mininterval=0.5, dynamic_ncols=True)
+               disable=None if progress else True,  # None: off when not a TTY
+               mininterval=0.5, dynamic_ncols=True)
     t0 = time.perf_counter()
     held: tuple[np.ndarray, int] | None = None  # last train doc, kept back while val is empty
     index = 0

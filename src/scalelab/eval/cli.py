@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from scalelab.io import emit_json
+
 EVAL_EPILOG = """examples:
   scalelab eval runs/tiny --tasks hellaswag,arc_easy --limit 500
   scalelab eval runs/tiny@best --tasks all --fraction 0.1 --out runs/tiny/eval
@@ -130,7 +132,7 @@ def cmd_eval(args) -> int:
         return 0
     if args.compare:
         cmp = T.compare(args.compare[0], args.compare[1], seed=args.seed)
-        print(json.dumps(cmp, indent=2) if args.json else T.format_compare(cmp))
+        emit_json(cmp) if args.json else print(T.format_compare(cmp))
         return 0
     if not args.target:
         raise ScalelabError("scalelab eval needs a TARGET (run dir, checkpoint dir or hf:DIR), or --compare A B")
@@ -143,7 +145,7 @@ def cmd_eval(args) -> int:
                                       tokenizer=args.tokenizer, batch_size=args.batch_size, out=args.out,
                                       progress=not args.quiet and not args.json,
                                       log=(lambda _m: None) if args.json else print)
-        print(json.dumps(res, indent=2) if args.json else TR.format_summary(res))
+        emit_json(res) if args.json else print(TR.format_summary(res))
         return 0
     if not args.tasks and not args.lm:
         raise ScalelabError(f"nothing to evaluate: give --tasks (e.g. --tasks hellaswag,arc_easy or --tasks all; "
@@ -174,7 +176,7 @@ def cmd_eval(args) -> int:
     out = Path(args.out) if args.out else _default_out(args.target, model)
     paths = T.write_results(results, out)
     if args.json:
-        print(json.dumps({k: v for k, v in results.items() if k != "samples"}, indent=2))
+        emit_json({k: v for k, v in results.items() if k != "samples"})
     else:
         print(T.format_table(results))
         print(f"wrote {paths['results']} and {paths['table']}")
@@ -191,7 +193,7 @@ def cmd_sample(args) -> int:
                               max_tokens=args.max_tokens, seed=args.seed, use_cache=not args.no_cache)
     path, samples = write_samples(model, args.out, prompts, settings)
     if args.json:
-        print(json.dumps(samples, indent=2))
+        emit_json(samples)
     else:
         for s in samples:
             print(f"--- {s['prompt']!r}\n{s['prompt']}{s['completion']}\n")

@@ -125,7 +125,8 @@ def _score_windows(model, streams: Iterable[tuple[int, np.ndarray]], L: int, S: 
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(unit="tok", unit_scale=True, desc="lm eval", mininterval=0.5, dynamic_ncols=True)
+        bar = tqdm(unit="tok", unit_scale=True, desc="lm eval", mininterval=0.5, dynamic_ncols=True,
+                   disable=None)  # None: no carriage-return bars in pipes and logs
 
     def flush():
         nonlocal pending, pending_tokens

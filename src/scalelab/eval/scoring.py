@@ -197,7 +197,8 @@ def run_items(backend: Backend, items: list[Item], batch_size: int = 16, pack_le
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=sum(sizes), unit="tok", unit_scale=True, desc=desc, mininterval=0.5, dynamic_ncols=True)
+        bar = tqdm(total=sum(sizes), unit="tok", unit_scale=True, desc=desc, mininterval=0.5, dynamic_ncols=True,
+                   disable=None)  # None: no carriage-return bars in pipes and logs
     try:
         b = 0
         while b < len(rows):

@@ -13,6 +13,8 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 
+from scalelab.io import emit_json  # noqa: E402
+
 EPILOG = """\
 The config is a training config (out_dir, seed, data, model, train) plus a `golf:` section.
 Overrides: golf.key=value patches the golf section, other keys the training config.
@@ -71,7 +73,7 @@ def cmd_golf(args) -> int:
     if not result:
         return 0
     if args.json:
-        print(json.dumps(result, indent=2, default=str))
+        emit_json(result, default=str)
         return 0
     a, e = result["artifact"], result["eval"]
     sliding = ""
@@ -90,7 +92,7 @@ def _estimate(run, golf, as_json: bool) -> int:
 
     est = estimate_for(run, golf)
     if as_json:
-        print(json.dumps(est, indent=2))
+        emit_json(est)
     else:
         rows = "; ".join(f"{k} {v['params']:,} params -> {v['bytes']:,} B" for k, v in est["by_scheme"].items())
         print(f"estimated artifact {est['total_bytes']:,} bytes = code {est['code_bytes']:,} + weights "

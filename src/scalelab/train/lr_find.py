@@ -191,7 +191,7 @@ def lr_find(cfg: RunConfig, settings: LRFindSettings | None = None, out_dir: str
     if show:
         from tqdm import tqdm
 
-        bar = tqdm(total=settings.steps, desc="lr-find", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=settings.steps, desc="lr-find", unit="step", dynamic_ncols=True, disable=None)  # None: off when not a TTY
     t0 = time.perf_counter()
     model.train()
     for i, lr in enumerate(lrs):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from scalelab.io import emit_json
+
 
 def cmd_tune(args) -> int:
     from scalelab.tune.search import check_result, load_tune_config, run_tune
@@ -23,7 +25,7 @@ def cmd_tune(args) -> int:
         slim = {k: v for k, v in result.items() if k != "trials"}
         slim["trials"] = [{k: v for k, v in t.items() if k not in ("step_times", "intermediate_values")}
                           for t in result["trials"]]
-        print(json.dumps(slim, indent=2, default=str))
+        emit_json(slim, default=str)
         check_result(result)  # nothing completed: exit non-zero with the reasons
         return 0
     w = result["winner"]
@@ -55,7 +57,7 @@ def cmd_suggest(args) -> int:
                      mfu=args.mfu, calibrate=args.calibrate, global_batch_tokens=args.batch_tokens,
                      max_micro_batch=args.max_micro_batch, dtype=args.dtype)
     if args.json:
-        print(json.dumps(result, indent=2, default=str))
+        emit_json(result, default=str)
     else:
         print(format_suggestion(result))
     return 0
