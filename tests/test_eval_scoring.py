@@ -188,3 +188,27 @@ def test_fsdp_sharded_gpt_goes_through_forward():
             assert rb["lls"] == pytest.approx(ra["lls"], abs=1e-4)
     finally:
         dist.destroy_process_group()
+
+
+def test_one_oversized_item_does_not_widen_every_row():
+    """A long item (e.g. one HellaSwag context shared by many endings) gets a row and a batch of its
+    own; the other rows stay pack_len long (they used to be sized, and padded, to the longest item)."""
+    import torch
+
+    from scalelab.eval import scoring
+
+    class Fake:
+        vocab_size, device, supports_masks = 8, torch.device("cpu"), True
+
+        def hidden(self, idx, pos, mask):
+            return torch.zeros(*idx.shape, 4)
+
+        def logits(self, h):
+            return torch.zeros(h.shape[0], 8)
+
+    sizes = [100, 120, 90, 4000, 110, 130, 95, 105]
+    items = [scoring.tree_item([1] * (n - 3), [[2, 3, 4]]) for n in sizes]
+    stats = scoring.EngineStats()
+    out = scoring.run_items(Fake(), items, batch_size=16, pack_len=512, stats=stats)
+    assert all(len(r) == 1 for r in out)
+    assert stats.padded <= 4000 + 2 * 512 and stats.tokens == sum(len(it) for it in items)
