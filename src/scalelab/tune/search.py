@@ -258,7 +258,9 @@ def search(setup: TuneSetup, study, clock: _Clock, log: Callable[[str], None]) -
         if len(done) >= target:
             break
         est = statistics.median([t.user_attrs["duration_s"] for t in done]) if done else 0.0
-        if search_budget is not None and clock.spent() + est > search_budget:
+        # The first trial always starts (nothing to estimate from; on a slow machine the set-up
+        # alone may have used a tiny budget): the budget then stops it as a "budget" failure.
+        if done and search_budget is not None and clock.spent() + est > search_budget:
             stop_reason = "budget"
             break
         trial = study.ask(dists)
