@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from scalelab.errors import CheckpointError, ConfigError, ScalelabError, TrainingError
+from scalelab.errors import CheckpointError, ConfigError, TrainingError
 from scalelab.finetune.config import FinetuneConfig
 from scalelab.finetune.data import RowSchedule, collate, data_fingerprint, pack_rows, prepare_examples, read_records
 from scalelab.finetune.gguf import resolve_model_path
@@ -28,7 +28,7 @@ from scalelab.io import atomic_write_json, atomic_write_text, git_hash, software
 from scalelab.train import checkpoint as ckpt_io
 from scalelab.train import resume as resume_io
 from scalelab.train.distributed import (DistInfo, all_gather_objects, all_reduce_mean, barrier, cleanup,
-                                        init_distributed, no_grad_sync, resolve_parallel)
+                                        init_distributed, no_grad_sync, on_main, resolve_parallel)
 from scalelab.train.logging import Progress, RunLogger, truncate_metrics
 from scalelab.train.schedule import lr_at
 from scalelab.train.trainer import _rng_state, _set_rng_state, OOM_HINT, _is_oom
@@ -43,20 +43,6 @@ def finetune(cfg: FinetuneConfig, device: str | None = None) -> dict[str, Any]:
         cleanup()
 
 
-def _on_main(info: DistInfo, fn):
-    """Run `fn` on rank 0 and hand its result (or its ScalelabError) to every rank."""
-    result, error = None, None
-    if info.is_main:
-        try:
-            result = fn()
-        except ScalelabError as e:
-            error = e
-    result, error = all_gather_objects((result, error))[0]
-    if error is not None:
-        raise error
-    return result
-
-
 class FinetuneJob:
     def __init__(self, cfg: FinetuneConfig, info: DistInfo):
         self.cfg, self.info = cfg, info
@@ -69,7 +55,7 @@ class FinetuneJob:
         if cfg.output_dir.exists() and not t.resume:
             raise ConfigError(f"output dir '{cfg.output_dir}' already exists and is never overwritten; set "
                               "output.dir=... or out_dir=... to a new path")
-        self.start = _on_main(info, self._prepare_out_dir)
+        self.start = on_main(info, self._prepare_out_dir)
         self.device = info.device
         self.parallel = resolve_parallel(t, info)
         self.compute_dtype = resolve_dtype(m.dtype, self.device)
@@ -78,7 +64,7 @@ class FinetuneJob:
         self.load_dtype = self.compute_dtype if m.lora else torch.float32
         self.autocast = self.compute_dtype == torch.bfloat16 and self.parallel != "fsdp"
 
-        path = _on_main(info, lambda: resolve_model_path(m.hf))  # a GGUF converts once, on rank 0
+        path = on_main(info, lambda: resolve_model_path(m.hf))  # a GGUF converts once, on rank 0
         self.model_path = path
         self.tokenizer = load_tokenizer(path, m.trust_remote_code)
         records = read_records(d.source, hf_config=d.hf_config, hf_split=d.hf_split, limit=d.max_examples)
@@ -161,7 +147,7 @@ class FinetuneJob:
     def _resume(self) -> None:
         from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-        path, notes = _on_main(self.info, lambda: resume_io.choose_checkpoint(self.out_dir, self.start.resume)[::2])
+        path, notes = on_main(self.info, lambda: resume_io.choose_checkpoint(self.out_dir, self.start.resume)[::2])
         state = ckpt_io.load_state(path)
         resume_io.check_compatible(path, state, self._identity(), None, self.cfg.data.source)
         weights = ckpt_io.load_weights(path / ckpt_io.MODEL_FILE, verify=False)

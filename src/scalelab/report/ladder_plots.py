@@ -31,7 +31,7 @@ import numpy as np
 
 from scalelab.report.markdown import count, sci
 from scalelab.report.plot_common import (
-    LOSS_LABEL, new_figure, percentile_band, save_figure, size_colors, study_title, text_box,
+    LOSS_LABEL, new_figure, percentile_band, placeholder_figure, save_figure, size_colors, study_title, text_box,
 )
 from scalelab.scaling.laws import chinchilla_loss, compute_optimal
 from scalelab.scaling.ladder_results import (
@@ -296,11 +296,7 @@ def plot_downstream(results: dict, out_dir: Path) -> list[Path]:
     tasks = task_names(results)
     colors = budget_colors(results)
     if not tasks:
-        fig = new_figure(6, 3)
-        ax = fig.add_subplot()
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no downstream tasks in results.json", ha="center", va="center")
-        return save_figure(fig, out_dir, "downstream")
+        return placeholder_figure(out_dir, "downstream", "no downstream tasks in results.json")
     fig = new_figure(11, 4.2 * len(tasks))
     axes = fig.subplots(len(tasks), 2, squeeze=False)
     tfits = _fits(results).get("tasks") if isinstance(_fits(results).get("tasks"), dict) else {}

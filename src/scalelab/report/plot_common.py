@@ -104,6 +104,15 @@ def save_figure(fig, out_dir: Path, stem: str) -> list[Path]:
     return paths
 
 
+def placeholder_figure(out_dir: Path, stem: str, text: str) -> list[Path]:
+    """A small figure that only says why there is nothing to draw (the note links every figure)."""
+    fig = new_figure(6, 3)
+    ax = fig.add_subplot()
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    return save_figure(fig, out_dir, stem)
+
+
 def size_colors(ns: Iterable[float]) -> dict[float, Any]:
     from matplotlib import colormaps
 

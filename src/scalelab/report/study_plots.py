@@ -36,8 +36,8 @@ import numpy as np
 
 from scalelab.report.plot_common import (
     CHINCHILLA_ALPHA, CHINCHILLA_BETA, KAPLAN_ALPHA_N, LOSS_LABEL, N_LABEL, chinchilla_opt_curve, ci_text,
-    compute_axis_label, family_styles, kaplan_curve, new_figure, place_legend, ratio_key, run_ls, save_figure,
-    seed_offsets, size_colors, size_label, size_ticks, study_title, text_box,
+    compute_axis_label, family_styles, kaplan_curve, new_figure, place_legend, placeholder_figure, ratio_key, run_ls,
+    save_figure, seed_offsets, size_colors, size_label, size_ticks, study_title, text_box,
 )
 from scalelab.scaling.ladder_results import is_isoflop
 from scalelab.scaling.results import (
@@ -168,11 +168,7 @@ def plot_metric_vs_params(results: dict, out_dir: Path) -> list[Path]:
     runs = good_runs(results)
     metrics = _metrics(results)
     if not metrics:
-        fig = new_figure(6, 3)
-        ax = fig.add_subplot()
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no downstream metrics (val_bpb, tasks) in results.json", ha="center", va="center")
-        return save_figure(fig, out_dir, "metric_vs_params")
+        return placeholder_figure(out_dir, "metric_vs_params", "no downstream metrics (val_bpb, tasks) in results.json")
     k = len(metrics)
     ncol = min(3, k)
     nrow = math.ceil(k / ncol)

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from scalelab.config import TrainConfig
-from scalelab.errors import ConfigError
+from scalelab.errors import ConfigError, ScalelabError
 
 
 @dataclass
@@ -88,6 +88,21 @@ def all_gather_objects(obj):
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def on_main(info: DistInfo, fn):
+    """Run `fn` on rank 0 and hand its result (or its ScalelabError) to every rank, so a user
+    error found on rank 0 stops every rank with the same message."""
+    result, error = None, None
+    if info.is_main:
+        try:
+            result = fn()
+        except ScalelabError as e:
+            error = e
+    result, error = all_gather_objects((result, error))[0]
+    if error is not None:
+        raise error
+    return result
 
 
 def _checkpoint_block(block: nn.Module) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from scalelab.config import RunConfig
-from scalelab.errors import CheckpointError, ConfigError, DataError, ScalelabError, TrainingError
+from scalelab.errors import CheckpointError, ConfigError, DataError, TrainingError
 from scalelab.io import atomic_write_json, atomic_write_text, git_hash, software_versions
 from scalelab.model.gpt import GPT, GPTConfig
 from scalelab.model.sizing import count_params, flops_per_token
@@ -33,6 +33,7 @@ from scalelab.train.distributed import (
     cleanup,
     init_distributed,
     no_grad_sync,
+    on_main,
     parallelize,
     resolve_parallel,
 )
@@ -217,19 +218,6 @@ class Trainer:
 
     # -- set-up ------------------------------------------------------------
 
-    def _on_main(self, fn):
-        """Run `fn` on rank 0 and hand its result (or its ScalelabError) to every rank."""
-        result, error = None, None
-        if self.info.is_main:
-            try:
-                result = fn()
-            except ScalelabError as e:
-                error = e
-        result, error = all_gather_objects((result, error))[0]
-        if error is not None:
-            raise error
-        return result
-
     def _prepare_out_dir(self) -> resume_io.Start:
         def prepare() -> resume_io.Start:
             try:
@@ -248,7 +236,7 @@ class Trainer:
                 print(f"note: {note}", flush=True)
             return start
 
-        return self._on_main(prepare)
+        return on_main(self.info, prepare)
 
     def _load_token_bytes(self) -> torch.Tensor | None:
         from scalelab.data.prepare import load_data_tokenizer
@@ -272,7 +260,7 @@ class Trainer:
             path, _, notes = resume_io.choose_checkpoint(self.out_dir, self.start.resume)
             return path, notes
 
-        path, notes = self._on_main(pick)
+        path, notes = on_main(self.info, pick)
         state = ckpt_io.load_state(path)
         resume_io.check_compatible(path, state, dataclasses.asdict(self.model_cfg), self.tokenizer_identity,
                                    self.cfg.data.dir)
