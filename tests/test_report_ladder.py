@@ -309,3 +309,19 @@ def test_queries(tmp_path):
     a, k = q.power_law_draws(res["fits"]["isoflop"])
     assert a.size == 50
     assert q.above_chance_counts(res, "hellaswag", "acc_norm")["k"] == 3
+
+
+def test_synthetic_results_open_both_notes_with_the_warning(tmp_path):
+    """Both designs' notes open with the synthetic-results warning when results.json says so."""
+    from scalelab.report.study_note import write_note
+
+    for fixture in (FIXTURE, FIXTURE_RATIOS):
+        res = json.loads(fixture.read_text())
+        res["synthetic"] = {"note": "made up for a test"}
+        out = tmp_path / fixture.stem
+        out.mkdir()
+        text = write_note(res, out, []).read_text()
+        assert ("> **Synthetic results.** results.json marks these numbers as synthetic: made up for a test. "
+                "Do not read them as measurements.") in text
+        del res["synthetic"]
+        assert "Synthetic results" not in write_note(res, out, []).read_text()

@@ -91,3 +91,13 @@ def where_in_ci(x: float, ci) -> str:
     if inside:
         return "inside our 95% CI"
     return "below our 95% CI" if x < num(ci[0]) else "above our 95% CI"
+
+
+def synthetic_banner(results: dict) -> list[str]:
+    """The warning a note opens with when results.json marks its numbers as synthetic."""
+    syn = results.get("synthetic")
+    if not syn:
+        return []
+    note = f": {syn.get('note')}" if isinstance(syn, dict) and syn.get("note") else ""
+    return [f"> **Synthetic results.** results.json marks these numbers as synthetic{note}. "
+            "Do not read them as measurements.", ""]
