@@ -53,3 +53,21 @@ def test_eval_hf_export_on_the_runs_shards(tmp_path):
     prepare_data(cfg, progress=False)
     with pytest.raises(DataError, match="vocabulary and merges differ too"):
         evaluate_lm(hf, tmp_path / "other", max_tokens=64, progress=False)
+
+
+def test_sentencepiece_and_its_export_have_one_content(tmp_path):
+    from scalelab.data.tokenizer import train_tokenizer
+    from scalelab.data.tokenizer_content import PROBE_TEXT, content_fingerprint, same_tokenizer
+
+    from scalelab.config import DataConfig
+    from scalelab.data.sources import iter_documents
+
+    texts = [d for _, d in zip(range(60), iter_documents(DataConfig(source="builtin:bbcnews")))]
+    sp = train_tokenizer("sentencepiece", texts, 400)
+    hf = _hf(sp, tmp_path / "sp")
+    assert hf.identity != sp.identity
+    assert hf.encode(PROBE_TEXT) == sp.encode(PROBE_TEXT)  # the premise: they encode alike
+    assert content_fingerprint(sp) == content_fingerprint(hf) is not None and same_tokenizer(hf, sp)
+    other = train_tokenizer("sentencepiece", texts[::-1][:30], 420)
+    assert not same_tokenizer(other, sp) and not same_tokenizer(other, hf)
+    assert not same_tokenizer(sp, H.tokenizer())  # SentencePiece vs byte-level BPE

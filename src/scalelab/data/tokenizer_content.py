@@ -6,8 +6,14 @@ byte-level BPE seen through different libraries (the run's tokenizers JSON, the 
 identically. `content_fingerprint` hashes what decides the encoding instead: each id's
 token bytes, and the merges in priority order as the bytes each one creates (tiktoken's
 ranks imply the same list: every multi-byte token by rank). Special tokens count by
-their text. Kinds it cannot read (SentencePiece models) give None: callers then compare
-identities.
+their text.
+
+SentencePiece models (scalelab's `tokenizer.model`, and its export: a transformers
+Llama-style tokenizer converted from that file) have no merge list to read on both sides,
+so their content is each id's piece text plus the ids a fixed probe text encodes to
+(accents, CJK, emoji, digits, runs of spaces, tabs and newlines: normalization, dummy
+prefix and byte fallback all show there). Kinds it cannot read give None: callers then
+compare identities.
 """
 from __future__ import annotations
 
@@ -49,11 +55,41 @@ def _tiktoken_content(enc):
     return vocab, merged
 
 
+# Exercises what can make two SentencePiece tokenizers with one vocabulary encode apart.
+PROBE_TEXT = ("The quick brown fox, naïve café déjà vu -- 1234567890 + 3.14.\n\tIndented  two  spaces"
+              "   three.\n\n東京都 の 天気 🙂👍🏽 Ünïcödé ß ﬁ ½ \u00a0nbsp end ")
+
+
+def _sentencepiece_content(tok):
+    """(vocab, probe ids) of a SentencePiece tokenizer: scalelab's (`._sp`) or a transformers
+    tokenizer whose backend is SentencePiece-style (Metaspace / byte fallback), else None."""
+    sp = getattr(tok, "_sp", None)
+    if sp is not None and hasattr(sp, "id_to_piece"):
+        vocab = {i: sp.id_to_piece(i) for i in range(int(sp.get_piece_size()))}
+        return vocab, [int(i) for i in sp.encode(PROBE_TEXT)]
+    hf = getattr(tok, "tok", None)
+    backend = getattr(hf, "backend_tokenizer", None)
+    if backend is None or not hasattr(hf, "get_vocab"):
+        return None
+    spec = json.loads(backend.to_str())
+    style = json.dumps([spec.get("pre_tokenizer"), spec.get("decoder"), spec.get("normalizer")])
+    if "ByteLevel" in style or not any(k in style for k in ("Metaspace", "ByteFallback", "\\u2581")):
+        return None
+    vocab = {int(i): t for t, i in hf.get_vocab().items()}
+    return vocab, [int(i) for i in hf.encode(PROBE_TEXT, add_special_tokens=False)]
+
+
 def content_fingerprint(tok) -> str | None:
-    """sha256 (16 hex) of a tokenizer's vocabulary and merges, or None when unknown."""
+    """sha256 (16 hex) of a tokenizer's vocabulary and merges (SentencePiece: vocabulary and
+    the probe text's ids), or None when unknown."""
     content = None
     if getattr(tok, "_enc", None) is not None and hasattr(tok._enc, "_mergeable_ranks"):  # tiktoken GPT-2
         content = _tiktoken_content(tok._enc)
+    elif (sp_content := _sentencepiece_content(tok)) is not None:
+        vocab, probe = sp_content
+        canon = json.dumps({"pieces": sorted(vocab.items()), "probe": probe}, ensure_ascii=False,
+                           separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
     else:
         backend = getattr(tok, "_tok", None)  # a tokenizers.Tokenizer (scalelab bpe)
         if backend is None:  # a transformers tokenizer (eval's HFTokenizer wraps it as .tok)
