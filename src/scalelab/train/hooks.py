@@ -19,6 +19,9 @@ class TrainHooks:
     task_scores: Callable[..., dict[str, float]] | None = None
     # (model, tokenizer, device, name) -> (samples [{prompt, completion, tokens}], settings dict)
     sample: Callable[..., tuple[list[dict[str, Any]], dict[str, Any]]] | None = None
+    # (raw model, step, schedule progress in [0, 1] or None) -> None, before every step
+    # (e.g. golf's quantization-aware training switching on late in the run: golf/qat.py)
+    before_step: Callable[[Any, int, float | None], None] | None = None
 
 
 def check_hooks(cfg, hooks: TrainHooks | None) -> TrainHooks:

@@ -460,6 +460,8 @@ class Trainer:
                     break
                 lr = lr_at(self.step, self.total_steps or 0, t, self._progress_value(self.train_time))
                 set_lr(self.optimizers, lr / t.lr)
+                if self.hooks.before_step is not None:  # TrainHooks.before_step (e.g. golf's QAT switch)
+                    self.hooks.before_step(self.raw_model, self.step, self._progress_value(self.train_time))
                 loss_sum, grad_norm = self._train_step()
                 self.step += 1
                 self.tokens_seen += t.batch_tokens
