@@ -10,7 +10,8 @@ fused wqkv and w13 into q/k/v_proj and gate/up_proj):
     blocks[i].attn.q_norm/k_norm RMSNorm(head_dim), only when cfg.qk_norm
     blocks[i].mlp_norm           RMSNorm(d_model)
     blocks[i].mlp.w13/w2         SwiGLU: w2(silu(gate) * up), [gate; up] = w13 x   (cfg.mlp == "swiglu")
-    blocks[i].mlp.w1/w2          ReLU^2: w2(relu(w1 x)^2)          (cfg.mlp == "relu2")
+    blocks[i].mlp.w1/w2          ReLU^2: w2(relu(w1 x)^2)          (cfg.mlp == "relu2";
+                                 "leaky_relu2": leaky_relu(w1 x, 0.5)^2)
     norm                         final RMSNorm
     lm_head                      Linear(d_model, padded_vocab), tied to tok_emb when cfg.tie_embeddings
     skip_weights                 [n_layer // 2] learned scalars, only when cfg.unet_skips
@@ -28,6 +29,13 @@ Conventions worth knowing:
   is added, times the learned scalar skip_weights[i], to the input of its mirror block
   n_layer - 1 - i; with an odd n_layer the middle block has no skip. Weights start at 1.
   (HF Llama has no such connection: a model with skips does not export to HF.)
+- Depth recurrence (cfg.loop_layers, cfg.loop_count; parameter-golf records): the
+  consecutive blocks loop_layers run loop_count times in a row, sharing weights, e.g.
+  n_layer 4, loop_layers [1, 2], loop_count 3 runs blocks 0 1 2 1 2 1 2 3
+  (cfg.schedule). Skips, the KV cache and the output-projection init count the
+  7 block applications, not the 4 blocks.
+- Partial RoPE (cfg.rope_frac < 1): only the first rope_dim dims of each head rotate
+  (frequencies over rope_dim); the rest carry content without position.
 - Packed rows: `hidden(idx, pos=, mask=)` takes per-token positions [B, T] and an
   attention mask [B, T, T] (True = may attend) in place of 0..T-1 and the causal mask,
   so several documents (or a context and its continuations, eval/scoring.py) share a
@@ -62,12 +70,15 @@ class GPTConfig:
     d_model: int = 128
     ffn_hidden: int | None = None  # None: 8/3*d rounded up to multiple_of (swiglu), 4*d (relu2)
     multiple_of: int = 64
-    mlp: str = "swiglu"  # swiglu | relu2
+    mlp: str = "swiglu"  # swiglu | relu2 | leaky_relu2 (leaky_relu(x, 0.5)^2)
     qk_norm: bool = False
     tie_embeddings: bool = True
     logit_softcap: float | None = None  # tanh soft-cap on logits (Gemma 2 / modded-nanogpt)
     unet_skips: bool = False  # first-half block outputs feed their mirror blocks (modded-nanogpt)
+    loop_layers: list[int] | None = None  # consecutive blocks run loop_count times (depth recurrence)
+    loop_count: int = 1
     rope_theta: float = 10000.0
+    rope_frac: float = 1.0  # fraction of each head's dims that RoPE rotates (partial RoPE)
     norm_eps: float = 1e-5
     init_std: float | None = None  # None: 0.5 / sqrt(d_model) (0.018 at GPT-2's 768; larger for narrow models)
 
@@ -85,7 +96,14 @@ class GPTConfig:
               f"model.d_model / model.n_head = {self.d_model // self.n_head} must be even (RoPE rotates pairs)")
         kv = self.n_kv_head or self.n_head
         check(self.n_head % kv == 0, f"model.n_head ({self.n_head}) must be a multiple of model.n_kv_head ({kv})")
-        check(self.mlp in ("swiglu", "relu2"), f"model.mlp must be swiglu or relu2, got '{self.mlp}'")
+        check(self.mlp in ("swiglu", "relu2", "leaky_relu2"),
+              f"model.mlp must be swiglu, relu2 or leaky_relu2, got '{self.mlp}'")
+        ll = self.loop_layers or []
+        check(ll == list(range(ll[0], ll[0] + len(ll))) and 0 <= ll[0] and ll[-1] < self.n_layer if ll else True,
+              f"model.loop_layers must be consecutive block indices in [0, {self.n_layer}), e.g. [1, 2]; got {ll}")
+        check(self.loop_count >= 1, f"model.loop_count must be >= 1, got {self.loop_count}")
+        check(0 < self.rope_frac <= 1 and self.rope_dim >= 2,
+              f"model.rope_frac must be in (0, 1] and rotate >= 2 dims of head_dim {self.head_dim}; got {self.rope_frac}")
         check(self.vocab_size is None or self.vocab_size >= 2, f"model.vocab_size must be >= 2, got {self.vocab_size}")
         check(self.pad_vocab_to >= 1, f"model.pad_vocab_to must be >= 1, got {self.pad_vocab_to}")
         check(self.logit_softcap is None or self.logit_softcap > 0, "model.logit_softcap must be > 0 or null")
@@ -104,6 +122,18 @@ class GPTConfig:
     @property
     def kv_heads(self) -> int:
         return self.n_kv_head or self.n_head
+
+    @property
+    def rope_dim(self) -> int:
+        return 2 * int(self.head_dim * self.rope_frac / 2)
+
+    @property
+    def schedule(self) -> list[int]:
+        """Block index of each block application, in order (loops unrolled)."""
+        ll = self.loop_layers or []
+        if not ll or self.loop_count == 1:
+            return list(range(self.n_layer))
+        return list(range(ll[0])) + ll * self.loop_count + list(range(ll[-1] + 1, self.n_layer))
 
     @property
     def ffn_dim(self) -> int:
@@ -133,13 +163,16 @@ def rope_tables(seq_len: int, head_dim: int, theta: float, device=None) -> tuple
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, T, H, D] by position (HF Llama rotate-half convention).
+    """Rotate x [B, T, H, D] by position (HF Llama rotate-half convention); with tables
+    narrower than D/2 (partial RoPE) only the first 2 * cos.shape[-1] dims rotate.
 
     Equivalent to HF's `x * cat(cos, cos) + rotate_half(x) * cat(sin, sin)` with
     rotate_half(x) = cat(-x2, x1), written on the halves to save two copies.
     cos/sin are [T, D/2] (positions 0..T-1 of every row) or [B, T, D/2] (per-token positions).
     """
-    d = x.shape[-1] // 2
+    d = cos.shape[-1]
+    if 2 * d < x.shape[-1]:
+        return torch.cat((apply_rope(x[..., :2 * d], cos, sin), x[..., 2 * d:]), dim=-1)
     x1, x2 = x[..., :d], x[..., d:]
     cos = cos.unsqueeze(-2).to(x.dtype)  # [(B,) T, 1, D/2] broadcasts over (batch and) heads
     sin = sin.unsqueeze(-2).to(x.dtype)
@@ -197,7 +230,7 @@ class KVCache:
     """Keys and values of past positions for incremental decoding, one slot per layer."""
 
     def __init__(self, cfg: GPTConfig, batch: int, max_len: int, dtype: torch.dtype, device) -> None:
-        shape = (cfg.n_layer, batch, cfg.kv_heads, max_len, cfg.head_dim)
+        shape = (len(cfg.schedule), batch, cfg.kv_heads, max_len, cfg.head_dim)  # a slot per block application
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.pos = 0  # number of positions already stored
@@ -261,13 +294,15 @@ class MLP(nn.Module):
         if cfg.mlp == "swiglu":
             self.w13 = nn.Linear(cfg.d_model, 2 * cfg.ffn_dim, bias=False)  # rows [gate; up]
         else:
-            self.w1 = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)  # up (relu2)
+            self.w1 = nn.Linear(cfg.d_model, cfg.ffn_dim, bias=False)  # up (relu2, leaky_relu2)
         self.w2 = nn.Linear(cfg.ffn_dim, cfg.d_model, bias=False)  # down
 
     def forward(self, x):
         if self.kind == "swiglu":
             gate, up = self.w13(x).chunk(2, dim=-1)
             return self.w2(F.silu(gate) * up)
+        if self.kind == "leaky_relu2":  # keeps a gradient for negative inputs (parameter-golf records)
+            return self.w2(F.leaky_relu(self.w1(x), 0.5).square())
         return self.w2(F.relu(self.w1(x)).square())
 
     def _load_from_state_dict(self, state_dict, prefix, *args):
@@ -316,8 +351,8 @@ class GPT(nn.Module):
             self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
             self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
             self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab, bias=False)
-            # One learned scalar per skip connection (block i -> block n_layer - 1 - i).
-            self.skip_weights = nn.Parameter(torch.empty(cfg.n_layer // 2)) if cfg.unet_skips else None
+            # One learned scalar per skip connection (application i -> application L - 1 - i).
+            self.skip_weights = nn.Parameter(torch.empty(len(cfg.schedule) // 2)) if cfg.unet_skips else None
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         # RoPE tables: derived state, never saved; rebuilt by init_weights (meta-device init).
@@ -332,7 +367,7 @@ class GPT(nn.Module):
         """(Re)initialise every parameter and buffer in place.
 
         normal(0, init_scale) for embeddings and linears; output projections (wo, w2) get
-        init_scale / sqrt(2 * n_layer) (GPT-2); RMSNorm weights and skip weights 1. Only whole-tensor in-place
+        init_scale / sqrt(2 * block applications) (GPT-2); RMSNorm weights and skip weights 1. Only whole-tensor in-place
         ops, so it also runs on FSDP2-sharded (DTensor) parameters after `to_empty()`.
         (Padding vocab rows are drawn like the rest; they are never read.)
         """
@@ -340,10 +375,10 @@ class GPT(nn.Module):
         if cfg.tie_embeddings and self.lm_head.weight is not self.tok_emb.weight:
             self.lm_head.weight = self.tok_emb.weight  # to_empty() from meta unties shared parameters
         device = self.tok_emb.weight.device
-        cos, sin = rope_tables(cfg.seq_len, cfg.head_dim, cfg.rope_theta, device=device)
+        cos, sin = rope_tables(cfg.seq_len, cfg.rope_dim, cfg.rope_theta, device=device)
         self.rope_cos, self.rope_sin = cos, sin
         std = cfg.init_scale
-        out_std = std / math.sqrt(2 * cfg.n_layer)
+        out_std = std / math.sqrt(2 * len(cfg.schedule))
         for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 is_out = name.endswith(".wo") or name.endswith(".w2")
@@ -357,7 +392,7 @@ class GPT(nn.Module):
         end = start + length
         if self.rope_cos.shape[0] < end or self.rope_cos.device != device:
             n = max(end, self.cfg.seq_len)
-            self.rope_cos, self.rope_sin = rope_tables(n, self.cfg.head_dim, self.cfg.rope_theta, device=device)
+            self.rope_cos, self.rope_sin = rope_tables(n, self.cfg.rope_dim, self.cfg.rope_theta, device=device)
         return self.rope_cos[start:end], self.rope_sin[start:end]
 
     def hidden(self, idx: torch.Tensor, cache: KVCache | None = None, pos: torch.Tensor | None = None,
@@ -376,12 +411,13 @@ class GPT(nn.Module):
             cos, sin = self._rope(0, int(pos.max()) + 1, idx.device)
             cos, sin = cos[pos], sin[pos]  # [B, T, D/2]: each token's own angle
         x = self.tok_emb(idx)
-        L = self.cfg.n_layer
-        skips = []  # outputs of the first-half blocks (U-Net skips), popped by their mirrors
-        for i, block in enumerate(self.blocks):
+        order = self.cfg.schedule
+        L = len(order)
+        skips = []  # outputs of the first-half applications (U-Net skips), popped by their mirrors
+        for i, b in enumerate(order):
             if self.skip_weights is not None and i >= L - L // 2:
                 x = x + self.skip_weights[L - 1 - i] * skips.pop()
-            x = block(x, cos, sin, cache, i, mask)
+            x = self.blocks[b](x, cos, sin, cache, i, mask)
             if self.skip_weights is not None and i < L // 2:
                 skips.append(x)
         if cache is not None:

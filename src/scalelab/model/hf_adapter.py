@@ -4,7 +4,8 @@ No tensor is permuted, because gpt.py applies RoPE with HF Llama's rotate-half
 convention; the fused projections are split by rows (wqkv -> q, k, v; w13 -> gate, up)
 on export and concatenated on import. Embedding and lm_head rows are cut back from cfg.padded_vocab
 to cfg.vocab_size (the padding rows are never used). Supported: mlp="swiglu", no
-qk_norm, no logit_softcap -- anything else is not a Llama and raises ConfigError.
+qk_norm, no logit_softcap, no U-Net skips, loops or partial RoPE -- anything else is not
+a Llama and raises ConfigError.
 
     ours                                HF Llama
     tok_emb.weight                      model.embed_tokens.weight
@@ -74,6 +75,10 @@ def check_llama_compatible(cfg: GPTConfig) -> None:
         problems.append("model.logit_softcap is set (Llama has no logit soft-cap)")
     if getattr(cfg, "unet_skips", False):
         problems.append("model.unet_skips=true (Llama has no skip connections between blocks)")
+    if len(cfg.schedule) != cfg.n_layer:
+        problems.append("model.loop_layers with model.loop_count > 1 (Llama has no weight-shared, looped layers)")
+    if cfg.rope_dim != cfg.head_dim:
+        problems.append(f"model.rope_frac={cfg.rope_frac} (Llama rotates every dim of a head)")
     if problems:
         raise ConfigError("this model cannot be exported as LlamaForCausalLM: " + "; ".join(problems))
 

@@ -17,6 +17,8 @@ FLOP conventions (PaLM appendix B; nanoGPT `estimate_mfu`)
   The attention term counts QK^T and AV over the full T x T square (no causal halving),
   as PaLM and nanoGPT do, so MFU numbers compare with theirs. 6 = 2 (fwd) + 4 (bwd).
 - Forward-only FLOPs per token are one third of that: 2 * N_matmul + 4 * L * H * Q * T.
+- Depth recurrence (cfg.loop_layers / loop_count): a looped block's parameters are
+  counted once, its FLOPs once per application; L is the number of block applications.
 """
 from __future__ import annotations
 
@@ -39,21 +41,23 @@ def count_params(cfg: GPTConfig) -> dict[str, int]:
     """{'total', 'embedding', 'non_embedding'} exactly as GPT(cfg) allocates them."""
     non_embedding = cfg.n_layer * _layer_params(cfg) + cfg.d_model  # + final norm
     if cfg.unet_skips:
-        non_embedding += cfg.n_layer // 2  # one scalar per U-Net skip connection
+        non_embedding += len(cfg.schedule) // 2  # one scalar per U-Net skip connection
     table = cfg.padded_vocab * cfg.d_model
     embedding = table if cfg.tie_embeddings else 2 * table
     return {"total": embedding + non_embedding, "embedding": embedding, "non_embedding": non_embedding}
 
 
 def matmul_params(cfg: GPTConfig) -> int:
-    """Parameters that take part in a matmul per token: non-embedding + lm_head."""
-    return count_params(cfg)["non_embedding"] + cfg.d_model * cfg.padded_vocab
+    """Parameters that take part in a matmul per token: non-embedding + lm_head, a looped
+    block's once per application."""
+    repeats = (len(cfg.schedule) - cfg.n_layer) * _layer_params(cfg)
+    return count_params(cfg)["non_embedding"] + repeats + cfg.d_model * cfg.padded_vocab
 
 
 def flops_per_token(cfg: GPTConfig, seq_len: int | None = None) -> float:
     """Training (forward + backward) FLOPs per token: 6 N + 12 L H Q T (see module doc)."""
     T = cfg.seq_len if seq_len is None else seq_len
-    return 6.0 * matmul_params(cfg) + 12.0 * cfg.n_layer * cfg.n_head * cfg.head_dim * T
+    return 6.0 * matmul_params(cfg) + 12.0 * len(cfg.schedule) * cfg.n_head * cfg.head_dim * T
 
 
 def forward_flops_per_token(cfg: GPTConfig, seq_len: int | None = None) -> float:
