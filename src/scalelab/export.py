@@ -265,7 +265,8 @@ def load_source(run: str | Path, which: str = "last", weights: str = "model",
         check_llama_compatible(cfg)
     except ConfigError as e:
         raise ConfigError(f"cannot export '{ckpt}': {e}. Only Llama-shaped models (model.mlp=swiglu, "
-                          "model.qk_norm=false, model.logit_softcap=null, model.unet_skips=false) map onto "
+                          "model.qk_norm=false, model.logit_softcap=null, model.unet_skips=false, model.loop_count=1, "
+                          "model.rope_frac=1) map onto "
                           "LlamaForCausalLM") from None
     if weights == "ema" and not (ckpt / "ema.safetensors").is_file():
         raise CheckpointError(f"checkpoint '{ckpt}' has no EMA weights (ema.safetensors): the run was trained "
