@@ -60,6 +60,7 @@ class TrainConfig:
     lr: float = 3e-3
     muon_lr: float = 0.02
     muon_momentum: float = 0.95
+    muon_ns: str = "quintic"  # Muon's orthogonalization: quintic (Newton-Schulz) | polar_express (train/muon.py)
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
@@ -354,6 +355,8 @@ def validate(cfg: RunConfig) -> None:
     _check(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
     _check(t.optimizer in ("adamw", "muon"), f"train.optimizer must be adamw or muon, got '{t.optimizer}'")
     _check(t.muon_lr > 0, f"train.muon_lr must be > 0, got {t.muon_lr}")
+    _check(t.muon_ns in ("quintic", "polar_express"),
+           f"train.muon_ns must be quintic or polar_express, got '{t.muon_ns}'")
     _check(t.ema_decay is None or 0 < t.ema_decay < 1, f"train.ema_decay must be in (0, 1) or null, got {t.ema_decay}")
     _check(t.loader_workers >= 0, f"train.loader_workers must be >= 0, got {t.loader_workers}")
     _check(t.prefetch_factor >= 1, f"train.prefetch_factor must be >= 1, got {t.prefetch_factor}")

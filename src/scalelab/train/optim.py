@@ -78,7 +78,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device_type: str) -> lis
     for p in hidden:
         by_split.setdefault(splits.get(id(p)), []).append(p)
     muon_groups = [{"params": ps, "row_split": split} for split, ps in by_split.items()]
-    muon = Muon(muon_groups, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay, ns_dtype=ns_dtype)
+    muon = Muon(muon_groups, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay, ns_dtype=ns_dtype,
+                ns=cfg.muon_ns)
     for g in muon.param_groups:
         g["base_lr"] = g["lr"]
     adam_groups = [g for g in ({"params": rest_decay, "weight_decay": cfg.weight_decay}, groups[1]) if g["params"]]
