@@ -378,3 +378,23 @@ class FinetuneJob:
                 verify_output(out, self.raw, self.device, merged, tol=tol)
         barrier()
         return out
+
+
+def measure_steps(cfg: FinetuneConfig, on_step, device: str | None = None) -> None:
+    """Throughput entry point (`scalelab tune` with `job: finetune`): set the job up as
+    `finetune` does, then run train.max_steps optimizer steps of the real `train_step` with
+    the run's learning-rate schedule, calling `on_step(info, step, seconds, real_tokens, loss)`
+    after each. No evaluation, checkpoint or output: only the training step is timed."""
+    info = init_distributed(device)
+    try:
+        job = FinetuneJob(cfg, info)
+        while job.step < job.total_steps:
+            start = time.perf_counter()
+            lr = lr_at(job.step, job.total_steps, cfg.train)
+            for g in job.optimizer.param_groups:
+                g["lr"] = lr
+            loss, _, real = job.train_step()  # ends in all-reduces: the step is complete on every rank
+            job.step += 1
+            on_step(info, job.step, time.perf_counter() - start, real, loss)
+    finally:
+        cleanup()
