@@ -1,81 +1,144 @@
-"""Post-training quantization variants on finished golf runs: RTN vs GPTQ, bit widths.
+"""Golf quantization and compression techniques, each against the default, post round trip.
 
-Re-quantizes each finished run (no training: `train.resume=true` on a completed run) once
-per variant and prints val_bpb after the round trip, the quantization gap and the weight
-bytes, side by side, plus the GPTQ - RTN delta per bit width over the runs.
+Two parts, both optional, in one invocation:
 
-    .venv/bin/python bench/bench_golf_quant.py configs/golf-cpu-regime.yaml \\
-        --run runs/golf-regime-s1 --run runs/golf-regime-s2 [--set key=value ...]
+1. `--train-seed S` (repeatable): trains, per seed, the baseline and a quantization-aware
+   run (golf.qat_frac) one after the other, at a FIXED step count (`--steps`,
+   train.max_steps; the wall-clock cap is lifted so that the box's load changes the time,
+   not the result), into `--runs-dir`/base-sS and qat-sS, and reports QAT - baseline;
+2. post-training variants (`--variants`, default all of VARIANTS) on finished runs (the
+   baseline runs just trained, plus any `--run DIR`): each re-quantizes the run's weights
+   (no training: train.resume on a finished run), writes the artifact, rebuilds the model
+   from it (bit-exact) and scores the full val split; reported against the first variant.
 
-The runs must have been trained with the same config and the same --set overrides
-(seed, train.max_time_s) first, e.g. `scalelab golf configs/golf-cpu-regime.yaml
-out_dir=runs/golf-regime-s1 seed=1`: with a longer cap than the run had, the resume
-trains on to the new cap before the first variant (the trainer's resume semantics).
+Deltas are paired per run (same weights or same seed) with a Student-t 95% CI over the
+runs (scalelab.eval.stats.mean_ci; with 2 runs the t factor is 12.7).
+
+    .venv/bin/python bench/bench_golf_quant.py configs/golf-cpu-regime.yaml --steps 2000 \\
+        --train-seed 1 --train-seed 2 --runs-dir runs/bench-golf-quant --out runs/bench-golf-quant/rows.json
+    .venv/bin/python bench/bench_golf_quant.py configs/golf-cpu-regime.yaml --run runs/golf-regime-s1 ...
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import statistics
 import sys
+import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-VARIANTS = {  # name: golf overrides
-    "int6 + int8 emb, rtn": ["golf.quant=int6", "golf.quant_overrides={tok_emb.weight: int8}",
-                             "golf.quant_method=rtn"],
-    "int6 + int8 emb, gptq": ["golf.quant=int6", "golf.quant_overrides={tok_emb.weight: int8}",
-                              "golf.quant_method=gptq"],
-    "int6 everywhere, rtn": ["golf.quant=int6", "golf.quant_overrides={}", "golf.quant_method=rtn"],
-    "int5 + int8 emb, rtn": ["golf.quant=int5", "golf.quant_overrides={tok_emb.weight: int8}",
-                             "golf.quant_method=rtn"],
-    "int5 + int8 emb, gptq": ["golf.quant=int5", "golf.quant_overrides={tok_emb.weight: int8}",
-                              "golf.quant_method=gptq"],
-    "int4 + int8 emb, rtn": ["golf.quant=int4", "golf.quant_overrides={tok_emb.weight: int8}",
-                             "golf.quant_method=rtn"],
-    "int4 + int8 emb, gptq": ["golf.quant=int4", "golf.quant_overrides={tok_emb.weight: int8}",
-                              "golf.quant_method=gptq"],
+_EMB8 = "golf.quant_overrides={tok_emb.weight: int8}"
+VARIANTS = {  # name: golf overrides (the first is the reference of the deltas)
+    "int6 + int8 emb, rtn, lzma/zstd/zlib (default)": ["golf.quant=int6", _EMB8, "golf.quant_method=rtn"],
+    "+ brotli": ["golf.quant=int6", _EMB8, "golf.compressors=[zlib, lzma, zstd, brotli]"],
+    "+ best compressor per tensor": ["golf.quant=int6", _EMB8, "golf.compressors=[zlib, lzma, zstd, brotli]",
+                                     "golf.compress_per=auto"],
+    "+ per tensor + row reordering": ["golf.quant=int6", _EMB8, "golf.compressors=[zlib, lzma, zstd, brotli]",
+                                      "golf.compress_per=auto", "golf.row_reorder=true"],
+    "+ low-rank r4, 2 tensors": ["golf.quant=int6", _EMB8, "golf.lowrank_rank=4", "golf.lowrank_tensors=2"],
+    "+ low-rank r4, all tensors": ["golf.quant=int6", _EMB8, "golf.lowrank_rank=4", "golf.lowrank_tensors=99"],
+    "gptq": ["golf.quant=int6", _EMB8, "golf.quant_method=gptq"],
+    "int5 + int8 emb, rtn": ["golf.quant=int5", _EMB8],
+    "int5 + int8 emb, low-rank r4, all tensors": ["golf.quant=int5", _EMB8, "golf.lowrank_rank=4",
+                                                  "golf.lowrank_tensors=99"],
 }
+QUIET = ["golf.sliding_stride=null", "train.progress=false"]
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def _row(kind: str, run: str, name: str, r: dict, seconds: float) -> dict:
+    ent = r.get("entropy", {}).get("overall", {})
+    return {"kind": kind, "run": run, "variant": name, "pre": r["eval"]["pre"]["val_bpb"], "post": r["val_bpb"],
+            "gap": r["eval"]["quant_gap_bpb"], "weights_bytes": r["artifact"]["weights_bytes"],
+            "total_bytes": r["artifact"]["total_bytes"], "bits_per_param": r["artifact"]["bits_per_param"],
+            "entropy_bits_per_param": ent.get("entropy_bits_per_param"), "quant_s": r["quant"]["seconds"],
+            "train_s": r["train"]["train_time_s"], "steps": r["train"]["steps"], "seconds": round(seconds, 1),
+            "chosen": r["compression"]["chosen"], "exact": r["roundtrip_bit_exact"], "load_1m": _load()}
+
+
+def _print(row: dict) -> None:
+    print(f"{row['run']} | {row['variant']} | pre {row['pre']:.4f} | post {row['post']:.4f} | gap {row['gap']:+.4f} | "
+          f"weights {row['weights_bytes']:,} | {row['bits_per_param']} b/p (entropy {row['entropy_bits_per_param']}) | "
+          f"{row['chosen']} | quant {row['quant_s']:.1f} s | train {row['train_s']:.0f} s / {row['steps']} steps | "
+          f"load {row['load_1m']}", flush=True)
+
+
+def _deltas(rows: list[dict], ref: str, name: str, runs_of) -> None:
+    from scalelab.eval.stats import mean_ci
+
+    pairs = []
+    for run in sorted({r["run"] for r in rows}):
+        by = {r["variant"]: r for r in rows if r["run"] == run}
+        if ref in by and name in by:
+            pairs.append((by[name], by[ref]))
+    if not pairs:
+        return
+    d = [a["post"] - b["post"] for a, b in pairs]
+    ci = mean_ci(d)
+    db = [a["weights_bytes"] - b["weights_bytes"] for a, b in pairs]
+    dt = [(a["quant_s"] - b["quant_s"]) if runs_of == "quant" else (a["train_s"] - b["train_s"]) for a, b in pairs]
+    print(f"  {name} - {ref}: post val_bpb {ci['mean']:+.4f} [95% CI {ci['lo']:+.4f}, {ci['hi']:+.4f}] "
+          f"(per run {', '.join(f'{x:+.4f}' for x in d)}) | weights bytes {sum(db) / len(db):+,.0f} "
+          f"(per run {', '.join(f'{x:+,}' for x in db)}) | {runs_of} s {sum(dt) / len(dt):+.1f}", flush=True)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("config")
-    p.add_argument("--run", action="append", required=True, help="out_dir of a finished golf run (repeatable)")
-    p.add_argument("--set", action="append", default=[], help="extra override for every variant")
-    p.add_argument("--out", default=None, help="write the rows as JSON here")
+    p.add_argument("--run", action="append", default=[], help="out_dir of a finished golf run (repeatable)")
+    p.add_argument("--train-seed", action="append", type=int, default=[], help="train baseline + QAT for this seed")
+    p.add_argument("--steps", type=int, default=2000, help="train.max_steps of the trained runs")
+    p.add_argument("--qat-frac", type=float, default=0.2)
+    p.add_argument("--runs-dir", default="runs/bench-golf-quant")
+    p.add_argument("--variants", default=None, help="comma-separated subset of the variant names (default: all)")
+    p.add_argument("--no-variants", action="store_true", help="only the training comparison")
+    p.add_argument("--set", action="append", default=[], help="extra override for every run and variant")
+    p.add_argument("--out", default=None, help="write all rows as JSON here")
     args = p.parse_args()
 
     from scalelab.golf.config import load_golf_config
     from scalelab.golf.run import run_golf
 
-    rows = []
-    for out_dir in args.run:
-        for name, ov in VARIANTS.items():
-            run, golf = load_golf_config(args.config, [*args.set, f"out_dir={out_dir}", "train.resume=true",
-                                                       "golf.sliding_stride=null", "train.progress=false", *ov])
+    print(f"load at start: {_load()}", flush=True)
+    rows, runs = [], {d: [] for d in args.run}  # out_dir -> the overrides it was trained with
+    fixed = [f"train.max_steps={args.steps}", "train.max_time_s=1000000"]
+    for seed in args.train_seed:
+        for arm, ov in (("baseline", []), (f"qat {args.qat_frac}", [f"golf.qat_frac={args.qat_frac}"])):
+            out_dir = os.path.join(args.runs_dir, f"{'base' if arm == 'baseline' else 'qat'}-s{seed}")
+            run, golf = load_golf_config(args.config, [*args.set, *fixed, *QUIET, f"seed={seed}",
+                                                       f"out_dir={out_dir}", *ov])
+            t0 = time.perf_counter()
             r = run_golf(run, golf, progress=False)
-            rows.append({"run": out_dir, "variant": name, "pre": r["eval"]["pre"]["val_bpb"],
-                         "post": r["val_bpb"], "gap": r["eval"]["quant_gap_bpb"],
-                         "weights_bytes": r["artifact"]["weights_bytes"], "total_bytes": r["artifact"]["total_bytes"],
-                         "bits_per_param": r["artifact"]["bits_per_param"], "quant_s": r["quant"]["seconds"],
-                         "exact": r["roundtrip_bit_exact"], "load_1m": r["machine"]["load_1m_after"]})
-            row = rows[-1]
-            print(f"{out_dir} | {name} | pre {row['pre']:.4f} | post {row['post']:.4f} | gap {row['gap']:+.4f} | "
-                  f"weights {row['weights_bytes']:,} | total {row['total_bytes']:,} | {row['bits_per_param']} b/p | "
-                  f"quant {row['quant_s']:.1f} s | load {row['load_1m']}", flush=True)
-    print("\nGPTQ - RTN (post round trip val_bpb), per run:")
-    for bits in ("int6", "int5", "int4"):
-        deltas = []
-        for out_dir in args.run:
-            by = {r["variant"]: r["post"] for r in rows if r["run"] == out_dir}
-            deltas.append(by[f"{bits} + int8 emb, gptq"] - by[f"{bits} + int8 emb, rtn"])
-        mean = statistics.mean(deltas)
-        print(f"  {bits}: " + ", ".join(f"{d:+.4f}" for d in deltas) + f"  (mean {mean:+.4f})")
+            rows.append(_row("train", f"s{seed}", arm, r, time.perf_counter() - t0))
+            _print(rows[-1])
+            if arm == "baseline":
+                runs[out_dir] = fixed
+    if args.train_seed:
+        print("\nQAT - baseline (same seed, same step count), post round trip:")
+        _deltas([r for r in rows if r["kind"] == "train"], "baseline", f"qat {args.qat_frac}", "train")
+
+    names = list(VARIANTS) if not args.variants else [n.strip() for n in args.variants.split(",")]
+    if not args.no_variants and runs:
+        for out_dir, trained_with in runs.items():
+            for name in names:
+                run, golf = load_golf_config(args.config, [*args.set, *trained_with, *QUIET, f"out_dir={out_dir}",
+                                                           "train.resume=true", *VARIANTS[name]])
+                t0 = time.perf_counter()
+                r = run_golf(run, golf, progress=False)
+                rows.append(_row("quant", out_dir, name, r, time.perf_counter() - t0))
+                _print(rows[-1])
+        print(f"\nvariant - {names[0]} (paired on the same weights), post round trip:")
+        for name in names[1:]:
+            _deltas([r for r in rows if r["kind"] == "quant"], names[0], name, "quant")
+    print(f"load at end: {_load()}", flush=True)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=2)
+        from scalelab.io import atomic_write_json
+
+        atomic_write_json(args.out, rows)
     return 0
 
 

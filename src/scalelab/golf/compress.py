@@ -14,6 +14,7 @@ import zlib
 from scalelab.golf.codec import COMPRESSOR_IDS, MAGIC, VERSION
 
 COMPRESSORS = ("zlib", "lzma", "zstd")
+COMPRESS_PER = ("file", "tensor", "auto")  # one compressor for the file, or the best per chunk
 
 # lc/lp/pb: literal-context bits, literal-position bits, position bits. The payload is
 # mostly single-byte values (quantized weights), for which fewer context bits can win.

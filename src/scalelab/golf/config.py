@@ -19,7 +19,7 @@ from scalelab.config import (
     split_config_arg,
 )
 from scalelab.errors import ConfigError
-from scalelab.golf.compress import COMPRESSORS
+from scalelab.golf.compress import COMPRESS_PER, COMPRESSORS
 from scalelab.golf.quantize import CLIPS, METHODS, SCHEMES, QuantSpec
 
 
@@ -40,6 +40,13 @@ class GolfConfig:
     eval_batch: int = 16  # windows per forward pass in the final evaluations
     count_tokenizer: bool = False  # add the tokenizer file to the artifact bytes (the challenge does not)
     precheck: bool = True  # refuse, before training, a model that cannot fit even at 2x compression
+    # -- quantization-aware training, low-rank error correction, compression layout (issue 16) --
+    qat_frac: float = 0.0  # fake-quantize (straight-through) in the last fraction of training (golf/qat.py)
+    lowrank_rank: int = 0  # rank of the stored correction of W - dequant(Q) (golf/lowrank.py); 0 = off
+    lowrank_tensors: int = 0  # how many quantized tensors get one (those it helps most)
+    lowrank_quant: str = "int8"  # scheme of the correction's factors: int8 | ... | fp16
+    compress_per: str = "file"  # file (one compressor) | tensor (best compressor per chunk) | auto (smaller)
+    row_reorder: bool = False  # tensor chunks: store rows sorted by scale (+ the permutation) where smaller
 
     def quant_spec(self) -> QuantSpec:
         return QuantSpec(default=self.quant, overrides=dict(self.quant_overrides), clip=self.clip,
@@ -74,6 +81,15 @@ def validate_golf(g: GolfConfig, run: RunConfig) -> None:
     _check(g.sliding_stride is None or 1 <= g.sliding_stride <= run.model.seq_len,
            f"golf.sliding_stride must be in [1, model.seq_len={run.model.seq_len}] or null, got {g.sliding_stride}")
     _check(g.eval_batch >= 1, f"golf.eval_batch must be >= 1, got {g.eval_batch}")
+    _check(0.0 <= g.qat_frac <= 1.0, f"golf.qat_frac must be in [0, 1] (0 = off), got {g.qat_frac}")
+    _check(g.lowrank_rank >= 0 and g.lowrank_tensors >= 0,
+           f"golf.lowrank_rank and golf.lowrank_tensors must be >= 0, got {g.lowrank_rank}, {g.lowrank_tensors}")
+    _check(g.lowrank_quant in SCHEMES and g.lowrank_quant != "fp32",
+           f"golf.lowrank_quant must be one of {', '.join(s for s in SCHEMES if s != 'fp32')}; got '{g.lowrank_quant}'")
+    _check(g.compress_per in COMPRESS_PER, f"golf.compress_per must be one of {', '.join(COMPRESS_PER)}; "
+                                           f"got '{g.compress_per}'")
+    _check(not g.row_reorder or g.compress_per != "file",
+           "golf.row_reorder needs per-tensor chunks: set golf.compress_per=tensor or auto")
     _check(run.train.max_time_s is not None,
            "golf runs under a wall-clock cap: set train.max_time_s (e.g. 300 for 5 minutes)")
 

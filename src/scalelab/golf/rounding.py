@@ -37,15 +37,16 @@ def row_clip(w: torch.Tensor, bits: int, clip: str, clip_quantile: float) -> tor
     if clip == "quantile":
         return _row_quantile(w.abs(), clip_quantile)
     qmax = (1 << (bits - 1)) - 1
-    best, best_err = amax, None
-    for r in MSE_RATIOS:
-        c = amax * r
-        s = _scale_for(c, qmax)
-        err = (w - _quantize_with(w, s, qmax).to(torch.float32) * s.to(torch.float32)[:, None]).square().sum(dim=1)
-        if best_err is None:
-            best, best_err = c, err
-        else:
-            better = err < best_err
-            best = torch.where(better, c, best)
-            best_err = torch.where(better, err, best_err)
-    return best
+    # All ratios at once ([ratios, rows, cols]; chunks of rows bound the memory): the first
+    # ratio with the least error wins, as a loop over MSE_RATIOS with a strict "<" would pick.
+    ratios = torch.tensor(MSE_RATIOS, dtype=torch.float32)
+    rows_per_chunk = max(1, (1 << 22) // max(1, len(MSE_RATIOS) * w.shape[1]))
+    out = []
+    for i in range(0, w.shape[0], rows_per_chunk):
+        wc, ac = w[i:i + rows_per_chunk], amax[i:i + rows_per_chunk]
+        c = ratios[:, None] * ac[None, :]  # [ratios, rows]
+        s = _scale_for(c, qmax).to(torch.float32)[:, :, None]
+        q = torch.clamp(torch.round(wc[None] / s), -qmax, qmax)
+        err = (wc[None] - q * s).square().sum(dim=2)
+        out.append(c.gather(0, err.argmin(dim=0, keepdim=True))[0])
+    return torch.cat(out) if out else amax

@@ -132,7 +132,12 @@ def run_golf(run: RunConfig, golf: GolfConfig, device: str | None = None, progre
         _log(f"weights at {golf.quant}: ~{est['payload_at_bit_width']:,} bytes before compression + "
              f"{est['code']:,} bytes of code; budget {golf.budget_bytes:,}", progress)
 
-    summary = train(run, device=device, hooks=training_hooks())
+    hooks = training_hooks()
+    if golf.qat_frac > 0:  # fake-quantize in the last golf.qat_frac of training (golf/qat.py)
+        from scalelab.golf.qat import qat_hook
+
+        hooks = dataclasses.replace(hooks, before_step=qat_hook(golf.quant_spec(), golf.qat_frac))
+    summary = train(run, device=device, hooks=hooks)
     if not summary or int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 does the rest
         return {}
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
