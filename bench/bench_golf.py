@@ -29,7 +29,7 @@ def load1() -> float:
 
 
 def run_one(name: str, config: str, out_dir: Path, cap: float | None, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "scalelab.golf.cli", config, f"out_dir={out_dir}", "train.progress=false", *extra]
+    cmd = [sys.executable, "-m", "scalelab", "golf", config, f"out_dir={out_dir}", "train.progress=false", *extra]
     if cap is not None:
         cmd.append(f"train.max_time_s={cap}")
     if out_dir.exists() and (out_dir / "checkpoints").exists():

@@ -33,11 +33,9 @@ LAZY_CYCLES = {
     ("scalelab.scaling.executors", "scalelab.scaling.study"): "executor callback into the study's evaluation",
     # run_benchmark uses run_trajectory's table_markdown; run_trajectory's baselines use baseline_value.
     ("scalelab.report.run_benchmark", "scalelab.report.run_trajectory"): "shared table / baseline helpers",
-    # cli registers golf's and release's subcommands; they call back cli.run_parsed to run a step.
-    ("scalelab.cli", "scalelab.golf.cli", "scalelab.release_cli"): "subcommands re-enter the CLI dispatcher",
 }
-LAZY_PACKAGE_CYCLES = {
-    ("scalelab.cli", "scalelab.golf", "scalelab.release_cli"): "subcommands re-enter the CLI dispatcher",
+LAZY_PACKAGE_CYCLES: dict[tuple[str, ...], str] = {
+    # none: no package reaches back into one that imports it
 }
 
 

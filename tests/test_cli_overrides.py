@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scalelab import cli, release_cli
+from scalelab import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = str(ROOT / "configs" / "cpu-tiny.yaml")
@@ -42,6 +42,24 @@ def test_other_subcommands_take_late_overrides():
     assert args.overrides == ["train.lr=1e-3"] and args.steps == 5
 
 
+def test_every_command_with_overrides_takes_them_after_a_flag():
+    """Each subcommand that has an `overrides` positional: a word after one of its flags
+    still lands there, after the early ones."""
+    parser = cli.build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    checked = []
+    for name, sub in commands.items():
+        dests = {a.dest: a for a in sub._actions}
+        if "overrides" not in dests:
+            continue
+        flag = next(a.option_strings[0] for a in sub._actions
+                    if a.option_strings and a.nargs == 0 and a.dest not in ("help",))
+        args = cli.parse_args(parser, [name, "c.yaml", "a.b=1", flag, "c.d=2"])
+        assert args.overrides == ["a.b=1", "c.d=2"], name
+        checked.append(name)
+    assert {"data", "train", "lr-find", "study", "golf", "tune", "finetune"} <= set(checked)
+
+
 def test_unknown_words_are_still_argparse_errors(capsys):
     for argv in (["train", CFG, "--device", "cpu", "bogus"], ["train", CFG, "--nope", "train.lr=1"],
                  ["fit", "results.json", "--json", "train.lr=1"]):  # fit takes no overrides
@@ -49,7 +67,7 @@ def test_unknown_words_are_still_argparse_errors(capsys):
             cli.main(argv)
         assert e.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        release_cli.main(["lr-find", CFG, "--steps", "5", "other.yaml"])
+        cli.main(["lr-find", CFG, "--steps", "5", "other.yaml"])
 
 
 def test_one_config_loader_for_every_cli(tmp_path):

@@ -86,7 +86,7 @@ def test_hf_directory_is_detected_without_prefix():
 
 
 def run_cli(argv):
-    from scalelab.eval.cli import register
+    from scalelab.cli.eval import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())

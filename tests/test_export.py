@@ -229,7 +229,7 @@ def test_push_builds_the_hub_calls(bpe_run, tmp_path, monkeypatch):
 
 
 def test_export_cli(bpe_run, tmp_path, capsys):
-    from scalelab.release_cli import main
+    from scalelab.cli import main
 
     assert main(["export", str(bpe_run[0]), "--hf", str(tmp_path / "cli"), "--which", "last"]) == 0
     assert "max |logit diff|" in capsys.readouterr().out

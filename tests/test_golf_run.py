@@ -5,9 +5,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from scalelab.golf.cli import main
+from scalelab.cli import main as scalelab_main
 from scalelab.golf.config import load_golf_config
 from scalelab.golf.run import run_golf
+
+
+def main(argv):
+    """`scalelab golf ARGS` (the golf command's entry moved into scalelab/cli/)."""
+    return scalelab_main(["golf", *argv])
+
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "golf-cpu.yaml")

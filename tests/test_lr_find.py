@@ -87,7 +87,7 @@ def test_lr_find_on_a_tiny_model(tmp_path):
 
 
 def test_lr_find_cli(tmp_path, capsys):
-    from scalelab.release_cli import main
+    from scalelab.cli import main
 
     args = ["lr-find", *TINY, f"data.dir={tmp_path / 'data'}", f"out_dir={tmp_path / 'run'}",
             "--steps", "12", "--min-lr", "1e-4", "--max-lr", "0.5", "--beta", "0.8", "--out", str(tmp_path / "lf"),

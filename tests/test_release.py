@@ -128,7 +128,7 @@ def fake_eval_results(model_name: str) -> dict:
 
 def test_report_writes_five_files_from_the_run(tiny_run, tmp_path):
     from scalelab.eval.generate import DEFAULT_PROMPTS
-    from scalelab.release_cli import is_run_dir, report_run
+    from scalelab.report.run_report import is_run_dir, report_run
 
     run = _copy(tiny_run[0], tmp_path)
     summary = json.loads((run / "summary.json").read_text())
@@ -207,7 +207,7 @@ def test_report_with_eval_results_and_lr_find(tiny_run, tmp_path):
 
 
 def test_report_on_an_unfinished_run_and_on_non_runs(tiny_run, tmp_path):
-    from scalelab.release_cli import is_run_dir
+    from scalelab.report.run_report import is_run_dir
     from scalelab.report.run_report import report_run
 
     run = _copy(tiny_run[0], tmp_path)

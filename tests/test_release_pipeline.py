@@ -13,7 +13,7 @@ def test_100m_cpu_pipeline(tmp_path, capsys):
     import torch
 
     from scalelab.config import load_config
-    from scalelab.release_cli import main
+    from scalelab.cli import main
     from scalelab.train.trainer import train
 
     config = str(ROOT / "configs" / "100m-cpu.yaml")

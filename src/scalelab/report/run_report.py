@@ -43,6 +43,14 @@ from scalelab.report.run_writeup import writeup_markdown
 FILES = ("MODEL_CARD.md", "BENCHMARK.md", "LOSS_CURVE.png", "SAMPLES.md", "WRITEUP.md")
 
 
+def is_run_dir(path: str | Path) -> bool:
+    """A training run dir (what `scalelab train` writes), as opposed to a study dir."""
+    p = Path(path)
+    if (p / "results.json").is_file() and not (p / "metrics.jsonl").is_file():
+        return False  # a study (or an eval output dir)
+    return any((p / name).exists() for name in ("metrics.jsonl", "summary.json", "checkpoints"))
+
+
 def report_run(run_dir: str | Path, samples: bool = True, device: str | None = None,
                baselines: str | Path | None = None, sample_tokens: int | None = None) -> dict[str, Any]:
     """Write MODEL_CARD.md, BENCHMARK.md, LOSS_CURVE.png, SAMPLES.md and WRITEUP.md into `run_dir`

@@ -1,19 +1,10 @@
-"""`scalelab golf CONFIG [key=value ...]`: registered into the main CLI by `register`.
-
-`python -m scalelab.golf.cli CONFIG [key=value ...]` runs the same command on its own.
-"""
+"""`scalelab golf CONFIG [key=value ...]`: train, quantize and compress under a byte budget."""
 from __future__ import annotations
 
-import os
+import argparse
 
-# As in scalelab.cli: passive OpenMP waiting, set before torch is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-
-from scalelab.io import emit_json  # noqa: E402
+from scalelab.cli.common import add_config_arguments, config_words
+from scalelab.io import emit_json
 
 EPILOG = """\
 The config is a training config (out_dir, seed, data, model, train) plus a `golf:` section.
@@ -48,13 +39,7 @@ def cmd_golf(args) -> int:
     from scalelab.golf.config import load_golf_config, to_dict
     from scalelab.golf.run import run_golf
 
-    config, overrides = args.config, list(args.overrides)
-    if config and "=" in config and not config.endswith((".yaml", ".yml")):
-        overrides.insert(0, config)
-        config = None
-    if args.resume:
-        overrides.append("train.resume=true")
-    run, golf = load_golf_config(config, overrides)
+    run, golf = load_golf_config(*config_words(args, resume="true"))
     if args.print_config:
         import yaml
 
@@ -62,14 +47,7 @@ def cmd_golf(args) -> int:
         return 0
     if args.estimate:
         return _estimate(run, golf, args.json)
-    if args.json:
-        # stdout carries the JSON alone (`| jq`); progress lines of golf and the trainer go to stderr.
-        import contextlib
-
-        with contextlib.redirect_stdout(sys.stderr):
-            result = run_golf(run, golf, device=args.device, progress=not args.quiet)
-    else:
-        result = run_golf(run, golf, device=args.device, progress=not args.quiet)
+    result = run_golf(run, golf, device=args.device, progress=not args.quiet)
     if not result:
         return 0
     if args.json:
@@ -107,9 +85,11 @@ DESCRIPTION = ("Train under train.max_time_s, quantize and compress the weights,
                "before and after. Exceeding golf.budget_bytes is an error (exit status 2).")
 
 
-def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", help="golf YAML, e.g. configs/golf-cpu.yaml")
-    p.add_argument("overrides", nargs="*", help="key=value overrides (golf.* or training keys)")
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "golf", help="parameter golf: train under a time cap, quantize + compress under a byte budget, score val_bpb",
+        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(p, "golf YAML, e.g. configs/golf-cpu.yaml", "key=value overrides (golf.* or training keys)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue (or re-quantize) the run in out_dir")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -118,24 +98,3 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print golf.json (with --estimate: the estimate) as JSON")
     p.add_argument("--quiet", action="store_true", help="no [golf] progress lines")
     p.set_defaults(func=cmd_golf)
-
-
-def register(subparsers) -> None:
-    """Add the `golf` subcommand to the main CLI's subparsers."""
-    p = subparsers.add_parser(
-        "golf", help="parameter golf: train under a time cap, quantize + compress under a byte budget, score val_bpb",
-        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_arguments(p)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from scalelab.cli import run_parsed
-
-    parser = argparse.ArgumentParser(prog="scalelab golf", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_arguments(parser)
-    return run_parsed(parser, parser.parse_intermixed_args(sys.argv[1:] if argv is None else argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

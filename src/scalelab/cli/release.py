@@ -1,9 +1,7 @@
-"""CLI of the release pipeline: `scalelab lr-find`, `scalelab export`, and the run report.
+"""The release pipeline's commands: `scalelab lr-find`, `scalelab export`, `scalelab report`.
 
-The main CLI calls `register(subparsers)` to add `lr-find` and `export`; `scalelab report
-PATH` calls `report_run(PATH)` when PATH is a training run (`is_run_dir(PATH)`) rather
-than a study dir. Each handler parses, calls one library function, prints a summary, and
-returns an exit code; user errors are ScalelabError (printed as one line by the main CLI).
+`scalelab report PATH` writes a training run's documents (report.run_report) when PATH is
+a run dir (`is_run_dir(PATH)`), else a study's NOTE.md and figures (report.study_note).
 
     scalelab lr-find configs/100m.yaml [key=value ...] [--min-lr 1e-6 --max-lr 1 --steps 100 --out DIR]
     scalelab export runs/100m --hf export/100m [--which best|last] [--weights ema] [--push me/mini-gpt]
@@ -12,11 +10,9 @@ returns an exit code; user errors are ScalelabError (printed as one line by the 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from pathlib import Path
 from typing import Any
 
+from scalelab.cli.common import add_config_arguments, load_run_config
 from scalelab.io import emit_json
 
 LR_FIND_EPILOG = """The sweep uses the config's model, optimizer (AdamW groups, betas, weight decay),
@@ -45,8 +41,7 @@ def register(subparsers) -> None:
         "while the LR grows exponentially from --min-lr to --max-lr; smooth the loss (bias-corrected EMA), stop "
         "when it diverges, suggest an LR and plot loss vs LR.",
         epilog=LR_FIND_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", nargs="?", help="YAML config, e.g. configs/100m.yaml")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, as for scalelab train")
+    add_config_arguments(p, "YAML config, e.g. configs/100m.yaml", "dotted key=value overrides, as for scalelab train")
     p.add_argument("--min-lr", type=float, default=d.min_lr, help=f"start of the sweep (default {d.min_lr:g})")
     p.add_argument("--max-lr", type=float, default=d.max_lr, help=f"end of the sweep (default {d.max_lr:g})")
     p.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps of the sweep (default {d.steps})")
@@ -77,12 +72,20 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print scalelab_export.json")
     p.set_defaults(func=cmd_export)
 
+    p = subparsers.add_parser(
+        "report", help="documents for a study (NOTE.md + figures) or a training run (model card, ...)",
+        description="For a study dir: regenerate figures/ and NOTE.md from results.json. For a "
+        "training run dir: write MODEL_CARD.md, BENCHMARK.md, LOSS_CURVE.png, SAMPLES.md and "
+        "WRITEUP.md from the run's files (and its eval/results.json when present).")
+    p.add_argument("target", metavar="STUDY_OR_RUN_DIR")
+    p.add_argument("--no-samples", action="store_true", help="run reports: skip generating SAMPLES.md")
+    p.set_defaults(func=cmd_report)
+
 
 def cmd_lr_find(args) -> int:
-    from scalelab.config import load_run_config
     from scalelab.train.lr_find import LRFindSettings, format_lr_find, lr_find
 
-    cfg = load_run_config(args.config, args.overrides)
+    cfg = load_run_config(args)
     settings = LRFindSettings(min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps, beta=args.beta,
                               stop_factor=args.stop_factor)
     result = lr_find(cfg, settings, out_dir=args.out, device=args.device, progress=not (args.quiet or args.json))
@@ -104,22 +107,6 @@ def cmd_export(args) -> int:
     return 0
 
 
-def is_run_dir(path: str | Path) -> bool:
-    """A training run dir (what `scalelab train` writes), as opposed to a study dir."""
-    p = Path(path)
-    if (p / "results.json").is_file() and not (p / "metrics.jsonl").is_file():
-        return False  # a study (or an eval output dir)
-    return any((p / name).exists() for name in ("metrics.jsonl", "summary.json", "checkpoints"))
-
-
-def report_run(run_dir: str | Path, samples: bool = True, device: str | None = None) -> dict[str, Any]:
-    """Write the report files of a training run (five, + TRAJECTORY.png after `eval --checkpoints`);
-    returns paths and headline numbers."""
-    from scalelab.report.run_report import report_run as _report_run
-
-    return _report_run(run_dir, samples=samples, device=device)
-
-
 def format_report_run(result: dict[str, Any]) -> str:
     lines = [f"wrote {path}" for path in result["files"].values()]
     if result.get("missing"):
@@ -127,19 +114,15 @@ def format_report_run(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (`python -m scalelab.release_cli ...`), also used by the tests."""
-    parser = argparse.ArgumentParser(prog="scalelab")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    register(sub)
-    p = sub.add_parser("report", help="the report of a training run")
-    p.add_argument("run_dir")
-    p.add_argument("--no-samples", action="store_true")
-    p.set_defaults(func=lambda a: print(format_report_run(report_run(a.run_dir, samples=not a.no_samples))) or 0)
-    from scalelab.cli import parse_args, run_parsed
+def cmd_report(args) -> int:
+    from scalelab.report.run_report import is_run_dir, report_run
+    from scalelab.report.study_note import write_report
 
-    return run_parsed(parser, parse_args(parser, argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    if is_run_dir(args.target):  # a training run: model card, benchmark, loss curve, samples, write-up
+        print(format_report_run(report_run(args.target, samples=not args.no_samples)))
+        return 0
+    out = write_report(args.target)
+    print(f"wrote {out['note']}")
+    for f in out["figures"]:
+        print(f"wrote {f}")
+    return 0

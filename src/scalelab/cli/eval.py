@@ -1,13 +1,7 @@
-"""`scalelab eval` and `scalelab sample`: thin shells over scalelab.eval.
-
-The main CLI calls `register(subparsers)`; each handler parses, calls one library
-function, prints, and returns an exit code. User errors are ScalelabError subclasses
-(the main CLI prints their message alone).
-"""
+"""`scalelab eval` and `scalelab sample`: thin shells over scalelab.eval."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from scalelab.io import emit_json

@@ -1,109 +1,13 @@
-"""The `scalelab` command: a thin shell that parses arguments and calls one library function
-per subcommand. Errors a user can cause print one line (no traceback) and exit 2."""
+"""`scalelab fit`, `scalelab plan` and `scalelab study`: scaling laws, plans and studies."""
 from __future__ import annotations
 
-import os
-
-# OpenMP threads that spin while waiting make 2 threads on 2 shared cores 2-3x slower
-# than 1 (bench/bench_train.py); passive waiting avoids it. Must be set before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import argparse  # noqa: E402
-import dataclasses
-import json
-import re
-import sys
-import typing
-
-from scalelab.errors import ConfigError, ScalelabError
+from scalelab.cli.common import add_config_arguments
+from scalelab.errors import ConfigError
 from scalelab.io import emit_json
-
-OVERRIDES_HELP = ("dotted key=value overrides applied after the YAML file, e.g. train.lr=3e-3 "
-                  "out_dir=runs/a model.n_layer=6 (see the key list below)")
-
-
-def _config_keys_epilog() -> str:
-    from scalelab.config import RunConfig
-
-    lines = ["config keys (YAML sections or dotted overrides) and their defaults:"]
-
-    def walk(cls, prefix, default_obj):
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            value = getattr(default_obj, f.name)
-            if dataclasses.is_dataclass(hints[f.name]):
-                walk(hints[f.name], prefix + f.name + ".", value)
-            else:
-                lines.append(f"  {prefix + f.name} = {value!r}")
-
-    walk(RunConfig, "", RunConfig())
-    return "\n".join(lines)
-
-
-def _load(args):
-    from scalelab.config import load_run_config
-
-    resume = ["train.resume=true"] if getattr(args, "resume", False) else []
-    return load_run_config(args.config, list(args.overrides) + resume)
-
-
-# ---------------------------------------------------------------------------- subcommands
-
-
-def cmd_data(args) -> int:
-    from scalelab.data.prepare import prepare_data
-
-    cfg = _load(args)
-    meta = prepare_data(cfg.data, progress=not args.quiet, overwrite=args.overwrite)
-    if args.json:
-        emit_json(meta)
-    else:
-        splits = meta.get("splits", {})
-        for name, s in splits.items():
-            print(f"{name}: {s.get('docs', '?'):,} docs, {s.get('tokens', '?'):,} tokens, "
-                  f"{s.get('bytes', '?'):,} bytes")
-        print(f"wrote {cfg.data.dir}")
-    return 0
-
-
-def _train_resume_override(args) -> None:
-    """--resume [CHECKPOINT] as a train.resume override. argparse hands `--resume CONFIG`
-    or `--resume key=value` the next word, so those go back where they belong."""
-    value, args.resume = args.resume, False
-    if value is None:
-        return
-    if value.endswith((".yaml", ".yml")):  # `--resume CONFIG [overrides]`
-        if args.config is not None:
-            args.overrides.insert(0, args.config)
-        args.config, value = value, "last"
-    elif "=" in value:  # `CONFIG [overrides] --resume key=value ...`: after those, before later ones
-        args.overrides.insert(getattr(args, "n_early_overrides", len(args.overrides)), value)
-        value = "last"
-    args.overrides.append(f"train.resume={value}")
-
-
-def cmd_train(args) -> int:
-    from scalelab.eval.train_hooks import training_hooks
-    from scalelab.train.trainer import train
-
-    _train_resume_override(args)
-    cfg = _load(args)
-    if args.print_config:
-        import yaml
-
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        return 0
-    summary = train(cfg, device=args.device, hooks=training_hooks())
-    if summary:
-        bpb = f", val bpb {summary['val_bpb']:.4f}" if summary.get("val_bpb") is not None else ""
-        print(f"val loss {summary['val_loss']:.4f} (ppl {summary['val_ppl']:.2f}{bpb}) after "
-              f"{summary['steps']} steps / {summary['tokens']:,} tokens -> {summary['out_dir']}")
-    return 0
 
 
 def cmd_fit(args) -> int:
     from scalelab.scaling.fit import format_fit, run_fit
-
     from scalelab.scaling.plan import parse_size
 
     predict = []
@@ -206,62 +110,8 @@ def cmd_study(args) -> int:
     return 0
 
 
-def cmd_report(args) -> int:
-    from scalelab.release_cli import format_report_run, is_run_dir, report_run
-    from scalelab.report.study_note import write_report
 
-    if is_run_dir(args.target):  # a training run: model card, benchmark, loss curve, samples, write-up
-        print(format_report_run(report_run(args.target, samples=not args.no_samples)))
-        return 0
-    out = write_report(args.target)
-    print(f"wrote {out['note']}")
-    for f in out["figures"]:
-        print(f"wrote {f}")
-    return 0
-
-
-# ---------------------------------------------------------------------------- parser
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="scalelab",
-        description="Language-model pretraining research at small and mid scale.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    from scalelab import __version__
-
-    parser.add_argument("--version", action="version", version=f"scalelab {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    epilog = _config_keys_epilog()
-
-    p = sub.add_parser("data", help="tokenize a corpus into train/val shards (+ tokenizer, meta.json)",
-                       description="Read the corpus named by data.source, train or load the tokenizer, and "
-                       "write llm.c-format shards and meta.json into data.dir.",
-                       epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", nargs="?", help="YAML config (only its data section is used)")
-    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
-    p.add_argument("--overwrite", action="store_true", help="replace a data dir prepared differently")
-    p.add_argument("--json", action="store_true", help="print meta.json")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_data)
-
-    p = sub.add_parser("train", help="train (or resume) a model from a YAML config",
-                       description="Train a GPT from a YAML config. Runs on one process, or on N with "
-                       "`torchrun --nproc_per_node N -m scalelab train CONFIG`. Prepares the data first "
-                       "if data.dir has no shards yet.",
-                       epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", nargs="?", help="YAML config, e.g. configs/cpu-tiny.yaml")
-    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
-    p.add_argument("--resume", nargs="?", const="last", default=None, metavar="CHECKPOINT",
-                   help="continue out_dir's run from its newest valid checkpoint (skipping a missing or "
-                   "corrupt one, and saying so), or from CHECKPOINT, e.g. --resume step_000025; an error "
-                   "when out_dir holds no run (train.resume=last / =step_000025; train.resume=true also "
-                   "starts a run that is not there yet)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.set_defaults(func=cmd_train)
-
+def register(sub) -> None:
     p = sub.add_parser("fit", help="fit a scaling law (Kaplan L(N), Chinchilla L(N,D), IsoFLOP) with bootstrap CIs",
                        description="Fit a scaling law to a study's results.json or a CSV with columns "
                        "params,tokens,loss (optional seed, flops).")
@@ -335,93 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Plan a compute-optimal family, train each (size, seed) (skipping finished runs, "
                        "resuming interrupted ones), fit scaling laws with bootstrap CIs, plot, and write NOTE.md. "
                        "Everything lands in the study's out_dir.")
-    p.add_argument("config", help="study YAML, e.g. configs/study-cpu.yaml")
-    p.add_argument("overrides", nargs="*", help="key=value overrides of the study YAML (e.g. seeds=[0,1,2] "
-                   "out_dir=runs/s2 base.train.threads=1)")
+    add_config_arguments(p, "study YAML, e.g. configs/study-cpu.yaml", "key=value overrides of the study YAML "
+                         "(e.g. seeds=[0,1,2] out_dir=runs/s2 base.train.threads=1)", optional=False)
     p.add_argument("--no-report", action="store_true", help="skip the figures and NOTE.md")
     p.add_argument("--json", action="store_true", help="print sizes, fits and checks as JSON")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_study)
-
-    p = sub.add_parser("report", help="documents for a study (NOTE.md + figures) or a training run (model card, ...)",
-                       description="For a study dir: regenerate figures/ and NOTE.md from results.json. For a "
-                       "training run dir: write MODEL_CARD.md, BENCHMARK.md, LOSS_CURVE.png, SAMPLES.md and "
-                       "WRITEUP.md from the run's files (and its eval/results.json when present).")
-    p.add_argument("target", metavar="STUDY_OR_RUN_DIR")
-    p.add_argument("--no-samples", action="store_true", help="run reports: skip generating SAMPLES.md")
-    p.set_defaults(func=cmd_report)
-
-    # Subcommands that live beside their library code.
-    from scalelab.eval.cli import register as register_eval
-    from scalelab.finetune.cli import register as register_finetune
-    from scalelab.golf.cli import register as register_golf
-    from scalelab.release_cli import register as register_release
-    from scalelab.tune.cli import register as register_tune
-
-    register_eval(sub)
-    register_release(sub)
-    register_tune(sub)
-    register_golf(sub)
-    register_finetune(sub)
-
-    return parser
-
-
-# A dotted override word: `train.lr=3e-3`, `seeds=[0,1,2]` (never a flag, never a path).
-_OVERRIDE_WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
-
-
-def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
-    """parse_args, except that dotted overrides may also follow flags
-    (`train CFG --device cpu train.lr=1e-3`). argparse fills the `overrides` positional
-    only from the words before the first flag and calls later ones unrecognized;
-    parse_intermixed_args cannot be used with subcommands. Later overrides keep their order
-    after the earlier ones; any other unknown word is the usual argparse error."""
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        late = [w for w in extra if _OVERRIDE_WORD.match(w)]
-        if len(late) != len(extra) or not isinstance(getattr(args, "overrides", None), list):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.n_early_overrides = len(args.overrides)
-        args.overrides.extend(late)
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    return run_parsed(parser, parse_args(parser, argv))
-
-
-def run_parsed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    """Call the chosen subcommand; a user error prints one line and exits 2 (shared by the
-    stand-alone entry points of subcommand modules)."""
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    try:
-        if getattr(args, "device", None) is not None:  # every --device (train, eval, golf, ...) checked here, first
-            from scalelab.train.hardware import resolve_device
-
-            resolve_device(args.device)
-        if getattr(args, "json", False):  # the JSON alone on stdout; progress and notes to stderr
-            import contextlib
-
-            from scalelab import io as sio
-
-            sio.JSON_STREAM, real = sys.stdout, sys.stdout
-            try:
-                with contextlib.redirect_stdout(sys.stderr):
-                    return args.func(args) or 0
-            finally:
-                sio.JSON_STREAM = None if sio.JSON_STREAM is real else sio.JSON_STREAM
-        return args.func(args) or 0
-    except ScalelabError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
