@@ -19,7 +19,7 @@ from scalelab.config import (
     split_config_arg,
 )
 from scalelab.errors import ConfigError
-from scalelab.golf.compress import COMPRESS_PER, COMPRESSORS
+from scalelab.golf.compress import COMPRESS_PER, COMPRESSORS, KNOWN_COMPRESSORS
 from scalelab.golf.quantize import CLIPS, METHODS, SCHEMES, QuantSpec
 
 
@@ -36,7 +36,13 @@ class GolfConfig:
     gptq_calib_tokens: int = 65536  # gptq: training tokens whose activations give each layer's Hessian
     gptq_damp: float = 0.01  # gptq: damp * mean(diag H) added to H's diagonal
     compressors: list[str] = field(default_factory=lambda: list(COMPRESSORS))  # smallest output wins
-    sliding_stride: int | None = None  # also report sliding-window val_bpb with this stride (e.g. 64)
+    sliding_stride: int | None = 64  # also score with a sliding window of this stride (capped at seq_len); null: off
+    eval_cap_s: float | None = 600.0  # the scoring evaluation's time cap (the challenge's 10 min); over = flagged
+    ttt: str | None = None  # score-first test-time training on the val stream: full | lora | null (golf/ttt.py)
+    ttt_lr: float = 1e-3  # ttt: Adam learning rate
+    ttt_steps: int = 1  # ttt: passes over each chunk after it is scored
+    ttt_chunk_tokens: int = 4096  # ttt: scored targets per chunk (score a chunk, then train on it)
+    ttt_rank: int = 4  # ttt=lora: adapter rank
     eval_batch: int = 16  # windows per forward pass in the final evaluations
     count_tokenizer: bool = False  # add the tokenizer file to the artifact bytes (the challenge does not)
     precheck: bool = True  # refuse, before training, a model that cannot fit even at 2x compression
@@ -75,12 +81,19 @@ def validate_golf(g: GolfConfig, run: RunConfig) -> None:
     _check(g.clip in CLIPS, f"golf.clip must be one of {', '.join(CLIPS)}; got '{g.clip}'")
     _check(0.5 < g.clip_quantile <= 1.0, f"golf.clip_quantile must be in (0.5, 1], got {g.clip_quantile}")
     _check(g.keep_float_numel >= 0, f"golf.keep_float_numel must be >= 0, got {g.keep_float_numel}")
-    _check(len(g.compressors) > 0, "golf.compressors must name at least one of " + ", ".join(COMPRESSORS))
+    _check(len(g.compressors) > 0, "golf.compressors must name at least one of " + ", ".join(KNOWN_COMPRESSORS))
     for c in g.compressors:
-        _check(c in COMPRESSORS, f"golf.compressors: unknown compressor '{c}'; known: {', '.join(COMPRESSORS)}")
-    _check(g.sliding_stride is None or 1 <= g.sliding_stride <= run.model.seq_len,
-           f"golf.sliding_stride must be in [1, model.seq_len={run.model.seq_len}] or null, got {g.sliding_stride}")
+        _check(c in KNOWN_COMPRESSORS,
+               f"golf.compressors: unknown compressor '{c}'; known: {', '.join(KNOWN_COMPRESSORS)}")
+    _check(g.sliding_stride is None or 1 <= g.sliding_stride <= max(run.model.seq_len, 64),  # 64: the default
+           f"golf.sliding_stride must be in [1, model.seq_len={run.model.seq_len}] (the default 64 is capped at "
+           f"it) or null, got {g.sliding_stride}")
     _check(g.eval_batch >= 1, f"golf.eval_batch must be >= 1, got {g.eval_batch}")
+    _check(g.eval_cap_s is None or g.eval_cap_s > 0, f"golf.eval_cap_s must be > 0 or null, got {g.eval_cap_s}")
+    _check(g.ttt in (None, "full", "lora"), f"golf.ttt must be full, lora or null; got '{g.ttt}'")
+    _check(g.ttt_lr >= 0 and g.ttt_steps >= 0 and g.ttt_rank >= 1 and g.ttt_chunk_tokens >= 1,
+           f"golf.ttt_lr and golf.ttt_steps must be >= 0, golf.ttt_rank and golf.ttt_chunk_tokens >= 1; "
+           f"got {g.ttt_lr}, {g.ttt_steps}, {g.ttt_rank}, {g.ttt_chunk_tokens}")
     _check(0.0 <= g.qat_frac <= 1.0, f"golf.qat_frac must be in [0, 1] (0 = off), got {g.qat_frac}")
     _check(g.lowrank_rank >= 0 and g.lowrank_tensors >= 0,
            f"golf.lowrank_rank and golf.lowrank_tensors must be >= 0, got {g.lowrank_rank}, {g.lowrank_tensors}")

@@ -30,11 +30,10 @@ from scalelab.config import RunConfig
 from scalelab.errors import ScalelabError
 from scalelab.golf import codec
 from scalelab.golf.artifact import BudgetError, check_budget, write_artifact  # noqa: F401 (BudgetError re-exported)
-from scalelab.golf.compress import compress_best
+from scalelab.golf.layout import build_weights
 from scalelab.golf.config import GolfConfig, to_dict
 from scalelab.golf.estimate import estimate_bytes, precheck  # noqa: F401 (re-exported)
 from scalelab.golf.evaluate import ByteCounter, evaluate_bpb, load_split_tokens, resolve_tokenizer
-from scalelab.golf.quantize import quantize_state_dict
 from scalelab.io import atomic_write_json, atomic_write_text, git_hash, software_versions
 from scalelab.model.gpt import GPTConfig
 
@@ -99,6 +98,12 @@ def _markdown(result: dict) -> str:
         s = e["post_sliding"]
         rows.append((f"val_bpb after round trip, sliding window (stride {s['stride']})",
                      f"{s['val_bpb']:.4f} ({s['seconds']:.1f} s vs {e['post']['seconds']:.1f} s)"))
+    if "post_ttt" in e:
+        t = e["post_ttt"]
+        rows.append((f"val_bpb after round trip, score-first TTT ({t['mode']})", f"{t['val_bpb']:.4f} ({t['seconds']:.1f} s)"))
+    sc = e["score"]
+    rows.append(("score (the scoring evaluation)", f"{sc['val_bpb']:.4f} by {sc['method']} in {sc['seconds']:.1f} s "
+                 f"(eval cap {sc['cap_s']} s{': OVER' if sc['over_cap'] else ''})"))
     rows += [
         ("artifact bytes (code + weights)", f"{a['total_bytes']:,} = {a['code_bytes']:,} + {a['weights_bytes']:,}"),
         ("budget", f"{a['budget_bytes']:,} ({'held' if a['budget_ok'] else 'EXCEEDED'}, "
@@ -109,6 +114,8 @@ def _markdown(result: dict) -> str:
         ("compressor", f"{result['compression']['chosen']} (" + "; ".join(
             f"{k} {v:,}" if isinstance(v, int) else f"{k}: {v}" for k, v in result['compression']['sizes'].items())
             + ")"),
+        ("bits / param: weights file vs order-0 bound", "{bits_per_param} vs {entropy_bits_per_param} (quantized "
+         "values at {q_entropy_bits_per_value} bits each, the rest raw)".format(**result["entropy"]["overall"])),
         ("training", f"{result['train']['steps']} steps, {result['train']['tokens']:,} tokens, "
                      f"{result['train']['train_time_s']:.1f} s (cap {result['config']['train']['max_time_s']} s)"),
         ("round trip bit-exact", str(result["roundtrip_bit_exact"])),
@@ -166,9 +173,9 @@ def run_golf(run: RunConfig, golf: GolfConfig, device: str | None = None, progre
         calib = calibration_windows(run.data.dir, model_cfg.seq_len, golf.gptq_calib_tokens)
         hessians = collect_hessians(model, calib, batch_size=golf.eval_batch)
         _log(f"gptq: Hessians of {len(hessians)} linear layers from {calib.numel():,} training tokens", progress)
-    qs = quantize_state_dict({k: v.cpu() for k, v in model.state_dict().items()}, golf.quant_spec(), hessians)
-    raw = codec.pack(dataclasses.asdict(model_cfg), qs.tensors, qs.aliases)
-    chosen, blob, sizes = compress_best(raw, golf.compressors)
+    qs, blob, enc = build_weights(dataclasses.asdict(model_cfg), {k: v.cpu() for k, v in model.state_dict().items()},
+                                  golf, hessians)  # quantize, low-rank corrections, compress (golf/layout.py)
+    chosen = enc["compression"]["chosen"]
     quant_s = time.perf_counter() - t_q
     tokenizer_bytes = tok_file.stat().st_size if tok_file is not None else None
     art = write_artifact(out_dir / ARTIFACT_DIR, blob, tokenizer=tok_file if golf.count_tokenizer else None)
@@ -188,12 +195,31 @@ def run_golf(run: RunConfig, golf: GolfConfig, device: str | None = None, progre
     post = evaluate_bpb(reloaded, val, **ev)
     _log(f"after round trip: val_bpb {post['val_bpb']:.4f} ({post['seconds']:.1f} s)", progress)
     evals: dict[str, Any] = {"pre": pre, "post": post, "quant_gap_bpb": post["val_bpb"] - pre["val_bpb"]}
-    if golf.sliding_stride:
-        sliding = evaluate_bpb(reloaded, val, stride=golf.sliding_stride, **ev)
+    stride = min(golf.sliding_stride or model_cfg.seq_len, model_cfg.seq_len)  # the default 64 capped at seq_len
+    if stride < model_cfg.seq_len:
+        sliding = evaluate_bpb(reloaded, val, stride=stride, **ev)
         sliding["cost_vs_windows"] = round(sliding["seconds"] / max(post["seconds"], 1e-9), 2)
         evals["post_sliding"] = sliding
-        _log(f"after round trip, sliding window stride {golf.sliding_stride}: val_bpb {sliding['val_bpb']:.4f} "
+        _log(f"after round trip, sliding window stride {stride}: val_bpb {sliding['val_bpb']:.4f} "
              f"({sliding['seconds']:.1f} s, {sliding['cost_vs_windows']}x the plain evaluation)", progress)
+    if golf.ttt:
+        from scalelab.golf.ttt import score_first_ttt
+
+        ttt = score_first_ttt(reloaded, val, counter, model_cfg.seq_len, stride if stride < model_cfg.seq_len else None,
+                              mode=golf.ttt, lr=golf.ttt_lr, steps=golf.ttt_steps, chunk_tokens=golf.ttt_chunk_tokens,
+                              rank=golf.ttt_rank, batch_size=golf.eval_batch, seed=run.seed, device=dev)
+        evals["post_ttt"] = {k: v for k, v in ttt.items() if k != "chunks"}
+        _log(f"after round trip, score-first TTT ({golf.ttt}, lr {golf.ttt_lr}): val_bpb {ttt['val_bpb']:.4f} "
+             f"({ttt['seconds']:.1f} s)", progress)
+    # The score: the last evaluation that ran (TTT > sliding > plain windows), timed against the eval cap.
+    method = "ttt" if golf.ttt else ("sliding" if "post_sliding" in evals else "windows")
+    final = evals[{"ttt": "post_ttt", "sliding": "post_sliding", "windows": "post"}[method]]
+    over = golf.eval_cap_s is not None and final["seconds"] > golf.eval_cap_s
+    evals["score"] = {"method": method, "val_bpb": final["val_bpb"], "seconds": final["seconds"],
+                      "cap_s": golf.eval_cap_s, "over_cap": over}
+    if over:
+        _log(f"WARNING: the scoring evaluation ({method}) took {final['seconds']:.1f} s, over golf.eval_cap_s="
+             f"{golf.eval_cap_s} s (the challenge's evaluation cap); the score would not count", True)
 
     stats = qs.stats()
     result = {
@@ -201,6 +227,9 @@ def run_golf(run: RunConfig, golf: GolfConfig, device: str | None = None, progre
         "config": to_dict(run, golf),
         "val_bpb": post["val_bpb"],
         "val_bpb_sliding": evals.get("post_sliding", {}).get("val_bpb"),
+        "val_bpb_ttt": evals.get("post_ttt", {}).get("val_bpb"),
+        "score_bpb": evals["score"]["val_bpb"],  # the scoring evaluation's (method in eval.score)
+        "eval_over_cap": evals["score"]["over_cap"],
         "weights": which,
         "train": {k: summary.get(k) for k in ("steps", "tokens", "train_time_s", "params", "non_embedding_params",
                                               "epochs", "val_loss", "val_bpb", "world_size")},
@@ -208,8 +237,10 @@ def run_golf(run: RunConfig, golf: GolfConfig, device: str | None = None, progre
         "quant": {"default": golf.quant, "clip": golf.clip, "overrides": dict(golf.quant_overrides),
                   "method": golf.quant_method, "methods": qs.methods,
                   "params": stats["params"], "by_scheme": stats["by_scheme"], "aliases": stats["aliases"],
-                  "schemes": qs.schemes, "payload_bytes": len(raw), "seconds": round(quant_s, 3)},
-        "compression": {"chosen": chosen, "sizes": sizes},
+                  "schemes": qs.schemes, "payload_bytes": enc["compression"]["payload_bytes"],
+                  "seconds": round(quant_s, 3), "lowrank": enc["lowrank"]},
+        "compression": enc["compression"],
+        "entropy": enc["entropy"],
         "artifact": {**art, "budget_bytes": golf.budget_bytes,
                      "budget_ok": total <= golf.budget_bytes, "tokenizer_bytes": tokenizer_bytes,
                      "tokenizer_counted": golf.count_tokenizer,
