@@ -29,8 +29,6 @@ LAZY_CYCLES = {
      "scalelab.eval.tasks.run", "scalelab.eval.tasks.spec"): "task specs and their file format",
     # ladder_sections builds on ladder_note's LadderContext; note_lines appends the tail sections.
     ("scalelab.report.ladder_note", "scalelab.report.ladder_sections"): "a note split across two files",
-    # study hands jobs to executors; the executors evaluate a finished run with study's helper.
-    ("scalelab.scaling.executors", "scalelab.scaling.study"): "executor callback into the study's evaluation",
     # run_benchmark uses run_trajectory's table_markdown; run_trajectory's baselines use baseline_value.
     ("scalelab.report.run_benchmark", "scalelab.report.run_trajectory"): "shared table / baseline helpers",
 }

@@ -37,7 +37,7 @@ from scalelab.errors import ConfigError, ScalelabError, TrainingError
 from scalelab.io import atomic_write_json
 
 if TYPE_CHECKING:
-    from scalelab.scaling.study import StudyConfig
+    from scalelab.scaling.study_config import StudyConfig
 
 Job = tuple  # (model dict, seed, run_dir: Path, config_path: Path)
 OnDone = Callable[[Job, "BaseException | None"], None]
@@ -86,7 +86,7 @@ def _train_in_worker(config_path: str, run_dir: str, threads: int | None, eval_c
         try:
             train(load_config(config_path), hooks=training_hooks())
             if eval_cfg is not None and eval_cfg.eval.tasks:  # warm the eval cache while the executor is busy
-                from scalelab.scaling.study import evaluate_tasks
+                from scalelab.scaling.study_eval import evaluate_tasks
 
                 evaluate_tasks({"run_dir": run_dir}, eval_cfg)
         except ScalelabError as e:
@@ -162,7 +162,7 @@ class SlurmTrain(submitit.helpers.Checkpointable):
 
 
 def _warm_eval(run_dir: str, eval_cfg: StudyConfig) -> None:
-    from scalelab.scaling.study import evaluate_tasks
+    from scalelab.scaling.study_eval import evaluate_tasks
 
     with open(Path(run_dir) / "train.log", "a") as log, contextlib.redirect_stdout(log), \
             contextlib.redirect_stderr(log):

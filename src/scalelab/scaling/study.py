@@ -18,170 +18,34 @@ import datetime as _dt
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
-from scalelab.config import RunConfig, apply_overrides, build_dataclass, config_from_dict, load_yaml_mapping
-from scalelab.errors import ConfigError, ScalelabError, TrainingError
+from scalelab.config import RunConfig, config_from_dict
+from scalelab.errors import TrainingError
 from scalelab.io import atomic_write_json, atomic_write_text, git_hash, software_versions
 from scalelab.scaling.executors import run_jobs
-from scalelab.scaling.results import check_monotone, plan_primary_ratio, summarize_sizes
 from scalelab.scaling.plan import PlanRules, attach_gpu_hours, parse_size, plan_family, plan_isoflop
+from scalelab.scaling.results import check_monotone, plan_primary_ratio, summarize_sizes  # noqa: F401 - re-exported
+from scalelab.scaling.study_config import (  # noqa: F401 - names callers import from here
+    DESIGNS,
+    EXECUTORS,
+    SLURM_CLUSTERS,
+    StudyConfig,
+    StudyEval,
+    StudyFit,
+    StudyPlan,
+    StudySlurm,
+    base_run_config,
+    load_study_config,
+    planned_vocab,
+)
+from scalelab.scaling.study_eval import evaluate_tasks, read_ladder_point
 
 FORMAT_VERSION = 1
-
-
-DESIGNS = ("ratios", "isoflop")
-
-
-@dataclass
-class StudyPlan:
-    # design "ratios": every size in `sizes` (or from `compute`) at every tokens/param ratio.
-    # design "isoflop": per compute budget in `budgets` (6ND FLOPs), `sizes_per_budget` sizes from
-    # N*/spread to N*·spread around the prior optimum N* = sqrt(C / (6 prior_tokens_per_param)),
-    # each trained on D = C / 6N (Hoffmann et al. 2022, approach 2).
-    design: str = "ratios"
-    budgets: list[float] = field(default_factory=list)
-    sizes_per_budget: int = 5
-    spread: float = 4.0
-    prior_tokens_per_param: float = 20.0
-    n_layer: int | None = None  # fixed depth (one shape family, widths vary); None = aspect-ratio rule
-    width_step: int = 8  # with n_layer: widths are multiples of this
-    sizes: list[str] | None = None  # e.g. [10M, 50M, 200M, 600M] (non-embedding by default)
-    gpu_peak_tflops: float | None = None  # with mfu: the plan prints the GPU-hours it implies
-    mfu: float = 0.4
-    compute: float | None = None  # or a total FLOP budget split over `models`
-    models: int = 4
-    spacing: float = 4.0
-    tokens_per_param: list[float] = field(default_factory=lambda: [20.0])  # >1 value: L(N,D) becomes identifiable
-    count: str = "non_embedding"
-    lr_rule: str = "deepseek"
-    lr: float | None = None
-    batch_tokens: int | None = None
-    max_micro_batch: int = 16
-    devices: int = 1  # processes per run (e.g. 8 with launcher "torchrun --nproc_per_node 8")
-    warmup_frac: float = 0.02
-    aspect_ratio: float = 64.0
-    head_dim: int = 64
-    multiple_of: int = 64
-
-
-@dataclass
-class StudyFit:
-    n_boot: int = 200
-    resample: str = "points"  # bootstrap unit: points | size | seed
-    seed: int = 0
-    # targets [N, D] at which every task's two-step law predicts bpb and accuracy (with intervals)
-    predict: list[list[float]] = field(default_factory=list)
-
-
-@dataclass
-class StudyEval:
-    tasks: list[str] = field(default_factory=list)  # zero-shot tasks per finished run, e.g. [hellaswag, arc_easy]
-    limit: int | None = 500  # fixed seeded subset per task (None = all examples)
-    seed: int = 0
-    # models scored elsewhere as extra ladder points for the accuracy step, e.g. public checkpoints:
-    # [{name: pythia-160m, params: 1.6e8, tokens: 3e11, results: path/to/eval/results.json}]
-    ladder_points: list[dict[str, Any]] = field(default_factory=list)
-
-
-EXECUTORS = ("local", "slurm")
-SLURM_CLUSTERS = ("slurm", "local")
-
-
-@dataclass
-class StudySlurm:
-    """One SLURM job per run (executor: slurm); see docs/CLUSTER.md."""
-    cluster: str = "slurm"  # slurm | local (submitit's local processes: try a setup without a cluster)
-    partition: str = ""
-    account: str = ""
-    qos: str = ""
-    time_min: int = 240  # per job; a run that times out is requeued and resumes from its checkpoint
-    nodes: int = 1
-    gpus_per_node: int = 0
-    tasks_per_node: int = 1  # processes per node: 1 with a launcher, else one per GPU
-    cpus_per_task: int = 8
-    mem_gb: float | None = None
-    array_parallelism: int = 64  # jobs of the study's array running at once
-    additional: dict[str, Any] = field(default_factory=dict)  # more sbatch flags, e.g. {constraint: h100}
-    setup: list[str] = field(default_factory=list)  # shell lines run before the job, e.g. module load
-    poll_s: float = 60.0  # status line / sacct refresh interval while waiting
-
-    def __post_init__(self):
-        if self.cluster not in SLURM_CLUSTERS:
-            raise ConfigError(f"slurm.cluster must be one of {', '.join(SLURM_CLUSTERS)}; got '{self.cluster}'")
-        for key in ("time_min", "nodes", "tasks_per_node", "cpus_per_task", "array_parallelism"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"slurm.{key} must be >= 1; got {getattr(self, key)}")
-        if self.gpus_per_node < 0 or self.poll_s <= 0 or (self.mem_gb is not None and self.mem_gb <= 0):
-            raise ConfigError("slurm.gpus_per_node must be >= 0, slurm.poll_s and slurm.mem_gb > 0")
-        if self.cluster == "local" and self.nodes > 1:
-            raise ConfigError("slurm.cluster: local runs on one machine; set slurm.nodes: 1 or cluster: slurm")
-
-
-@dataclass
-class StudyConfig:
-    name: str = "study"
-    out_dir: str = "runs/study"
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
-    parallel_runs: int = 1  # training processes at once (CPU: pair with train.threads=1)
-    launcher: str = ""  # e.g. "torchrun --standalone --nproc_per_node 8"; empty = one process
-    executor: str = "local"  # local (this machine) | slurm (one SLURM job per run, section slurm)
-    slurm: StudySlurm = field(default_factory=StudySlurm)
-    plan: StudyPlan = field(default_factory=StudyPlan)
-    fit: StudyFit = field(default_factory=StudyFit)
-    eval: StudyEval = field(default_factory=StudyEval)
-    base: dict[str, Any] = field(default_factory=dict)  # a training config: data, model, train sections
-
-    def __post_init__(self):
-        if self.executor not in EXECUTORS:
-            raise ConfigError(f"config key 'executor' must be one of {', '.join(EXECUTORS)}; got '{self.executor}'")
-        if self.executor == "slurm" and self.launcher and self.slurm.tasks_per_node != 1:
-            raise ConfigError("with executor: slurm and a launcher, set slurm.tasks_per_node: 1 (the launcher "
-                              "starts the per-GPU processes on each node), or drop the launcher")
-
-
-def load_study_config(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
-    tree = load_yaml_mapping(path, "study config", "configs/study-cpu.yaml")
-    # Keys are checked when the dataclass is built (base.* is a free-form training config).
-    tree = apply_overrides(tree, overrides or [], valid=[])
-    cfg = build_dataclass(StudyConfig, tree)
-    if cfg.plan.design not in DESIGNS:
-        raise ConfigError(f"config key 'plan.design' must be one of {', '.join(DESIGNS)}; got '{cfg.plan.design}'")
-    if cfg.plan.design == "isoflop":
-        if not cfg.plan.budgets:
-            raise ConfigError(f"study config '{path}': plan.design: isoflop needs plan.budgets, "
-                              "e.g. [1e11, 2e11, 4e11] (6ND FLOPs per run)")
-    elif not (cfg.plan.sizes or cfg.plan.compute):
-        raise ConfigError(f"study config '{path}': set plan.sizes (e.g. [10M, 50M]) or plan.compute")
-    if not cfg.seeds:
-        raise ConfigError("seeds must list at least one seed")
-    if cfg.parallel_runs < 1:
-        raise ConfigError("parallel_runs must be >= 1")
-    if not cfg.plan.tokens_per_param or any(r <= 0 for r in cfg.plan.tokens_per_param):
-        raise ConfigError("plan.tokens_per_param must be a list of positive ratios, e.g. [20]")
-    base = dict(cfg.base)
-    base.setdefault("train", {})
-    base["train"] = dict(base["train"], max_steps=1)
-    config_from_dict(copy.deepcopy(base))  # the base must be a valid training config
-    return cfg
-
-
-def planned_vocab(cfg: StudyConfig) -> int:
-    """The vocabulary the study's models get: model.vocab_size, else the tokenizer's."""
-    base = _base_run_config(cfg)
-    if base.model.vocab_size:
-        return int(base.model.vocab_size)
-    return 50257 if base.data.tokenizer == "gpt2" else int(base.data.vocab_size)
-
-
-def _base_run_config(cfg: StudyConfig) -> RunConfig:
-    tree = copy.deepcopy(cfg.base)
-    tree.setdefault("train", {})["max_steps"] = 1
-    return config_from_dict(tree)
 
 
 def _rules(cfg: StudyConfig, base: RunConfig, vocab_size: int, data_tokens: int | None, ratio: float) -> PlanRules:
@@ -195,7 +59,7 @@ def _rules(cfg: StudyConfig, base: RunConfig, vocab_size: int, data_tokens: int 
 
 
 def make_plan(cfg: StudyConfig, vocab_size: int, data_tokens: int | None) -> dict[str, Any]:
-    base = _base_run_config(cfg)
+    base = base_run_config(cfg)
     sp = cfg.plan
     if sp.design == "isoflop":
         plan = plan_isoflop(_rules(cfg, base, vocab_size, data_tokens, sp.prior_tokens_per_param),
@@ -290,45 +154,6 @@ def collect_run(model: dict[str, Any], seed: int, run_dir: Path) -> dict[str, An
     }
 
 
-def evaluate_tasks(run: dict[str, Any], cfg: StudyConfig) -> dict[str, Any]:
-    """Zero-shot task metrics (with 95% CIs) of a finished run, cached in <run_dir>/eval/."""
-    import json
-
-    from scalelab.eval.loading import load_model_for_eval
-    from scalelab.eval.tasks import evaluate, get_spec, write_results
-
-    out_dir = Path(run["run_dir"]) / "eval"
-    cached = out_dir / "results.json"
-    want = sorted(get_spec(t).name for t in cfg.eval.tasks)
-    results = None
-    if cached.is_file():
-        results = json.loads(cached.read_text())
-        conf = results.get("config", {})
-        if sorted(results.get("results", {})) != want or conf.get("limit") != cfg.eval.limit \
-                or conf.get("seed") != cfg.eval.seed:
-            results = None
-    if results is None:
-        model = load_model_for_eval(run["run_dir"])
-        results = evaluate(model, list(cfg.eval.tasks), limit=cfg.eval.limit, seed=cfg.eval.seed, progress=False)
-        write_results(results, out_dir)
-    tasks = {}
-    for name, res in results["results"].items():
-        row = {"n": res.get("n")}
-        for metric in ("acc", "acc_norm", "bpb"):
-            if metric in res:
-                lo, hi = res.get(f"{metric}_ci") or [None, None]
-                row.update({metric: res[metric], f"{metric}_lo": lo, f"{metric}_hi": hi})
-        samples = results.get("samples", {}).get(name)
-        if isinstance(samples, list) and samples and "lls" in samples[0]:
-            row["chance"] = sum(1.0 / len(r["lls"]) for r in samples) / len(samples)
-        elif isinstance(samples, str) and (out_dir / samples).is_file():
-            recs = [json.loads(line) for line in (out_dir / samples).read_text().splitlines() if line]
-            if recs and "lls" in recs[0]:
-                row["chance"] = sum(1.0 / len(r["lls"]) for r in recs) / len(recs)
-        tasks[name] = row
-    return tasks
-
-
 def fit_all(results: dict[str, Any], cfg: StudyConfig) -> dict[str, Any]:
     """Every law and check of the study's design (scaling/study_fits.py)."""
     from scalelab.scaling.study_fits import fit_study
@@ -344,7 +169,7 @@ def run_study(path: str | Path, overrides: list[str] | None = None, *, progress:
     cfg = load_study_config(path, overrides)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    base = _base_run_config(cfg)
+    base = base_run_config(cfg)
 
     from scalelab.data.prepare import load_meta, prepare_data
 
@@ -435,32 +260,6 @@ def run_study(path: str | Path, overrides: list[str] | None = None, *, progress:
         results["report"] = {k: [str(p) for p in v] if isinstance(v, list) else str(v)
                              for k, v in report(out).items()}
     return results
-
-
-def read_ladder_point(point: dict[str, Any]) -> dict[str, Any]:
-    """An externally scored model (`scalelab eval` results.json) as a ladder point: N, D, task metrics."""
-    import json
-
-    missing = [k for k in ("name", "params", "tokens", "results") if k not in point]
-    if missing:
-        raise ConfigError(f"eval.ladder_points entry {point!r} lacks {', '.join(missing)}; give name, params, tokens "
-                          "and results (the results.json of `scalelab eval`)")
-    path = Path(point["results"])
-    try:
-        res = json.loads(path.read_text())["results"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"eval.ladder_points '{point['name']}': cannot read {path} ({e}); run `scalelab eval "
-                          f"TARGET --tasks ...` and point results at its results.json") from None
-    tasks = {}
-    for task, r in res.items():
-        row = {"n": r.get("n")}
-        for m in ("acc", "acc_norm", "bpb"):
-            if m in r:
-                lo, hi = r.get(f"{m}_ci") or [None, None]
-                row.update({m: r[m], f"{m}_lo": lo, f"{m}_hi": hi})
-        tasks[task] = row
-    return {"name": point["name"], "params": float(point["params"]), "tokens": float(point["tokens"]),
-            "source": str(path), "tasks": tasks}
 
 
 def _checks(sizes: list[dict[str, Any]], plan: dict[str, Any]) -> dict[str, Any]:

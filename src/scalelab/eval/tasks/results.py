@@ -11,6 +11,8 @@ from scalelab.eval.scoring import EvalError
 
 RESULTS_FILE = "results.json"
 TABLE_FILE = "results.md"
+# The scores a task's results carry as a mean with a 95% CI (`<metric>`, `<metric>_ci`).
+SCORED_METRICS = ("acc", "acc_norm", "bpb")
 
 
 def write_results(results: dict, out_dir: str | Path) -> dict[str, Path]:
@@ -108,7 +110,7 @@ def compare(results_a: dict | str | Path, results_b: dict | str | Path, n_boot: 
         common = sorted(set(ra) & set(rb))
         if not common:
             continue
-        metrics = [k for k in ("acc", "acc_norm", "bpb", "ll") if k in ra[common[0]] and k in rb[common[0]]]
+        metrics = [k for k in (*SCORED_METRICS, "ll") if k in ra[common[0]] and k in rb[common[0]]]
         per = {}
         for metric in metrics:
             x = [float(ra[i][metric]) for i in common]
