@@ -27,8 +27,6 @@ LAZY_CYCLES = {
     # lives in two places; the way out is moving its reading half into tasks/spec.py.
     ("scalelab.eval.task_files", "scalelab.eval.tasks", "scalelab.eval.tasks.data", "scalelab.eval.tasks.prompts",
      "scalelab.eval.tasks.run", "scalelab.eval.tasks.spec"): "task specs and their file format",
-    # ladder_sections builds on ladder_note's LadderContext; note_lines appends the tail sections.
-    ("scalelab.report.ladder_note", "scalelab.report.ladder_sections"): "a note split across two files",
     # run_benchmark uses run_trajectory's table_markdown; run_trajectory's baselines use baseline_value.
     ("scalelab.report.run_benchmark", "scalelab.report.run_trajectory"): "shared table / baseline helpers",
 }

@@ -1,13 +1,13 @@
 """NOTE.md of an IsoFLOP-design study, sections 6-10: consistency, measured extrapolation (holdout),
 downstream metrics, caveats and references (the first sections are ``report.ladder_note``).
 
-Each section is a function of the :class:`~scalelab.report.ladder_note.LadderContext`; every
+Each section is a function of the :class:`~scalelab.report.ladder_context.LadderContext`; every
 number comes from results.json (queries in ``scalelab.scaling.results``), and a check or fit
 that is absent or degenerate is reported with its stored reason.
 """
 from __future__ import annotations
 
-from scalelab.report.ladder_note import (
+from scalelab.report.ladder_context import (
     LadderContext, consistency_verdict, frontier_metric_rows, holdout_items, holdout_label, holdout_ok, reason_of,
     nopt_holdout, nopt_holdout_text,
 )
