@@ -116,19 +116,49 @@ def test_timeouts_are_recorded_and_the_study_goes_on(tmp_path, data_dir):
     assert "No configuration completed" in (tmp_path / "out" / "RECIPE.md").read_text()
 
 
-def test_interrupted_trial_is_marked_failed_on_resume(tmp_path, data_dir):
+def test_a_dead_workers_trial_is_failed_and_retried_a_live_ones_is_left_alone(tmp_path, data_dir):
+    """Heartbeats: a RUNNING trial whose worker stopped beating (silent for longer than the
+    grace period) is failed ('interrupted') and queued again with the same parameters; a
+    RUNNING trial that beats is never touched (a second worker used to fail it, and the
+    first worker then crashed with UpdateFinishedTrialError)."""
+    import time
+
     import optuna
 
+    from scalelab.tune.recipe import trial_record
     from scalelab.tune.search import fail_interrupted, open_study, prepare
+    from scalelab.tune.workers import Heartbeat
 
-    path = write_tune(tmp_path, data_dir, trials=1, space={"train.micro_batch": [4, 8]})
-    setup = prepare(load_tune_config(path), progress=False)
-    study, storage = open_study(setup)
-    study.ask()  # a session killed here leaves this trial RUNNING
-    study2, storage2 = open_study(setup)
-    assert fail_interrupted(study2, storage2) == 1
-    t = study2.trials[0]
-    assert t.state == optuna.trial.TrialState.FAIL and t.user_attrs["failure_kind"] == "interrupted"
+    path = write_tune(tmp_path, data_dir, trials=1, space={"train.micro_batch": [4, 8]}, heartbeat_s=0.5,
+                      heartbeat_grace_s=2, storage=f"journal:{tmp_path / 'tune.log'}")
+    cfg = load_tune_config(path)
+    setup = prepare(cfg, progress=False)
+    study, _ = open_study(setup)
+    dists = {"train.micro_batch": optuna.distributions.CategoricalDistribution([4, 8])}
+    dead = study.ask(dists)  # its worker is gone: nobody beats for it
+    live = study.ask(dists)
+    other, _ = open_study(setup)  # a second worker, its own storage object on the same journal
+    with Heartbeat(study, live, cfg.heartbeat_s):
+        assert fail_interrupted(other, cfg) == 0  # both started within the grace period
+        time.sleep(3.0)
+        assert fail_interrupted(other, cfg) == 1  # only the silent one
+        assert fail_interrupted(other, cfg) == 0  # nothing twice
+    trials = {t.number: t for t in open_study(setup)[0].trials}
+    assert trials[dead.number].state == optuna.trial.TrialState.FAIL
+    assert trials[live.number].state == optuna.trial.TrialState.RUNNING
+    rec = trial_record(trials[dead.number], setup.space.default_params, setup.space)
+    assert rec["failure_kind"] == "interrupted"
+    retry = [t for t in trials.values() if t.state == optuna.trial.TrialState.WAITING]
+    assert len(retry) == 1 and retry[0].params == trials[dead.number].params
+    assert retry[0].system_attrs["failed_trial"] == dead.number
+    study.tell(live, 123.0)  # the live trial's worker finishes it normally
+    assert open_study(setup)[0].trials[live.number].value == 123.0
+    # retried at most stale_retries (1) times: the retry dying too is failed, not queued again
+    again = other.ask(dists)
+    assert again.number == retry[0].number
+    time.sleep(3.0)
+    assert fail_interrupted(other, cfg) == 1
+    assert not [t for t in open_study(setup)[0].trials if t.state == optuna.trial.TrialState.WAITING]
 
 
 def test_budget_stops_the_search(tmp_path, data_dir):

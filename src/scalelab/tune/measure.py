@@ -8,7 +8,9 @@ file while the process runs, drop the first `warmup_steps` steps (compilation, a
 and cache warm-up), and stop the process as soon as the measured steps are in (the
 trainer's final evaluation and checkpoint are not part of the measurement).
 
-Throughput is tokens per second per process (per GPU): `batch_tokens / world / step_time`.
+Throughput is tokens per second per process (per GPU): `batch_tokens / world / step_time`;
+when the records carry each step's tokens (`step_tokens`, `world`: the fine-tune job's real,
+non-padding tokens), a window's throughput is its tokens over its time.
 The measured steps are cut into `windows` contiguous windows; each window's throughput
 is its tokens over its time (tokens_per_step / mean step time), and the trial's value is
 the mean of the window throughputs with a 95% batch-means t-interval
@@ -35,7 +37,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from scalelab.eval.stats import batch_means_ci
+from scalelab.eval.stats import batch_means_ci, mean_ci
 
 
 @dataclass
@@ -73,33 +75,47 @@ class RunResult:
                 "returncode": self.returncode, "log": self.log}
 
 
-def throughput_stats(step_times: list[float], tokens_per_step: float, warmup_steps: int, windows: int,
-                     confidence: float = 0.95) -> dict[str, Any]:
+def throughput_stats(step_times: list[float], tokens_per_step: float | None, warmup_steps: int, windows: int,
+                     confidence: float = 0.95, step_tokens: list[float] | None = None) -> dict[str, Any]:
     """Tokens/s (per process) of the steps after warm-up: window means with a batch-means CI.
 
     `tokens_per_step` is the tokens one process handles per optimizer step
-    (batch_tokens / world). Returns dict(mean, lo, hi, stderr, n_steps, n_windows,
-    window_rates, step_time_mean, warmup_dropped).
+    (batch_tokens / world); or `step_tokens` gives each step's own count (per process), and
+    a window's throughput is its tokens over its time. Returns dict(mean, lo, hi, stderr,
+    n_steps, n_windows, window_rates, step_time_mean, warmup_dropped).
     """
     measured = [float(t) for t in step_times[warmup_steps:]]
     if not measured:
         raise ValueError(f"no steps left after dropping {warmup_steps} warm-up steps")
     if min(measured) <= 0:
         raise ValueError("step times must be > 0")
-    ci = batch_means_ci(measured, n_batches=windows, confidence=confidence,
-                        transform=lambda t: tokens_per_step / t)
+    if step_tokens is not None:
+        toks = np.asarray(step_tokens[warmup_steps:], dtype=float)
+        if toks.size != len(measured):
+            raise ValueError(f"{toks.size} token counts for {len(measured)} step times")
+        parts = np.array_split(np.arange(len(measured)), min(windows, len(measured)))
+        times = np.asarray(measured)
+        rates = [float(toks[i].sum() / times[i].sum()) for i in parts]
+        ci = {**mean_ci(rates, confidence), "n_batches": len(parts), "batch_means": rates}
+        ci["n"] = len(measured)
+    else:
+        ci = batch_means_ci(measured, n_batches=windows, confidence=confidence,
+                            transform=lambda t: tokens_per_step / t)
     return {"mean": ci["mean"], "lo": ci["lo"], "hi": ci["hi"], "stderr": ci["stderr"], "n_steps": ci["n"],
             "n_windows": ci["n_batches"], "window_rates": ci["batch_means"],
             "step_time_mean": float(np.mean(measured)), "warmup_dropped": min(warmup_steps, len(step_times))}
 
 
-def train_command(config_path: str | Path, overrides: list[str], nproc: int = 1) -> list[str]:
-    """The command of one trial: plain python for one process, torchrun (as a module) for more."""
+def train_command(config_path: str | Path, overrides: list[str], nproc: int = 1,
+                  entry: tuple[str, ...] = ("scalelab", "train")) -> list[str]:
+    """The command of one trial: plain python for one process, torchrun (as a module) for more.
+    `entry`: the module and its arguments (`scalelab train`; the fine-tune job's is
+    `scalelab.finetune.throughput`)."""
     if nproc > 1:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     else:
         launcher = [sys.executable]
-    return launcher + ["-m", "scalelab", "train", str(config_path), *overrides]
+    return launcher + ["-m", *entry, str(config_path), *overrides]
 
 
 def measurement_overrides(run_dir: str | Path, settings: MeasureSettings, seq_len: int) -> list[str]:
@@ -171,12 +187,13 @@ class _Tail:
         return [ln for ln in complete if ln.strip()]
 
 
-def run_measurement(cmd: list[str], run_dir: str | Path, tokens_per_step: float, settings: MeasureSettings,
+def run_measurement(cmd: list[str], run_dir: str | Path, tokens_per_step: float | None, settings: MeasureSettings,
                     env: dict[str, str] | None = None, on_window: Callable[[int, float], bool] | None = None,
                     timeout_s: float | None = None, log_path: str | Path | None = None,
                     cwd: str | Path | None = None) -> RunResult:
     """Run `cmd` (a training command writing run_dir/metrics.jsonl) and measure it.
 
+    `tokens_per_step` None: each record's `step_tokens / world` (the fine-tune job).
     `on_window(index, tokens_per_s)` is called when each measured window completes; when
     it returns True the run is stopped and reported as pruned. `timeout_s` (default
     settings.timeout_s) bounds the whole run; the process group is killed on expiry.
@@ -193,6 +210,7 @@ def run_measurement(cmd: list[str], run_dir: str | Path, tokens_per_step: float,
     sizes = settings.window_sizes()
     bounds = np.cumsum(sizes).tolist()  # measured-step counts at which each window closes
     times: dict[int, float] = {}
+    tokens: dict[int, float] = {}  # per process, when the records carry step_tokens
     tail = _Tail(run_dir / "metrics.jsonl")
     t0 = time.monotonic()
     last_new = None
@@ -216,13 +234,19 @@ def run_measurement(cmd: list[str], run_dir: str | Path, tokens_per_step: float,
                         continue
                     if rec.get("kind") == "train" and "step_time" in rec:
                         times[int(rec["step"])] = float(rec["step_time"])
+                        if "step_tokens" in rec:
+                            tokens[int(rec["step"])] = float(rec["step_tokens"]) / max(1, int(rec.get("world", 1)))
                         last_new = time.monotonic()
                 ordered = [times[s] for s in sorted(times)]
                 measured = ordered[settings.warmup_steps:]
                 while reported < len(bounds) and len(measured) >= bounds[reported]:
                     lo = bounds[reported - 1] if reported else 0
                     w = measured[lo:bounds[reported]]
-                    rate = tokens_per_step / float(np.mean(w))
+                    if tokens_per_step is None:
+                        steps = sorted(times)[settings.warmup_steps:][lo:bounds[reported]]
+                        rate = sum(tokens.get(s, 0.0) for s in steps) / float(np.sum(w))
+                    else:
+                        rate = tokens_per_step / float(np.mean(w))
                     window_rates.append(rate)
                     reported += 1
                     if on_window is not None and reported < len(bounds) and on_window(reported - 1, rate):
@@ -255,8 +279,9 @@ def run_measurement(cmd: list[str], run_dir: str | Path, tokens_per_step: float,
                        duration_s=duration, returncode=rc, log=str(log_path))
     if status == "ok":
         if len(ordered) - settings.warmup_steps >= settings.measure_steps:
+            per_step = None if tokens_per_step is not None else [tokens.get(s, 0.0) for s in sorted(times)]
             result.stats = throughput_stats(ordered, tokens_per_step, settings.warmup_steps,
-                                            min(settings.windows, settings.measure_steps))
+                                            min(settings.windows, settings.measure_steps), step_tokens=per_step)
             result.window_rates = result.stats["window_rates"]
         else:
             output = Path(log_path).read_text(errors="replace")

@@ -54,8 +54,11 @@ def trial_record(t, default_params: dict[str, Any], space) -> dict[str, Any]:
         "duration_s": ua.get("duration_s"),
         "is_default": bool(t.params) and all(same_value(t.params.get(k), v) for k, v in default_params.items()),
         "duplicate_of": ua.get("duplicate_of"),
-        "failure_kind": ua.get("failure_kind"),
-        "failure": ua.get("failure"),
+        # A FAIL without a kind or a measurement: a dead worker's trial, failed by the heartbeat check.
+        "failure_kind": ua.get("failure_kind") or ("interrupted" if t.state.name == "FAIL"
+                                                   and "duration_s" not in ua else None),
+        "failure": ua.get("failure") or ("interrupted: its worker stopped (no heartbeat), retried"
+                                         if t.state.name == "FAIL" and "duration_s" not in ua else None),
         "intermediate_values": {str(k): v for k, v in t.intermediate_values.items()},
         "log": ua.get("log"),
     }
@@ -128,9 +131,9 @@ def _interval(rates: list[float]) -> dict[str, Any]:
 
 def record_in_study(study, result: dict[str, Any]) -> dict[str, Any]:
     """RECIPE.md's winner and every candidate's re-measured throughput, as study user
-    attributes ("recipe_winner", "remeasured"). Optuna refuses attributes on finished
-    trials (UpdateFinishedTrialError), and the dashboard's "best trial" is the highest
-    *search* value, which is biased upward; these attributes carry the re-measured ranking."""
+    attributes ("recipe_winner", "remeasured"). The main study's "best trial" is the highest
+    *search* value, which is biased upward; the side study NAME.remeasure (remeasure.py)
+    holds one trial per re-measured candidate, and its best trial is this winner."""
     remeasured = {}
     for c in result["remeasure"]["candidates"]:
         r = c.get("remeasured") or {}
@@ -149,10 +152,7 @@ def recipe_command(setup, params: dict[str, Any]) -> str:
     """A runnable line for the winner: env vars, launcher, base config, overrides."""
     overrides, env = setup.space.split(params)
     parts = [f"{k}={shlex.quote(v)}" for k, v in env.items()]
-    if setup.hw.nproc > 1:
-        parts += ["torchrun", f"--nproc_per_node={setup.hw.nproc}", "-m", "scalelab", "train"]
-    else:
-        parts += ["scalelab", "train"]
+    parts += setup.job.recipe_launch(setup.hw.nproc)
     parts.append(shlex.quote(str(setup.base_path)))
     parts += [shlex.quote(o) for o in merge_overrides(setup.cfg.base_overrides, overrides)]
     return " ".join(parts)
@@ -246,6 +246,23 @@ def analyze(setup, study, rm: dict[str, Any], stop: dict[str, Any], spent_s: flo
              for k, v in ranked[3:] if v < 0.05]
     also = [{"knob": k, "importance": v, "by_value": per_value_means(study, k)} for k, v in ranked[3:] if v >= 0.05]
 
+    math = setup.space.math_knobs()
+    same_math = None  # the fastest configuration that trains what the default trains
+    if winner and math:
+        dflt = setup.space.default_params
+        pool = [c for c in measured if all(same_value(c["params"].get(k), dflt.get(k)) for k in math)]
+        if pool:
+            same_math = {"trial": pool[0]["trial"], "value": pool[0]["remeasured"]["mean"], "basis": "re-measured",
+                         "params": pool[0]["params"]}
+        else:
+            alt = [t for t in complete if all(same_value(t["params"].get(k), dflt.get(k)) for k in math)]
+            if alt:
+                best = max(alt, key=lambda t: t["value"])
+                same_math = {"trial": best["number"], "value": best["value"], "basis": "search only",
+                             "params": best["params"]}
+        if same_math:
+            same_math["command"] = recipe_command(setup, same_math["params"])
+
     mfu = None
     if winner and setup.model.get("flops_per_token") and setup.hardware.get("peak_flops"):
         val = (winner["remeasured"] or {}).get("mean") or winner["search_value"]
@@ -259,20 +276,25 @@ def analyze(setup, study, rm: dict[str, Any], stop: dict[str, Any], spent_s: flo
         winner["overrides"], winner["env"] = setup.space.split(winner["params"])
         winner["value"] = (winner["remeasured"] or {}).get("mean") or winner["search_value"]
         winner["mfu"] = mfu
+    batch = setup.job.batch(setup.base)
     return {
         "kind": "scalelab.tune",
         "format_version": FORMAT_VERSION,
         "name": setup.cfg.name,
+        "job": setup.job.name,
         "out_dir": str(setup.out),
         "storage": setup.cfg.storage or f"sqlite:///{(setup.out / 'tune.db').resolve()}",
-        "metric": "tokens/s per process (per GPU): batch_tokens / world / step_time, mean of window throughputs",
+        "metric": setup.job.metric,
         "base_config": str(setup.base_path),
         "base_overrides": list(setup.cfg.base_overrides),
         "config": {k: v for k, v in setup.cfg.__dict__.items()},
         "hardware": setup.hardware,
         "model": {k: v for k, v in setup.model.items()},
-        "batch_tokens": setup.base.train.batch_tokens,
-        "seq_len": setup.base.model.seq_len,
+        "batch": batch,
+        "batch_tokens": batch.get("batch_tokens"),
+        "seq_len": batch.get("seq_len"),
+        "math_knobs": math,
+        "same_math_winner": same_math,
         "space": setup.space.to_dict(),
         "measurement": {"warmup_steps": setup.settings.warmup_steps, "measure_steps": setup.settings.measure_steps,
                         "windows": setup.settings.windows, "tokens_per_step_per_process": setup.tokens_per_step},
@@ -386,9 +408,18 @@ def recipe_markdown(result: dict[str, Any]) -> str:
                  f"({hw.get('peak_source')}); 1-min load average {load('load_avg_start')} at the start, "
                  f"{load('load_avg_end')} at the end; torch {hw.get('versions', {}).get('torch')}.")
     m = result.get("model") or {}
-    lines.append(f"**Model:** {_num(m.get('total'))} parameters ({_num(m.get('non_embedding'))} non-embedding), "
-                 f"global batch {result['batch_tokens']:,} tokens of seq {result['seq_len']} (fixed in every trial). "
-                 f"Base config `{result['base_config']}`.")
+    job = result.get("job", "pretrain")
+    batch = (result.get("batch") or {}).get("text") or (f"global batch {result['batch_tokens']:,} tokens of seq "
+                                                       f"{result['seq_len']}")
+    if job == "finetune":
+        what = (f"LoRA r={m.get('lora_rank')}" if m.get("lora") else "full fine-tune")
+        arch = f" ({m['architecture']}, {m.get('layers')} layers x {m.get('hidden')})" if m.get("architecture") else ""
+        lines.append(f"**Job:** finetune (`scalelab finetune`'s training step) of `{m.get('hf')}`{arch}, {what} "
+                     f"in the base config; {batch} (fixed in every trial). Base config `{result['base_config']}`.")
+    else:
+        lines.append(f"**Job:** pretrain (`scalelab train`). **Model:** {_num(m.get('total'))} parameters "
+                     f"({_num(m.get('non_embedding'))} non-embedding), {batch} (fixed in every trial). "
+                     f"Base config `{result['base_config']}`.")
     c = result["counts"]
     b = result["budget"]
     reused = sum(1 for t in result["trials"] if t["duplicate_of"] is not None)
@@ -434,6 +465,21 @@ def recipe_markdown(result: dict[str, Any]) -> str:
                      f"{_num(cmp_['diff'], '+,.0f')} tokens/s [{_num(cmp_['diff_ci'][0], '+,.0f')}, "
                      f"{_num(cmp_['diff_ci'][1], '+,.0f')}], Welch p = {cmp_['p_value']:.3g}; 95% CIs "
                      f"{'overlap' if cmp_['cis_overlap'] else 'do not overlap'}).")
+    math = result.get("math_knobs") or []
+    if math:
+        dflt = result["space"]["default_params"]
+        changed = [k for k in math if not same_value(w["params"].get(k), dflt.get(k))]
+        if changed:
+            sets = ", ".join(f"{k}={format_value(w['params'][k])}" for k in changed)
+            lines.append(f"- **Changes what is trained:** the winner sets {sets}"
+                         " -- another model or other examples per step, not only speed: check the held-out loss "
+                         "before adopting it.")
+        sm = result.get("same_math_winner")
+        if changed and sm:
+            lines.append(f"- Fastest with the default's {', '.join(math)}: trial #{sm['trial']}, "
+                         f"{_num(sm['value'])} tokens/s per process ({sm['basis']}): `{sm['command']}`")
+        elif not changed:
+            lines.append(f"- The winner keeps the default's {', '.join(math)} (knobs that change what is trained).")
     rr = result.get("run_to_run")
     if rr:
         big = rr["mean_ci_halfwidth"] is not None and rr["max_round_spread"] > 2 * rr["mean_ci_halfwidth"]
@@ -483,9 +529,16 @@ def recipe_markdown(result: dict[str, Any]) -> str:
     if c["failures"]:
         lines.append("- failed trials: " + ", ".join(f"{v} {k}" for k, v in c["failures"].items())
                      + " (reasons in tune.json)")
-    lines += ["", "Files: `tune.json` (every trial), `tune.db` (Optuna study; `optuna-dashboard "
-              f"{result['storage']}`), `plots/` (history, parallel coordinates, importance, re-measurement)."]
+    lines += ["", f"Files: `tune.json` (every trial), the Optuna study `{result['name']}` in `{result['storage']}` "
+              f"(`optuna-dashboard {dashboard_arg(result['storage'])}`; the study `{result['name']}.remeasure` beside it "
+              "has one trial per re-measured candidate, its best trial is this winner), `plots/` (history, parallel "
+              "coordinates, importance, re-measurement)."]
     return "\n".join(lines) + "\n"
+
+
+def dashboard_arg(storage: str) -> str:
+    """What optuna-dashboard takes for a storage: the RDB URL, or a journal's file path."""
+    return storage[len("journal:"):] if storage.startswith("journal:") else storage
 
 
 def write_outputs(setup, study, result: dict[str, Any]) -> None:

@@ -4,26 +4,29 @@
 
 1. (setup.py) Load the tune config (base training config + search space + budget), resolve the space
    against the hardware (knobs that mean nothing here are dropped with a note).
-2. Open (or resume) the Optuna study in SQLite (`sqlite:///OUT/tune.db`; watch it with
-   `optuna-dashboard sqlite:///OUT/tune.db`). Trials left RUNNING by an interrupted session
-   are marked failed ("interrupted"); finished trials are never repeated. The base
-   configuration is enqueued as trial 0, so the default is measured like any other.
+2. Open (or resume, or join) the Optuna study (`storage:`, default `sqlite:///OUT/tune.db`;
+   watch it with `optuna-dashboard`). Several workers may share it (workers.py): a running
+   trial beats; one whose worker died (no beat for heartbeat_grace_s) is failed
+   ("interrupted") and queued again; a live worker's trial is never touched. Finished
+   trials are never repeated. The base configuration is enqueued as trial 0 by the worker
+   that creates the study, so the default is measured like any other.
 3. Search: ask the sampler (TPE by default; random, grid) for a configuration, run it
    as a fresh subprocess (measure.py), report each window's tokens/s to the pruner, tell
    the result. Failures (OOM, timeout, crash, config error) become FAIL trials with their
    reason. A configuration already measured is not run again: its value (or its pruning,
    or its deterministic failure) is reused, as in Optuna's FAQ; one that timed out or hung
-   gets another try. The search stops at `trials` (total, over all sessions) or when the
-   next trial would not fit in the search share of the budget.
-4. Re-measure the best `remeasure_top` configurations and the default, interleaved over
-   `remeasure_rounds` rounds (the search values of the winners are biased upward: they
-   won partly by luck). Results are stored in the study, so a resumed session reuses them.
+   gets another try; one another worker is measuring right now is waited for. The search
+   stops at `trials` (total, over all sessions and workers: trials other workers are
+   measuring count, and are waited for) or when the next trial would not fit in the search
+   share of the budget.
+4. Re-measure the best `remeasure_top` configurations and the default (remeasure.py).
 5. Analyse and write tune.json, plots and RECIPE.md (recipe.py).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import statistics
 import subprocess
 import time
@@ -33,9 +36,11 @@ from typing import Any, Callable
 
 from scalelab.errors import ConfigError, ScalelabError
 from scalelab.tune.measure import RunResult, run_measurement
+from scalelab.tune.remeasure import candidates, recipe_view, remeasure  # noqa: F401 (candidates: re-exported)
+from scalelab.tune.workers import Heartbeat, fail_stale, in_flight
 from scalelab.tune.setup import (  # noqa: F401  (re-exported: the tune API is search.py)
     TuneSetup, describe_hardware, merge_overrides, prepare)
-from scalelab.tune.space import ResolvedSpace
+from scalelab.tune.space import ResolvedSpace, params_key
 from scalelab.tune.tune_config import (  # noqa: F401  (re-exported: the tune API is search.py)
     DEVICES, TuneConfig, copy_config, key_name, load_tune_config, open_storage, validate_tune_config)
 
@@ -56,7 +61,9 @@ def _sampler(name: str, space: ResolvedSpace, seed: int):
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
         return optuna.samplers.GridSampler(space.grid(), seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5, multivariate=True)
+    # constant_liar: trials other workers are running count as bad guesses, so parallel
+    # workers do not all propose the same configuration.
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5, multivariate=True, constant_liar=True)
 
 
 def _pruner(cfg: TuneConfig):
@@ -72,32 +79,38 @@ def _pruner(cfg: TuneConfig):
 
 def fingerprint(setup: TuneSetup) -> dict[str, Any]:
     """What makes measurements comparable: resuming with anything else is refused."""
-    base = setup.base.to_dict()
-    base["train"].pop("max_steps", None)
-    base.pop("out_dir", None)
-    return {"space": setup.space.grid(), "base": base, "nproc": setup.hw.nproc, "device": setup.hw.device,
+    base = setup.job.fingerprint_base(setup.base)
+    fp = {"space": setup.space.grid(), "base": base, "nproc": setup.hw.nproc, "device": setup.hw.device,
             "warmup_steps": setup.settings.warmup_steps, "measure_steps": setup.settings.measure_steps,
             "windows": setup.settings.windows}
+    if setup.job.name != "pretrain":  # studies made before `job:` existed keep their digest
+        fp["job"] = setup.job.name
+    return fp
 
 
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def params_key(params: dict[str, Any]) -> str:
-    return json.dumps(params, sort_keys=True, default=str)
+def storage_url(setup: TuneSetup) -> str:
+    return setup.cfg.storage or f"sqlite:///{(setup.out / 'tune.db').resolve()}"
 
 
-def open_study(setup: TuneSetup, sampler_seed: int | None = None):
-    """Create or load the study; refuse to resume one measured differently."""
+def open_or_create(setup: TuneSetup, sampler_seed: int | None = None):
+    """(study, storage, created): create the study, or load it (resume, or join other
+    workers); refuse to resume one measured differently. `created`: this call made it."""
     import optuna
 
     cfg = setup.cfg
-    url = cfg.storage or f"sqlite:///{(setup.out / 'tune.db').resolve()}"
+    url = storage_url(setup)
     storage = open_storage(url)
     seed = cfg.seed if sampler_seed is None else sampler_seed
-    study = optuna.create_study(study_name=cfg.name, storage=storage, direction="maximize", load_if_exists=True,
-                                sampler=_sampler(cfg.sampler, setup.space, seed), pruner=_pruner(cfg))
+    kw = dict(study_name=cfg.name, storage=storage, direction="maximize",
+              sampler=_sampler(cfg.sampler, setup.space, seed), pruner=_pruner(cfg))
+    try:  # creation is atomic in the storage: of two workers starting together, one creates
+        study, created = optuna.create_study(**kw), True
+    except optuna.exceptions.DuplicatedStudyError:
+        study, created = optuna.load_study(**{k: v for k, v in kw.items() if k != "direction"}), False
     fp = fingerprint(setup)
     old = study.user_attrs.get("fingerprint")
     if old is None:
@@ -109,24 +122,19 @@ def open_study(setup: TuneSetup, sampler_seed: int | None = None):
                 != json.dumps(old.get(k), sort_keys=True, default=str)]
         raise ConfigError(f"study '{cfg.name}' in {url} was measured with a different {', '.join(diff)}; "
                           f"resume it with the same tune config, or choose another out_dir (--out)")
+    return study, storage, created
+
+
+def open_study(setup: TuneSetup, sampler_seed: int | None = None):
+    """Create or load the study: (study, storage)."""
+    study, storage, _ = open_or_create(setup, sampler_seed)
     return study, storage
 
 
-def fail_interrupted(study, storage) -> int:
-    """Trials left RUNNING by a killed session: mark FAIL with reason 'interrupted'."""
-    from optuna.trial import TrialState
-
-    n = 0
-    study_id = storage.get_study_id_from_name(study.study_name)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
-        if t.state == TrialState.WAITING:
-            continue
-        tid = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-        storage.set_trial_user_attr(tid, "failure_kind", "interrupted")
-        storage.set_trial_user_attr(tid, "failure", "interrupted: the tuning session ended while this trial ran")
-        storage.set_trial_state_values(tid, TrialState.FAIL)
-        n += 1
-    return n
+def fail_interrupted(study, cfg: TuneConfig, log: Callable[[str], None] = lambda m: None) -> int:
+    """Trials of dead workers (no heartbeat for heartbeat_grace_s): FAIL ("interrupted"), and
+    queued again up to stale_retries times. A live worker's running trial is left alone."""
+    return fail_stale(study, cfg.heartbeat_grace_s, cfg.stale_retries, log)
 
 
 def _distributions(space: ResolvedSpace):
@@ -208,6 +216,22 @@ def _tell(study, trial, *args, **kwargs) -> bool:
     return False
 
 
+def _finish(study, trial, attrs: dict[str, Any], log: Callable[[str], None], *args, **kwargs) -> bool:
+    """Store a trial's attributes and tell its outcome; True when the grid is exhausted. A
+    trial another worker failed meanwhile (this worker looked dead: no heartbeat for the
+    grace period, e.g. a suspended machine) keeps that state: its measurement is dropped."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    try:
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        return _tell(study, trial, *args, **kwargs)
+    except UpdateFinishedTrialError:
+        log(f"note: trial #{trial.number} was failed by another worker while it ran (no heartbeat within "
+            f"heartbeat_grace_s); its measurement is dropped and the trial is retried")
+        return False
+
+
 def measured_trials(study) -> list:
     """Trials that ran a measurement (complete, pruned or failed), in the order they ran. Not
     counted: the queued default before it runs, a configuration reused from an earlier trial
@@ -226,37 +250,87 @@ def target_trials(setup: TuneSetup) -> int:
     return setup.cfg.trials
 
 
-def _enqueue_default(setup: TuneSetup, study) -> None:
-    """Queue the default configuration unless it was measured or is queued already (a session
-    killed before its default ran left it unmeasured)."""
+def _enqueue_default(setup: TuneSetup, study, created: bool) -> None:
+    """Queue the default configuration unless it was measured, is queued, or is running on
+    another worker (a session killed before its default ran left it unmeasured). On a new
+    study only its creator queues it (two workers starting together would queue it twice)."""
     from optuna.trial import TrialState
 
     key = params_key(setup.space.default_params)
+    trials = study.get_trials(deepcopy=False)
+    if not created and not any(t.state.is_finished() for t in trials):
+        return
     if any(params_key(t.params) == key for t in measured_trials(study)):
         return
-    if any(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False)):
+    if any(t.state == TrialState.WAITING or (t.state == TrialState.RUNNING and params_key(t.params) == key)
+           for t in trials):
         return
     study.enqueue_trial(setup.space.default_params, user_attrs={"is_default": True})
 
 
-def search(setup: TuneSetup, study, clock: _Clock, log: Callable[[str], None]) -> dict[str, Any]:
-    """The search loop (step 3 of the module doc). Returns notes on why it stopped."""
+def _wait(setup: TuneSetup, clock: _Clock, budget: float | None) -> bool:
+    """Sleep one poll interval while other workers measure; False when the budget is spent."""
+    time.sleep(min(2.0, setup.cfg.heartbeat_s))
+    return budget is None or clock.spent() < budget
+
+
+def _reuse_earlier(setup: TuneSetup, study, trial, key: str, log: Callable[[str], None]):
+    """The finished trial a configuration already ran as (value, pruning or deterministic
+    failure reused), waiting for it when another worker is measuring it now; None: run it."""
     from optuna.trial import TrialState
 
     finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    cfg = setup.cfg
+    said = False
+    with Heartbeat(study, trial, cfg.heartbeat_s):
+        while True:
+            earlier = [t for t in study.get_trials(deepcopy=False, states=finished)
+                       if params_key(t.params) == key and t.user_attrs.get("failure_kind") not in _TRANSIENT
+                       and t.user_attrs.get("duplicate_of") is None and "duration_s" in t.user_attrs]
+            if earlier:
+                return earlier[0]
+            running = [t for t in in_flight(study, cfg.heartbeat_grace_s, exclude=trial.number)
+                       if params_key(t.params) == key and t.user_attrs.get("duplicate_of") is None]
+            if not running:
+                return None
+            if not said:
+                log(f"trial #{trial.number}: the same configuration is being measured by another worker "
+                    f"(trial #{running[0].number}); waiting for its result")
+                said = True
+            time.sleep(min(2.0, cfg.heartbeat_s))
+
+
+def search(setup: TuneSetup, study, clock: _Clock, log: Callable[[str], None], created: bool = True) -> dict[str, Any]:
+    """The search loop (step 3 of the module doc). Returns notes on why it stopped."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
     cfg = setup.cfg
     dists = _distributions(setup.space)
     budget = budget_seconds(cfg, setup.hw.nproc)
     search_budget = budget * (1.0 - cfg.remeasure_share) if budget else None
     target = target_trials(setup)
-    _enqueue_default(setup, study)
+    _enqueue_default(setup, study, created)
     stop_reason = "trials"
     dup_streak = 0
     new = 0
+    waiting_said = False
     while True:
+        fail_interrupted(study, cfg, log)  # a dead worker's trial comes back as WAITING
         done = measured_trials(study)
         if len(done) >= target:
             break
+        flying = in_flight(study, cfg.heartbeat_grace_s)
+        queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        if not queued and len(done) + len(flying) >= target:  # the last trials run on other workers
+            if not waiting_said:
+                log(f"waiting for {len(flying)} trial(s) other workers are measuring "
+                    f"(#{', #'.join(str(t.number) for t in flying)}): {len(done)}/{target} measured")
+                waiting_said = True
+            if not _wait(setup, clock, budget):
+                stop_reason = "budget"
+                break
+            continue
         est = statistics.median([t.user_attrs["duration_s"] for t in done]) if done else 0.0
         # The first trial always starts (nothing to estimate from; on a slow machine the set-up
         # alone may have used a tiny budget): the budget then stops it as a "budget" failure.
@@ -268,20 +342,16 @@ def search(setup: TuneSetup, study, clock: _Clock, log: Callable[[str], None]) -
         key = params_key(params)
         if key == params_key(setup.space.default_params):
             trial.set_user_attr("is_default", True)
-        earlier = [t for t in study.get_trials(deepcopy=False, states=finished)
-                   if params_key(t.params) == key and t.user_attrs.get("failure_kind") not in _TRANSIENT
-                   and t.user_attrs.get("duplicate_of") is None]
         total = f"#{trial.number} ({len(done) + 1}/{target})"
-        if earlier:  # measured before: reuse the outcome (value, pruning or deterministic failure)
-            first = earlier[0]
-            trial.set_user_attr("duplicate_of", first.number)
-            for a in ("ci_lo", "ci_hi", "stderr", "failure_kind", "failure"):
-                if a in first.user_attrs:
-                    trial.set_user_attr(a, first.user_attrs[a])
+        first = _reuse_earlier(setup, study, trial, key, log)
+        if first is not None:  # measured before: reuse the outcome (value, pruning or deterministic failure)
+            attrs = {"duplicate_of": first.number}
+            attrs.update({a: first.user_attrs[a] for a in ("ci_lo", "ci_hi", "stderr", "failure_kind", "failure")
+                          if a in first.user_attrs})
             if first.state == TrialState.COMPLETE:
-                exhausted = _tell(study, trial, first.value)
+                exhausted = _finish(study, trial, attrs, log, first.value)
             else:
-                exhausted = _tell(study, trial, state=first.state)
+                exhausted = _finish(study, trial, attrs, log, state=first.state)
             log(f"trial #{trial.number}: {_fmt_params(params, setup.space.default_params)} = trial "
                 f"#{first.number} (not run again, not counted)")
             dup_streak += 1
@@ -290,28 +360,32 @@ def search(setup: TuneSetup, study, clock: _Clock, log: Callable[[str], None]) -
                 break
             continue
         dup_streak = 0
+        waiting_said = False
         remaining = (budget - clock.spent()) if budget is not None else None
 
         def on_window(i: int, rate: float) -> bool:
-            trial.report(rate, i)
-            return trial.should_prune()
+            try:
+                trial.report(rate, i)
+                return trial.should_prune()
+            except UpdateFinishedTrialError:  # another worker failed it: stop, _finish says so
+                return True
 
-        res = _run_config(setup, params, setup.out / "trials" / f"{trial.number:04d}", remaining, on_window)
+        with Heartbeat(study, trial, cfg.heartbeat_s):
+            res = _run_config(setup, params, setup.out / "trials" / f"{trial.number:04d}", remaining, on_window)
         new += 1
-        for k, v in _attrs_from_result(res).items():
-            trial.set_user_attr(k, v)
+        attrs = _attrs_from_result(res)
         desc = _fmt_params(params, setup.space.default_params)
         if res.status == "ok":
-            exhausted = _tell(study, trial, res.stats["mean"])
+            exhausted = _finish(study, trial, attrs, log, res.stats["mean"])
             s = res.stats
             log(f"trial {total}: {desc} -> {s['mean']:,.0f} tok/s/proc [{s['lo']:,.0f}, {s['hi']:,.0f}] "
                 f"({res.duration_s:.0f} s; spent {clock.spent():.0f}"
                 + (f"/{budget:.0f} s)" if budget else " s)"))
         elif res.status == "pruned":
-            exhausted = _tell(study, trial, state=TrialState.PRUNED)
+            exhausted = _finish(study, trial, attrs, log, state=TrialState.PRUNED)
             log(f"trial {total}: {desc} -> {res.reason}")
         else:
-            exhausted = _tell(study, trial, state=TrialState.FAIL)
+            exhausted = _finish(study, trial, attrs, log, state=TrialState.FAIL)
             log(f"trial {total}: {desc} -> FAILED ({res.kind}): {res.reason}")
         clock.save()
         if res.kind == "budget":
@@ -322,62 +396,6 @@ def search(setup: TuneSetup, study, clock: _Clock, log: Callable[[str], None]) -
             break
     return {"stop_reason": stop_reason, "target_trials": target, "measured_trials": len(measured_trials(study)),
             "new_trials": new}
-
-
-def candidates(study, default_params: dict[str, Any], top: int) -> list:
-    """The best `top` distinct completed configurations, plus the default (if it completed)."""
-    from optuna.trial import TrialState
-
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("duplicate_of") is None]
-    done.sort(key=lambda t: t.value, reverse=True)
-    chosen, seen = [], set()
-    for t in done:
-        k = params_key(t.params)
-        if k in seen:
-            continue
-        seen.add(k)
-        if len(chosen) < top:
-            chosen.append(t)
-    dkey = params_key(default_params)
-    if not any(params_key(t.params) == dkey for t in chosen):
-        default = [t for t in done if params_key(t.params) == dkey]
-        if default:
-            chosen.append(default[0])
-    return chosen
-
-
-def remeasure(setup: TuneSetup, study, clock: _Clock, log: Callable[[str], None]) -> dict[str, Any]:
-    """Step 4: re-measure the candidates, interleaved by round; records live in the study."""
-    cfg = setup.cfg
-    records: dict[str, Any] = dict(study.user_attrs.get("remeasure", {}))
-    chosen = candidates(study, setup.space.default_params, cfg.remeasure_top) if cfg.remeasure_rounds else []
-    budget = budget_seconds(cfg, setup.hw.nproc)
-    skipped = []
-    for rnd in range(cfg.remeasure_rounds):
-        for t in chosen:
-            key = f"{t.number}:{rnd}"
-            if key in records:
-                continue
-            est = float(t.user_attrs.get("duration_s", 0.0))
-            remaining = (budget - clock.spent()) if budget is not None else None
-            if remaining is not None and est > remaining:
-                skipped.append(key)
-                continue
-            res = _run_config(setup, t.params, setup.out / "remeasure" / f"{t.number:04d}-r{rnd}", remaining)
-            rec = {"trial": t.number, "round": rnd, "status": res.status, "window_rates": res.window_rates,
-                   "duration_s": round(res.duration_s, 3)}
-            if res.stats:
-                rec.update({"mean": res.stats["mean"], "lo": res.stats["lo"], "hi": res.stats["hi"]})
-                log(f"re-measure trial #{t.number} (round {rnd + 1}/{cfg.remeasure_rounds}): "
-                    f"{res.stats['mean']:,.0f} tok/s/proc [{res.stats['lo']:,.0f}, {res.stats['hi']:,.0f}]")
-            else:
-                rec.update({"failure_kind": res.kind, "failure": res.reason})
-                log(f"re-measure trial #{t.number} (round {rnd + 1}): FAILED ({res.kind}): {res.reason}")
-            records[key] = rec
-            study.set_user_attr("remeasure", records)
-            clock.save()
-    return {"candidates": [t.number for t in chosen], "records": records, "skipped_for_budget": skipped}
 
 
 def run_tune(cfg: TuneConfig, progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -395,13 +413,23 @@ def run_tune(cfg: TuneConfig, progress: bool = True, log: Callable[[str], None] 
         log(f"note: knob {d['knob']} dropped: {d['reason']}")
     for n in setup.space.notes:
         log(f"note: {n}")
-    study, storage = open_study(setup)
-    interrupted = fail_interrupted(study, storage)
+    study, storage, created = open_or_create(setup)
+    interrupted = fail_interrupted(study, cfg, log)
     if interrupted:
-        log(f"note: {interrupted} trial(s) of an interrupted session marked failed")
-    # A resumed session draws fresh random numbers (the same seed would replay the first trials).
-    if study.trials:
-        study.sampler = _sampler(cfg.sampler, setup.space, cfg.seed + len(study.trials))
+        log(f"note: {interrupted} trial(s) of a stopped worker or session marked failed (no heartbeat for "
+            f"{cfg.heartbeat_grace_s:.0f} s)")
+    # A resumed session draws fresh random numbers (the same seed would replay the first trials);
+    # a worker joining a study others are running draws its own too.
+    if study.trials or not created:
+        from optuna.trial import TrialState
+
+        joined = not created and (not any(t.state.is_finished() for t in study.trials)
+                                  or in_flight(study, cfg.heartbeat_grace_s)
+                                  or any(t.state == TrialState.WAITING for t in study.trials))
+        salt = int.from_bytes(os.urandom(4), "little") if joined else 0
+        study.sampler = _sampler(cfg.sampler, setup.space, (cfg.seed + len(study.trials) + salt) % 2**32)
+        if joined:
+            log("note: joining a study other workers are running")
     clock = _Clock(study)
     budget = budget_seconds(cfg, setup.hw.nproc)
     log(f"tune '{cfg.name}': {len(setup.space.knobs)} knobs ({setup.space.size():,} configurations), "
@@ -414,14 +442,17 @@ def run_tune(cfg: TuneConfig, progress: bool = True, log: Callable[[str], None] 
             f"note: the study already has {len(measured_trials(study))} measured trials (trials = {cfg.trials} "
             f"counts the study's total over all sessions): no new trial; raise --trials to search further")
     try:
-        stop = search(setup, study, clock, log)
-        rm = remeasure(setup, study, clock, log)
+        stop = search(setup, study, clock, log, created)
+        rm = remeasure(setup, study, storage, lambda params, run_dir, timeout_s: _run_config(
+            setup, params, run_dir, timeout_s), clock, budget, log)
     finally:
         clock.save()
     setup.hardware["load_avg_end"] = list(__import__("scalelab.train.hardware", fromlist=["machine_load"])
                                           .machine_load())
+    side = rm.pop("side_study", None)
     result = analyze(setup, study, rm, stop, clock.spent(), budget)
     record_in_study(study, result)  # the dashboard shows RECIPE.md's re-measured winner too
+    recipe_view(side, result.get("winner"))
     write_outputs(setup, study, result)
     return result
 

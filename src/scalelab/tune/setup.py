@@ -1,5 +1,5 @@
-"""`scalelab tune`'s set-up: everything before the first trial (base config, hardware, search
-space, data, model size) gathered into a `TuneSetup`. search.py runs the study on it.
+"""`scalelab tune`'s set-up: everything before the first trial (the job, its base config,
+hardware, search space, data, model) gathered into a `TuneSetup`. search.py runs the study on it.
 """
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 
 import yaml
 
-from scalelab.config import RunConfig, load_config
 from scalelab.errors import ConfigError
-from scalelab.tune.measure import MeasureSettings, measurement_overrides, train_command
+from scalelab.tune.jobs import get_job
+from scalelab.tune.measure import MeasureSettings, train_command
 from scalelab.tune.space import Hardware, ResolvedSpace, parse_space, resolve_space
 from scalelab.tune.tune_config import DEVICES, TuneConfig, key_name
 
@@ -21,18 +21,19 @@ class TuneSetup:
     cfg: TuneConfig
     out: Path
     base_path: Path
-    base: RunConfig
+    base: Any  # RunConfig (pretrain) or FinetuneConfig (finetune)
     hw: Hardware
     space: ResolvedSpace
     settings: MeasureSettings
-    tokens_per_step: float  # per process
-    model: dict[str, Any]  # sizes, flops per token
+    tokens_per_step: float | None  # per process; None: read from every step (the fine-tune job's real tokens)
+    model: dict[str, Any]  # sizes, flops per token (pretrain); the HF model (finetune)
     hardware: dict[str, Any]
+    job: Any = None  # tune/jobs.py: Pretrain or Finetune
 
     def command(self, run_dir: Path, overrides: list[str]) -> list[str]:
-        over = merge_overrides(self.cfg.base_overrides,
-                               measurement_overrides(run_dir, self.settings, self.base.model.seq_len), overrides)
-        return train_command(self.base_path, over, self.hw.nproc)
+        over = merge_overrides(self.cfg.base_overrides, self.job.measurement_overrides(self.base, run_dir,
+                                                                                       self.settings), overrides)
+        return train_command(self.base_path, over, self.hw.nproc, entry=self.job.entry)
 
 
 def merge_overrides(*groups: list[str]) -> list[str]:
@@ -115,33 +116,21 @@ def describe_hardware(hw: Hardware, threads: int | None) -> dict[str, Any]:
 
 
 def prepare(cfg: TuneConfig, progress: bool = True) -> TuneSetup:
-    """Everything before the first trial: base config, hardware, space, data, model size."""
+    """Everything before the first trial: base config, hardware, space, data, model."""
+    job = get_job(cfg.job)
     hw = _hardware(cfg.device, cfg.nproc)  # first: a wrong device fails before any file is written
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base_path = _resolve_base(cfg, out)
-    base = load_config(base_path, list(cfg.base_overrides) + ["train.max_steps=1"])
-    space = resolve_space(parse_space(cfg.space), base, hw)
+    base = job.load_base(base_path, list(cfg.base_overrides))
+    knobs = parse_space(cfg.space, job.known_knobs, job.valid_keys(), job.example)
+    space = resolve_space(knobs, base, hw, job)
     if not space.knobs:
         raise ConfigError("tune config: no knob of the space applies to this hardware ("
                           + "; ".join(f"{d['knob']}: {d['reason']}" for d in space.dropped) + ")")
     settings = MeasureSettings(warmup_steps=cfg.warmup_steps, measure_steps=cfg.measure_steps, windows=cfg.windows,
                                timeout_s=cfg.trial_timeout_s, stall_timeout_s=cfg.stall_timeout_s)
-    from scalelab.data.prepare import load_meta, prepare_data
-
-    data_dir = Path(base.data.dir)
-    if not (data_dir.is_dir() and any(data_dir.glob("train_*.bin"))):  # as the trainer does (ensure_data)
-        prepare_data(base.data, progress=progress)
-    meta = load_meta(base.data.dir)
-    vocab = base.model.vocab_size or (meta.get("tokenizer") or {}).get("vocab_size")
-    model: dict[str, Any] = {}
-    if vocab:
-        import dataclasses
-
-        from scalelab.model.sizing import count_params, flops_per_token
-
-        mcfg = dataclasses.replace(base.model, vocab_size=int(vocab))
-        model = {**count_params(mcfg), "flops_per_token": flops_per_token(mcfg), "config": dataclasses.asdict(mcfg)}
-    hardware = describe_hardware(hw, base.train.threads)
+    model = job.prepare(base, progress)
+    hardware = describe_hardware(hw, job.threads(base))
     return TuneSetup(cfg=cfg, out=out, base_path=base_path, base=base, hw=hw, space=space, settings=settings,
-                     tokens_per_step=base.train.batch_tokens / hw.nproc, model=model, hardware=hardware)
+                     tokens_per_step=job.tokens_per_step(base, hw.nproc), model=model, hardware=hardware, job=job)

@@ -20,6 +20,11 @@ CUDA; prefetch_factor needs loader workers; compile needs a C++ compiler (CPU) o
 Micro-batch values that do not divide the global batch are excluded with a note: the
 global batch (train.batch_tokens) is fixed, so configurations compare like for like and
 gradient accumulation follows (batch_tokens / (micro_batch * seq_len * processes)).
+
+A knob marked `changes_math: true` changes what is trained (the model, or the examples in
+an optimizer step), not only how fast: RECIPE.md lists it apart. The job-specific parts
+(which keys exist, the built-in knobs, the fixed-batch rule) come from a `JobRules`;
+`PretrainRules` here is `scalelab train`'s, tune/jobs.py has the fine-tune job's.
 """
 from __future__ import annotations
 
@@ -49,6 +54,7 @@ KNOWN_KNOBS: dict[str, dict[str, Any]] = {
     "train.parallel": {"values": ["ddp", "fsdp"], "requires": ["multiprocess"]},
     "train.threads": {"values": [1, 2]},
 }
+KNOB_FIELDS = {"values", "env", "requires", "note", "changes_math"}
 
 REQUIREMENT_TEXT = {
     "cuda": "needs CUDA GPUs (this run is on CPU)",
@@ -57,6 +63,8 @@ REQUIREMENT_TEXT = {
     "compiler": "torch.compile needs a C++ compiler (CPU) or Triton (GPU); none found",
     "ddp": "only matters with train.parallel=ddp (no trial uses it)",
     "fsdp": "only matters with train.parallel=fsdp (no trial uses it)",
+    "lora": "only matters with LoRA (model.lora is false in every trial)",
+    "loader": "the fine-tune job has no loader processes: its rows are tokenized once and collated in memory",
 }
 
 
@@ -67,6 +75,7 @@ class Knob:
     env: bool = False
     requires: list[str] = field(default_factory=list)
     note: str | None = None
+    changes_math: bool = False  # changes what is trained (model or batch content), not only the speed
 
     def override(self, value: Any) -> str | None:
         """The `key=value` override for a config knob (None for env knobs)."""
@@ -101,6 +110,9 @@ class ResolvedSpace:
             n *= len(k.values)
         return n
 
+    def math_knobs(self) -> list[str]:
+        return [k.name for k in self.knobs if k.changes_math]
+
     def split(self, params: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
         """(config overrides, env vars) for a trial's params; env value `default` = unset."""
         overrides, env = [], {}
@@ -116,8 +128,8 @@ class ResolvedSpace:
         return overrides, env
 
     def to_dict(self) -> dict[str, Any]:
-        return {"knobs": [{"name": k.name, "values": k.values, "env": k.env, "requires": k.requires}
-                          for k in self.knobs],
+        return {"knobs": [{"name": k.name, "values": k.values, "env": k.env, "requires": k.requires,
+                           "changes_math": k.changes_math} for k in self.knobs],
                 "dropped": self.dropped, "notes": self.notes, "default_params": self.default_params}
 
 
@@ -139,39 +151,49 @@ def same_value(a: Any, b: Any) -> bool:
     return a == b
 
 
+def params_key(params: dict[str, Any]) -> str:
+    """A configuration as a string: equal strings = the same trial parameters."""
+    import json
+
+    return json.dumps(params, sort_keys=True, default=str)
+
+
 def _is_env_name(name: str) -> bool:
     return "." not in name and name.upper() == name and name.replace("_", "").isalnum()
 
 
-def parse_space(tree: Any) -> list[Knob]:
-    """Knobs from the YAML `space:` mapping (see the module doc). Raises ConfigError."""
+def parse_space(tree: Any, known_knobs: dict[str, dict[str, Any]] | None = None,
+                valid_keys: set[str] | None = None, example: str = "configs/tune-cpu.yaml") -> list[Knob]:
+    """Knobs from the YAML `space:` mapping (see the module doc). Raises ConfigError.
+    `known_knobs` / `valid_keys`: the job's built-in knobs and config keys (default: pretraining's)."""
+    known_knobs = KNOWN_KNOBS if known_knobs is None else known_knobs
     if tree is None:
         tree = {}
     if not isinstance(tree, dict):
         raise ConfigError(f"tune config 'space' must be a mapping of knob -> values, got {tree!r}")
     if not tree:
         raise ConfigError("tune config 'space' is empty; list knobs, e.g. `train.micro_batch: [4, 8, 16]` "
-                          "(see configs/tune-cpu.yaml)")
-    valid = set(all_keys(RunConfig))
+                          f"(see {example})")
+    valid = set(all_keys(RunConfig)) if valid_keys is None else set(valid_keys)
     knobs = []
     for name, spec in tree.items():
         name = str(name)
-        known = KNOWN_KNOBS.get(name, {})
+        known = known_knobs.get(name, {})
         if spec is None:
             spec = {}
         if isinstance(spec, (list, tuple)):
             spec = {"values": list(spec)}
         if not isinstance(spec, dict):
             raise ConfigError(f"space knob '{name}' must be a list of values or a mapping with 'values', got {spec!r}")
-        unknown = set(spec) - {"values", "env", "requires", "note"}
+        unknown = set(spec) - KNOB_FIELDS
         if unknown:
             raise ConfigError(f"space knob '{name}' has unknown field(s) {sorted(unknown)}; "
-                              "allowed: values, env, requires, note")
+                              f"allowed: {', '.join(sorted(KNOB_FIELDS))}")
         env = bool(spec.get("env", known.get("env", _is_env_name(name))))
-        if not env and name not in valid:
+        if not env and name not in valid and name not in known_knobs:  # a known knob is dropped with a note
             import difflib
 
-            close = difflib.get_close_matches(name, sorted(valid) + list(KNOWN_KNOBS), n=1, cutoff=0.6)
+            close = difflib.get_close_matches(name, sorted(valid) + list(known_knobs), n=1, cutoff=0.6)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"space knob '{name}' is not a training config key nor an environment variable "
                               f"(UPPER_CASE, or env: true).{hint}")
@@ -197,7 +219,8 @@ def parse_space(tree: Any) -> list[Knob]:
         for v in values:  # de-duplicate, keeping 1 and True apart
             if not any(same_value(v, u) for u in uniq):
                 uniq.append(v)
-        knobs.append(Knob(name=name, values=uniq, env=env, requires=list(requires), note=spec.get("note")))
+        knobs.append(Knob(name=name, values=uniq, env=env, requires=list(requires), note=spec.get("note"),
+                          changes_math=bool(spec.get("changes_math", known.get("changes_math", False)))))
     return knobs
 
 
@@ -214,29 +237,51 @@ def compiler_available(device: str) -> bool:
     return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
 
 
-def resolve_space(knobs: list[Knob], base: RunConfig, hw: Hardware) -> ResolvedSpace:
+class PretrainRules:
+    """`scalelab train`'s side of the space: its config keys, its built-in knobs, and the
+    fixed global batch (train.batch_tokens) that a micro-batch must divide."""
+    known_knobs = KNOWN_KNOBS
+
+    def base_value(self, base: Any, name: str, world: int) -> Any:
+        v = _get(base, name)
+        if name == "train.parallel" and v == "auto":
+            return "ddp" if world > 1 else "none"
+        return v
+
+    def micro_batch_divides(self, base: Any, micro: int, world: int) -> bool:
+        return base.train.batch_tokens % (micro * base.model.seq_len * world) == 0
+
+    def micro_batch_rule(self, base: Any, world: int) -> str:
+        return (f"train.batch_tokens={base.train.batch_tokens} is not a multiple of micro_batch x seq_len "
+                f"({base.model.seq_len}) x processes ({world})")
+
+    def restrict(self, k: Knob, base: Any, world: int, notes: list[str]) -> None:
+        """Values a job cannot run, removed with a note."""
+        if k.name == "train.parallel" and base.train.optimizer == "muon" and "fsdp" in k.values:
+            k.values = [v for v in k.values if v != "fsdp"]
+            notes.append("train.parallel=fsdp excluded: train.optimizer=muon needs whole matrices (ddp)")
+
+
+def resolve_space(knobs: list[Knob], base: Any, hw: Hardware, rules: Any = None) -> ResolvedSpace:
     """Drop knobs that mean nothing here, filter micro-batches, add the base values.
 
     The base config's own value of each knob is always a candidate (added when absent),
     so the default configuration is a point of the space and can be measured as a trial.
+    `rules`: the job's (PretrainRules by default; tune/jobs.py for the fine-tune job).
     """
+    rules = rules or PretrainRules()
     dropped: list[dict[str, str]] = []
     notes: list[str] = []
     world = hw.nproc
 
     def base_value(k: Knob) -> Any:
-        if k.env:
-            return DEFAULT
-        v = _get(base, k.name)
-        if k.name == "train.parallel" and v == "auto":
-            return "ddp" if world > 1 else "none"
-        return v
+        return DEFAULT if k.env else rules.base_value(base, k.name, world)
 
     by_name = {k.name: k for k in knobs}
 
     def possible(name: str) -> list[Any]:
         vals = list(by_name[name].values) if name in by_name else []
-        vals.append(base_value(Knob(name, [])) if name not in by_name else base_value(by_name[name]))
+        vals.append(base_value(by_name.get(name) or Knob(name, [])))
         return vals
 
     def met(req: str) -> bool:
@@ -250,6 +295,10 @@ def resolve_space(knobs: list[Knob], base: RunConfig, hw: Hardware) -> ResolvedS
             return compiler_available(hw.device)
         if req in ("ddp", "fsdp"):  # base "auto" already reads as ddp with several processes
             return world > 1 and req in possible("train.parallel")
+        if req == "lora":
+            return any(v is True for v in possible("model.lora"))
+        if req == "loader":
+            return False
         raise AssertionError(req)
 
     active: list[Knob] = []
@@ -260,40 +309,31 @@ def resolve_space(knobs: list[Knob], base: RunConfig, hw: Hardware) -> ResolvedS
         if failed:
             dropped.append({"knob": k.name, "reason": "; ".join(REQUIREMENT_TEXT[r] for r in failed)})
             continue
-        active.append(Knob(k.name, list(k.values), k.env, list(k.requires), k.note))
+        active.append(Knob(k.name, list(k.values), k.env, list(k.requires), k.note, k.changes_math))
 
-    seq = base.model.seq_len
     for k in active:
-        if k.name == "train.parallel":
-            if world > 1 and "none" in k.values:
-                k.values = [v for v in k.values if v != "none"]
-                notes.append(f"train.parallel=none excluded: {world} processes need ddp or fsdp")
-            if base.train.optimizer == "muon" and "fsdp" in k.values:
-                k.values = [v for v in k.values if v != "fsdp"]
-                notes.append("train.parallel=fsdp excluded: train.optimizer=muon needs whole matrices (ddp)")
+        if k.name == "train.parallel" and world > 1 and "none" in k.values:
+            k.values = [v for v in k.values if v != "none"]
+            notes.append(f"train.parallel=none excluded: {world} processes need ddp or fsdp")
+        rules.restrict(k, base, world, notes)
         if k.name == "train.micro_batch":
-            per = base.train.batch_tokens
             ok, bad = [], []
             for v in k.values:
                 try:
                     iv = int(v)
                 except (TypeError, ValueError):
                     raise ConfigError(f"space knob train.micro_batch: {v!r} is not an integer") from None
-                if iv >= 1 and per % (iv * seq * world) == 0:
-                    ok.append(iv)
-                else:
-                    bad.append(iv)
+                (ok if iv >= 1 and rules.micro_batch_divides(base, iv, world) else bad).append(iv)
             if bad:
-                notes.append(f"train.micro_batch {bad} excluded: train.batch_tokens={per} is not a multiple of "
-                             f"micro_batch x seq_len ({seq}) x processes ({world})")
+                notes.append(f"train.micro_batch {bad} excluded: {rules.micro_batch_rule(base, world)}")
             k.values = ok
 
     default_params: dict[str, Any] = {}
     for k in active:
         bv = base_value(k)
-        if k.name == "train.micro_batch" and bv not in k.values and base.train.batch_tokens % (bv * seq * world):
-            raise ConfigError(f"the base config's train.micro_batch={bv} does not divide train.batch_tokens="
-                              f"{base.train.batch_tokens} over {world} processes x seq_len {seq}; fix the base config")
+        if k.name == "train.micro_batch" and bv not in k.values and not rules.micro_batch_divides(base, bv, world):
+            raise ConfigError(f"the base config's train.micro_batch={bv} does not fit: "
+                              f"{rules.micro_batch_rule(base, world)}; fix the base config")
         match = [v for v in k.values if same_value(bv, v)]
         if match:
             bv = match[0]

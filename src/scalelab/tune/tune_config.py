@@ -1,4 +1,4 @@
-"""The tune config: the YAML of `scalelab tune` (base training config + space + budget),
+"""The tune config: the YAML of `scalelab tune` (job + base config + space + budget),
 its `key=value` overrides and its validation. search.py runs it.
 
     load_tune_config("configs/tune-cpu.yaml", ["trials=10"])
@@ -14,6 +14,7 @@ import yaml
 
 from scalelab.config import apply_overrides, build_dataclass, load_yaml_mapping
 from scalelab.errors import ConfigError
+from scalelab.tune.jobs import JOBS
 from scalelab.tune.space import parse_space
 
 SAMPLERS = ("tpe", "random", "grid")
@@ -35,7 +36,8 @@ def key_name(key: str) -> str:
 class TuneConfig:
     name: str = "tune"  # Optuna study name
     out_dir: str = "runs/tune"
-    base: Any = None  # training config: a YAML path (relative to cwd or to this file) or an inline mapping
+    job: str = "pretrain"  # pretrain (scalelab train) | finetune (scalelab finetune's training step)
+    base: Any = None  # the job's config: a YAML path (relative to cwd or to this file) or an inline mapping
     base_overrides: list[str] = field(default_factory=list)  # key=value applied to the base in every trial
     device: str = "auto"  # auto | cpu | cuda
     nproc: int = 0  # processes per trial (GPUs on CUDA, gloo processes on CPU); 0 = all GPUs / 1 on CPU
@@ -56,7 +58,12 @@ class TuneConfig:
     remeasure_top: int = 3
     remeasure_rounds: int = 1
     remeasure_share: float = 0.25  # share of the budget kept for the re-measurement
-    storage: str | None = None  # default sqlite:///OUT_DIR/tune.db
+    storage: str | None = None  # default sqlite:///OUT_DIR/tune.db; any RDB URL, or journal:PATH
+    # Several workers on one study: a running trial records a heartbeat every heartbeat_s; one
+    # silent for heartbeat_grace_s (its worker died) is failed and retried (at most stale_retries times).
+    heartbeat_s: float = 30.0
+    heartbeat_grace_s: float = 180.0
+    stale_retries: int = 1
     space: dict[str, Any] = field(default_factory=dict)
     source: str | None = None  # the YAML file this came from (set by the loader)
 
@@ -91,7 +98,9 @@ def validate_tune_config(cfg: TuneConfig) -> None:
         if not cond:
             raise ConfigError(msg)
 
-    check(cfg.base is not None, "tune config: set 'base' to a training config (a YAML path or an inline mapping)")
+    check(cfg.job in JOBS, f"tune config: job must be one of {', '.join(JOBS)}; got '{cfg.job}'")
+    check(cfg.base is not None, f"tune config: set 'base' to a {'fine-tune' if cfg.job == 'finetune' else 'training'}"
+          " config (a YAML path or an inline mapping)")
     check(isinstance(cfg.base, (str, dict)), f"tune config: 'base' must be a path or a mapping, got {cfg.base!r}")
     check(cfg.sampler in SAMPLERS,
           f"tune config: {key_name('sampler')} must be one of {', '.join(SAMPLERS)}; got '{cfg.sampler}'")
@@ -113,7 +122,13 @@ def validate_tune_config(cfg: TuneConfig) -> None:
     check(0 <= cfg.remeasure_share < 1, "tune config: remeasure_share must be in [0, 1)")
     check(cfg.remeasure_top >= 0 and cfg.remeasure_rounds >= 0, "tune config: remeasure_top/rounds must be >= 0")
     check(0 < cfg.prune_slowest < 100, "tune config: prune_slowest must be in (0, 100) (percent of trials)")
-    parse_space(cfg.space)  # syntax errors now, not after the data is prepared
+    check(cfg.heartbeat_s > 0, f"tune config: heartbeat_s must be > 0, got {cfg.heartbeat_s}")
+    check(cfg.heartbeat_grace_s >= 2 * cfg.heartbeat_s,
+          f"tune config: heartbeat_grace_s ({cfg.heartbeat_grace_s}) must be at least 2 x heartbeat_s "
+          f"({cfg.heartbeat_s}), or a live worker's trial could be taken for a dead one")
+    check(cfg.stale_retries >= 0, f"tune config: stale_retries must be >= 0, got {cfg.stale_retries}")
+    job = JOBS[cfg.job]
+    parse_space(cfg.space, job.known_knobs, job.valid_keys(), job.example)  # syntax errors now, before any work
 
 
 def copy_config(cfg: TuneConfig, **changes: Any) -> TuneConfig:
