@@ -22,11 +22,6 @@ LONG_FILES: dict[str, str] = {
 # but the modules still depend on each other. Each is listed with the reason it is tolerated;
 # the test fails on any new circle and on a listed one that no longer exists.
 LAZY_CYCLES = {
-    # tasks/spec.py reads harness-form task files through task_files.py (lazily), and
-    # task_files.py's export_harness_task uses the tasks package (lazily): the task file format
-    # lives in two places; the way out is moving its reading half into tasks/spec.py.
-    ("scalelab.eval.task_files", "scalelab.eval.tasks", "scalelab.eval.tasks.data", "scalelab.eval.tasks.prompts",
-     "scalelab.eval.tasks.run", "scalelab.eval.tasks.spec"): "task specs and their file format",
     # run_benchmark uses run_trajectory's table_markdown; run_trajectory's baselines use baseline_value.
     ("scalelab.report.run_benchmark", "scalelab.report.run_trajectory"): "shared table / baseline helpers",
 }

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from scalelab.eval.scoring import EvalError
+from scalelab.eval.tasks.harness_form import from_harness_form, harness_split
 from scalelab.eval.tasks.templates import _check_template
 
 SPEC_KEYS = {"task", "aliases", "output_type", "dataset_path", "dataset_name", "split", "validation_split",
@@ -159,8 +160,6 @@ def load_spec_file(path: str | Path) -> TaskSpec:
 def spec_from_dict(raw: dict, origin: str = "<dict>", base_dir: Path | None = None) -> TaskSpec:
     def fail(msg: str):
         raise TaskError(f"task file '{origin}': {msg}")
-
-    from scalelab.eval.task_files import from_harness_form, harness_split
 
     raw = from_harness_form(raw, fail)  # the harness's dataset_kwargs.data_files -> local
     for key in raw:
