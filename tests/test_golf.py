@@ -237,7 +237,7 @@ def test_golf_configs_in_repo_load():
     (["golf.budjet_bytes=5"], "unknown config key 'golf.budjet_bytes'. Did you mean 'golf.budget_bytes'"),
     (["golf.quant=int3"], "golf.quant must be one of"),
     (["golf.quant_overrides={tok_emb.weight: int9}"], r"golf.quant_overrides\['tok_emb.weight'\]"),
-    (["golf.compressors=[zlib, brotli]"], "unknown compressor 'brotli'"),
+    (["golf.compressors=[zlib, brotlii]"], "unknown compressor 'brotlii'"),
     (["golf.weights=ema"], "golf.weights=ema needs train.ema_decay"),
     (["golf.sliding_stride=100000"], "golf.sliding_stride must be in"),
     (["golf.budget_bytes=lots"], "golf.budget_bytes' must be an integer"),

@@ -39,6 +39,16 @@ CODE_FILES = (
     "golf/__init__.py",
     "golf/codec.py",
 )
+# Read only format-version-2 weights files (chunks, brotli, row permutations, low-rank
+# corrections): counted in the artifacts whose weights file is one, and only there.
+EXT_CODE_FILES = ("golf/codec_ext.py",)
+
+
+def code_files_for(weights: bytes | None = None, extended: bool | None = None) -> tuple[str, ...]:
+    """The counted sources needed to read `weights` (or, without it, `extended` or not)."""
+    if extended is None:
+        extended = weights is not None and len(weights) > 4 and weights[4] == 2
+    return CODE_FILES + EXT_CODE_FILES if extended else CODE_FILES
 
 
 class BudgetError(ScalelabError):
@@ -51,14 +61,15 @@ def package_dir() -> Path:
     return Path(scalelab.__file__).resolve().parent
 
 
-def code_files() -> list[dict]:
+def code_files(extended: bool = False) -> list[dict]:
     """[{"path": "scalelab/model/gpt.py", "bytes": n}, ...] for the counted sources."""
     root = package_dir()
-    return [{"path": f"scalelab/{rel}", "bytes": (root / rel).stat().st_size} for rel in CODE_FILES]
+    return [{"path": f"scalelab/{rel}", "bytes": (root / rel).stat().st_size}
+            for rel in code_files_for(extended=extended)]
 
 
-def code_bytes() -> int:
-    return sum(f["bytes"] for f in code_files())
+def code_bytes(extended: bool = False) -> int:
+    return sum(f["bytes"] for f in code_files(extended))
 
 
 def write_artifact(directory: str | Path, weights: bytes, tokenizer: str | Path | None = None) -> dict:
@@ -74,7 +85,7 @@ def write_artifact(directory: str | Path, weights: bytes, tokenizer: str | Path 
         d.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(tokenizer, d / (TOKENIZER_PREFIX + Path(tokenizer).name))
     root = package_dir()
-    for rel in CODE_FILES:
+    for rel in code_files_for(weights):
         target = code / "scalelab" / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(root / rel, target)

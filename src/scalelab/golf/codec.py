@@ -19,7 +19,8 @@ scale; the value is (stored - 2^(bits-1)) * scale. Kinds "f16" and "f32" store t
 values themselves. Each section is the concatenation, in header order, of the parts of
 the tensors that have one. The fp16/fp32 sections are byte-plane split (every value's
 first byte, then every second byte, ...), which compresses better than interleaved
-bytes.
+bytes. Format version 2 (chunks, brotli, row permutations, low-rank corrections) is read
+by `codec_ext.py`, counted only in artifacts that use it.
 """
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ import torch
 MAGIC = b"SLGF"
 VERSION = 1
 COMPRESSOR_IDS = {"none": 0, "zlib": 1, "lzma": 2, "zstd": 3}
-SECTIONS = ("q", "scale", "f16", "f32")
-_SECTION_DTYPES = {"q": np.dtype("u1"), "scale": np.dtype("<f2"), "f16": np.dtype("<f2"), "f32": np.dtype("<f4")}
+SECTIONS = ("q", "scale", "f16", "f32", "perm")
+_SECTION_DTYPES = {"q": np.dtype("u1"), "scale": np.dtype("<f2"), "f16": np.dtype("<f2"), "f32": np.dtype("<f4"), "perm": np.dtype("u1")}
 
 
 class FormatError(ValueError):
@@ -46,6 +47,10 @@ def decompress(blob: bytes) -> bytes:
     """The raw payload of a weights file (checks magic and version)."""
     if len(blob) < 6 or blob[:4] != MAGIC:
         raise FormatError("not a scalelab golf weights file (bad magic)")
+    if blob[4] == 2:
+        from scalelab.golf.codec_ext import decompress_chunked
+
+        return decompress_chunked(blob)
     if blob[4] != VERSION:
         raise FormatError(f"golf weights format version {blob[4]}, this code reads version {VERSION}")
     body, codec = blob[6:], blob[5]
@@ -83,10 +88,11 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, bits: int, shape: list[int]
     return (centered.to(torch.float32) * scale.to(torch.float32)[:, None]).reshape(shape)
 
 
-def pack(model: dict, tensors: list[dict], aliases: dict[str, str]) -> bytes:
+def pack(model: dict, tensors: list[dict], aliases: dict[str, str], extra: dict | None = None) -> bytes:
     """The raw payload. tensors: dicts with name, kind, shape, bits and arrays
-    (q: uint8 [rows, cols] + scale: fp16 [rows]; f16/f32: the values)."""
-    header = {"model": model, "aliases": aliases,
+    (q: uint8 [rows, cols] + scale: fp16 [rows], + perm (version 2) as stored; f16/f32:
+    the values). extra: version-2 header keys (golf/layout.py)."""
+    header = {"model": model, "aliases": aliases, **(extra or {}),
               "tensors": [[t["name"], t["kind"], list(t["shape"]), t.get("bits", 0)] for t in tensors]}
     head = json.dumps(header, separators=(",", ":")).encode()
     parts: dict[str, list[np.ndarray]] = {s: [] for s in SECTIONS}
@@ -94,6 +100,8 @@ def pack(model: dict, tensors: list[dict], aliases: dict[str, str]) -> bytes:
         if t["kind"] == "q":
             parts["q"].append(np.asarray(t["q"], dtype=np.uint8).reshape(-1))
             parts["scale"].append(np.asarray(t["scale"], dtype="<f2").reshape(-1))
+            if t.get("perm") is not None:
+                parts["perm"].append(np.asarray(t["perm"], dtype="<u2").view(np.uint8))
         else:
             parts[t["kind"]].append(np.asarray(t["values"], dtype=_SECTION_DTYPES[t["kind"]]).reshape(-1))
     out = [struct.pack("<I", len(head)), head]
@@ -109,11 +117,13 @@ def unpack(raw: bytes) -> tuple[dict, dict[str, torch.Tensor]]:
     header = json.loads(raw[4:4 + n])
     pos = 4 + n
     counts = {s: 0 for s in SECTIONS}
+    perm = set(header.get("perm", ()))  # version 2: q tensors stored with permuted rows (codec_ext)
     for name, kind, shape, bits in header["tensors"]:
         numel = int(np.prod(shape)) if shape else 1
         if kind == "q":
             counts["q"] += numel
             counts["scale"] += shape[0] if shape else 1
+            counts["perm"] += 2 * shape[0] if name in perm else 0
         else:
             counts[kind] += numel
     arrays = {}
@@ -138,10 +148,18 @@ def unpack(raw: bytes) -> tuple[dict, dict[str, torch.Tensor]]:
         numel = int(np.prod(shape)) if shape else 1
         if kind == "q":
             rows = shape[0] if shape else 1
-            q = take("q", numel).reshape(rows, -1)
-            state[name] = dequantize(q, take("scale", rows), bits, shape)
+            q, scale = take("q", numel).reshape(rows, -1), take("scale", rows)
+            if name in perm:
+                from scalelab.golf.codec_ext import unpermute
+
+                q, scale = unpermute(q, scale, take("perm", 2 * rows))
+            state[name] = dequantize(q, scale, bits, shape)
         else:
             state[name] = take(kind, numel).to(torch.float32).reshape(shape)
+    if header.get("lowrank"):
+        from scalelab.golf.codec_ext import apply_lowrank
+
+        apply_lowrank(state, header["lowrank"])
     for alias, source in header["aliases"].items():
         state[alias] = state[source]
     return header["model"], state

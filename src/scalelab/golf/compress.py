@@ -3,17 +3,24 @@
 Each candidate is a complete weights file (`codec.MAGIC`, version, compressor id,
 compressed payload), so the sizes compared are the sizes written. lzma is tried with a
 few filter settings (all decoded by the same `lzma.decompress`, which reads them from
-the stream); zstd needs the `zstandard` package and is skipped, with a note, when it
-is missing.
+the stream); zstd needs the `zstandard` package and brotli the `brotli` package (the
+golf extra); either is skipped, with a note, when missing. A brotli file is a
+one-chunk format-version-2 file (codec_ext.py reads it). Per-chunk choice and row
+reordering: golf/layout.py.
 """
 from __future__ import annotations
 
 import lzma
+import struct
 import zlib
 
 from scalelab.golf.codec import COMPRESSOR_IDS, MAGIC, VERSION
 
-COMPRESSORS = ("zlib", "lzma", "zstd")
+# Format version 2 (codec_ext.py): brotli and raw LZMA2 (no xz container: chunks are small).
+COMPRESSOR_IDS_V2 = {**COMPRESSOR_IDS, "brotli": 4, "lzma-raw": 5, "lzma-raw-lc0": 6}
+
+COMPRESSORS = ("zlib", "lzma", "zstd")  # the default golf.compressors
+KNOWN_COMPRESSORS = (*COMPRESSORS, "brotli")
 COMPRESS_PER = ("file", "tensor", "auto")  # one compressor for the file, or the best per chunk
 
 # lc/lp/pb: literal-context bits, literal-position bits, position bits. The payload is
@@ -25,11 +32,27 @@ _LZMA_VARIANTS = (
 
 
 def zstd_available() -> bool:
-    try:
-        import zstandard  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return available("zstd")
+
+
+def available(name: str) -> bool:
+    """Whether the package compressor `name` needs is installed (zlib and lzma always are)."""
+    import importlib.util
+
+    module = {"zstd": "zstandard", "brotli": "brotli"}.get(name)
+    return module is None or importlib.util.find_spec(module) is not None
+
+
+def brotli_body(raw: bytes) -> bytes:
+    import brotli
+
+    return brotli.compress(raw, quality=11, lgwin=24)
+
+
+def chunked_file(chunks: list[tuple[int, bytes]]) -> bytes:
+    """A format-version-2 file: (compressor id, compressed body) per chunk (codec_ext.py)."""
+    table = b"".join(struct.pack("<BI", cid, len(body)) for cid, body in chunks)
+    return MAGIC + bytes((2,)) + struct.pack("<H", len(chunks)) + table + b"".join(body for _, body in chunks)
 
 
 def _wrap(name: str, body: bytes) -> bytes:
@@ -54,7 +77,9 @@ def compress_with(name: str, raw: bytes) -> bytes:
         import zstandard
 
         return _wrap(name, zstandard.ZstdCompressor(level=22).compress(raw))
-    raise ValueError(f"unknown compressor '{name}'; known: {', '.join(COMPRESSORS)}")
+    if name == "brotli":
+        return chunked_file([(COMPRESSOR_IDS_V2["brotli"], brotli_body(raw))])
+    raise ValueError(f"unknown compressor '{name}'; known: {', '.join(KNOWN_COMPRESSORS)}")
 
 
 def compress_best(raw: bytes, names: list[str] | tuple[str, ...] = COMPRESSORS) -> tuple[str, bytes, dict]:
@@ -62,8 +87,9 @@ def compress_best(raw: bytes, names: list[str] | tuple[str, ...] = COMPRESSORS) 
     sizes: dict[str, int | str] = {}
     best_name, best = None, None
     for name in names:
-        if name == "zstd" and not zstd_available():
-            sizes[name] = "skipped: the zstandard package is not installed (pip install zstandard)"
+        if not available(name):
+            package = {"zstd": "zstandard"}.get(name, name)
+            sizes[name] = f"skipped: the {package} package is not installed (pip install {package})"
             continue
         blob = compress_with(name, raw)
         sizes[name] = len(blob)

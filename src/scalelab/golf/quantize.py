@@ -91,6 +91,7 @@ class QuantizedState:
     aliases: dict[str, str]
     schemes: dict[str, str]  # parameter name -> scheme
     methods: dict[str, str] = field(default_factory=dict)  # quantized parameter name -> rtn | gptq
+    lowrank: dict[str, int] = field(default_factory=dict)  # name -> rank of its stored correction (lowrank.py)
 
     def dequantized(self) -> dict[str, torch.Tensor]:
         """fp32 state dict exactly as a reader of the packed file gets it (aliases included)."""
@@ -100,6 +101,10 @@ class QuantizedState:
                 out[t["name"]] = dequantize(t["q"], t["scale"], t["bits"], t["shape"])
             else:
                 out[t["name"]] = t["values"].to(torch.float32).reshape(t["shape"])
+        if self.lowrank:
+            from scalelab.golf.codec_ext import apply_lowrank
+
+            apply_lowrank(out, self.lowrank.items())
         for alias, source in self.aliases.items():
             out[alias] = out[source]
         return out
@@ -118,7 +123,7 @@ class QuantizedState:
             d["tensors"] += 1
             d["params"] += numel
             d["bytes"] += nbytes
-        params = sum(d["params"] for d in by_scheme.values())
+        params = sum(d["params"] for s, d in by_scheme.items() if not s.startswith("lowrank"))
         return {"params": params, "by_scheme": by_scheme, "aliases": dict(self.aliases)}
 
 
