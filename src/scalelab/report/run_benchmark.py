@@ -1,13 +1,12 @@
 """BENCHMARK.md of a training run: zero-shot tasks vs published baselines, the per-checkpoint
-trajectory, language modelling and throughput; and the baselines file (assets/baselines.json)."""
+trajectory, language modelling and throughput (the baselines file: run_baselines.py)."""
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 from typing import Any
 
 from scalelab.report.markdown import count, f3, intc, sci
+from scalelab.report.run_baselines import baseline_value
 from scalelab.report.numbers import finite as _ok, num as _num
 from scalelab.report.run_files import (
     CHANCE,
@@ -19,7 +18,6 @@ from scalelab.report.run_files import (
     _fmt,
     _n_cell,
     _pct,
-    _read_json,
     _se_from,
     _table,
     _training_task_lines,
@@ -29,42 +27,7 @@ from scalelab.report.run_files import (
     sizes,
     throughput,
 )
-
 from scalelab.report.run_trajectory import table_markdown
-
-BASELINES_ENV = "SCALELAB_BASELINES"
-
-
-def baselines_path() -> Path | None:
-    env = os.environ.get(BASELINES_ENV)
-    if env:
-        return Path(env)
-    # Shipped as package data, so installed wheels find it too.
-    cand = Path(__file__).resolve().parents[1] / "assets" / "baselines.json"
-    return cand if cand.is_file() else None
-
-
-def load_baselines(path: str | Path | None = None) -> dict[str, Any] | None:
-    p = Path(path) if path else baselines_path()
-    if p is None or not p.is_file():
-        return None
-    data = _read_json(p)
-    if data is not None:
-        data["_path"] = str(p)
-    return data
-
-
-def baseline_value(entry: dict[str, Any]) -> tuple[float, float | None, str]:
-    """(value, stderr, how the stderr was obtained) of one baseline metric."""
-    v = _num(entry.get("value"))
-    se = entry.get("stderr")
-    if se is not None and _ok(se):
-        return v, float(se), "reported"
-    n = entry.get("n")
-    if n and 0 <= v <= 1:
-        return v, math.sqrt(v * (1 - v) / float(n)), "binomial sqrt(p(1-p)/n)"
-    return v, None, "none"
-
 
 def benchmark_markdown(run: RunFiles, baselines: dict[str, Any] | None) -> str:
     p = progress(run)

@@ -18,13 +18,13 @@ from typing import Any
 
 from scalelab.io import atomic_write_bytes, atomic_write_text
 from scalelab.report.markdown import count, f3
-from scalelab.report.run_benchmark import (  # noqa: F401 - names callers import from here
+from scalelab.report.run_baselines import (  # noqa: F401 - names callers import from here
     BASELINES_ENV,
     baseline_value,
     baselines_path,
-    benchmark_markdown,
     load_baselines,
 )
+from scalelab.report.run_benchmark import benchmark_markdown
 from scalelab.report.run_card import model_card_markdown
 from scalelab.report.run_files import (  # noqa: F401
     RunFiles,

@@ -10,6 +10,7 @@ from typing import Any
 
 from scalelab.report.markdown import intc
 from scalelab.report.numbers import finite as _ok, num as _num
+from scalelab.report.run_baselines import baseline_value
 from scalelab.report.run_files import CHANCE, RunFiles, _ci, _table
 
 TASK_LABELS = {"hellaswag": "HellaSwag", "arc_easy": "ARC-Easy", "arc_challenge": "ARC-Challenge", "piqa": "PIQA",
@@ -94,8 +95,6 @@ def baseline_points(tasks: list[str], baselines: dict[str, Any] | None) -> list[
 
 
 def baselines_markdown(tasks: list[str], baselines: dict[str, Any] | None) -> list[str]:
-    from scalelab.report.run_benchmark import baseline_value
-
     L = ["### Published models of similar size (final checkpoints)", ""]
     pts = baseline_points(tasks, baselines)
     if not pts:
