@@ -32,6 +32,7 @@ def _launch(nproc: int, command: str) -> list[str]:
 
 class Pretrain(PretrainRules):
     name = "pretrain"
+    renamed: dict[str, str] = {}
     example = "configs/tune-cpu.yaml"
     metric = "tokens/s per process (per GPU): batch_tokens / world / step_time, mean of window throughputs"
 
@@ -112,6 +113,7 @@ class Finetune:
     name = "finetune"
     example = "configs/tune-finetune-cpu.yaml"
     known_knobs = FINETUNE_KNOBS
+    renamed = {"train.compile": "model.compile", "train.activation_checkpointing": "model.activation_checkpointing"}
     metric = ("real (non-padding) tokens/s per process (per GPU): a window's tokens / world / its time, "
               "mean of window throughputs")
 

@@ -123,7 +123,7 @@ def prepare(cfg: TuneConfig, progress: bool = True) -> TuneSetup:
     out.mkdir(parents=True, exist_ok=True)
     base_path = _resolve_base(cfg, out)
     base = job.load_base(base_path, list(cfg.base_overrides))
-    knobs = parse_space(cfg.space, job.known_knobs, job.valid_keys(), job.example)
+    knobs = parse_space(cfg.space, job.known_knobs, job.valid_keys(), job.example, job.renamed)
     space = resolve_space(knobs, base, hw, job)
     if not space.knobs:
         raise ConfigError("tune config: no knob of the space applies to this hardware ("

@@ -163,7 +163,8 @@ def _is_env_name(name: str) -> bool:
 
 
 def parse_space(tree: Any, known_knobs: dict[str, dict[str, Any]] | None = None,
-                valid_keys: set[str] | None = None, example: str = "configs/tune-cpu.yaml") -> list[Knob]:
+                valid_keys: set[str] | None = None, example: str = "configs/tune-cpu.yaml",
+                renamed: dict[str, str] | None = None) -> list[Knob]:
     """Knobs from the YAML `space:` mapping (see the module doc). Raises ConfigError.
     `known_knobs` / `valid_keys`: the job's built-in knobs and config keys (default: pretraining's)."""
     known_knobs = KNOWN_KNOBS if known_knobs is None else known_knobs
@@ -193,9 +194,10 @@ def parse_space(tree: Any, known_knobs: dict[str, dict[str, Any]] | None = None,
         if not env and name not in valid and name not in known_knobs:  # a known knob is dropped with a note
             import difflib
 
-            close = difflib.get_close_matches(name, sorted(valid) + list(known_knobs), n=1, cutoff=0.6)
+            close = [(renamed or {})[name]] if name in (renamed or {}) else \
+                difflib.get_close_matches(name, sorted(valid) + list(known_knobs), n=1, cutoff=0.6)
             hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"space knob '{name}' is not a training config key nor an environment variable "
+            raise ConfigError(f"space knob '{name}' is not a key of the job's config nor an environment variable "
                               f"(UPPER_CASE, or env: true).{hint}")
         values = spec.get("values", known.get("values"))
         if not values:

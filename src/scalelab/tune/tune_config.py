@@ -128,7 +128,7 @@ def validate_tune_config(cfg: TuneConfig) -> None:
           f"({cfg.heartbeat_s}), or a live worker's trial could be taken for a dead one")
     check(cfg.stale_retries >= 0, f"tune config: stale_retries must be >= 0, got {cfg.stale_retries}")
     job = JOBS[cfg.job]
-    parse_space(cfg.space, job.known_knobs, job.valid_keys(), job.example)  # syntax errors now, before any work
+    parse_space(cfg.space, job.known_knobs, job.valid_keys(), job.example, job.renamed)  # errors before any work
 
 
 def copy_config(cfg: TuneConfig, **changes: Any) -> TuneConfig:
