@@ -69,10 +69,11 @@ def register(subparsers) -> None:
         description="Search the fastest training configuration: each trial runs the base training config in a "
         "fresh process (torchrun for several processes) with one setting of the knobs, measures tokens/s per "
         "process after warm-up with a 95% CI, and reports windows to the pruner. The study lives in "
-        "OUT/tune.db (resumable; optuna-dashboard sqlite:///OUT/tune.db). The best configs are re-measured "
-        "before the winner is declared. Writes OUT/tune.json, OUT/RECIPE.md and OUT/plots/.",
+        "OUT/tune.db or storage: (resumable; several workers may share it, e.g. storage=journal:PATH; "
+        "optuna-dashboard sqlite:///OUT/tune.db). The best configs are re-measured before the winner is declared. Writes OUT/tune.json, OUT/RECIPE.md and OUT/plots/.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", help="tune YAML: base training config + space + budget (e.g. configs/tune-cpu.yaml)")
+    p.add_argument("config", help="tune YAML: job (pretrain | finetune) + base config + space + budget (e.g. "
+                   "configs/tune-cpu.yaml, configs/tune-finetune-cpu.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the tune YAML (e.g. measure_steps=20 "
                    "base.train.threads=1)")
     p.add_argument("--trials", type=int, help="measured trials of the study in total, over all sessions, the default "
