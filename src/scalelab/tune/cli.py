@@ -50,16 +50,47 @@ def cmd_tune(args) -> int:
 
 
 def cmd_suggest(args) -> int:
-    from scalelab.tune.suggest import format_suggestion, suggest
+    from scalelab.errors import ConfigError
 
-    result = suggest(params=args.params, gpus=args.gpus, gpu_mem_gib=args.gpu_mem, tokens=args.tokens,
-                     seq_len=args.seq, vocab_size=args.vocab_size, gpu_name=args.gpu, peak_tflops=args.peak_tflops,
-                     mfu=args.mfu, calibrate=args.calibrate, global_batch_tokens=args.batch_tokens,
-                     max_micro_batch=args.max_micro_batch, dtype=args.dtype)
+    if args.finetune:
+        from scalelab.tune.suggest_finetune import DEFAULT_ROWS, DEFAULT_SEQ, format_ft_suggestion, suggest_finetune
+
+        targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
+        if args.dtype != "bf16":
+            raise ConfigError("suggest --finetune models the fine-tune job's GPU precision (bf16 compute, fp32 "
+                              "master weights / adapters); drop --dtype")
+        seq = args.seq or DEFAULT_SEQ
+        rows = args.batch_rows
+        if args.batch_tokens is not None:
+            if rows is not None:
+                raise ConfigError("give --batch-rows or --batch-tokens, not both")
+            rows = max(1, round(args.batch_tokens / seq))  # rows of --seq tokens
+        result = suggest_finetune(
+            params=args.params, gpus=args.gpus, gpu_mem_gib=args.gpu_mem, tokens=args.tokens,
+            seq_len=seq, lora_rank=args.lora_rank, lora_targets=targets,
+            model_config=args.model_config, vocab_size=args.vocab_size, batch_rows=rows or DEFAULT_ROWS,
+            labelled_fraction=args.labelled_fraction, gpu_name=args.gpu, peak_tflops=args.peak_tflops, mfu=args.mfu,
+            calibrate=args.calibrate, max_micro_batch=args.max_micro_batch)
+        fmt = format_ft_suggestion
+    else:
+        from scalelab.tune.suggest import format_suggestion, suggest
+
+        for flag, value in (("--lora-rank", args.lora_rank), ("--model-config", args.model_config),
+                            ("--batch-rows", args.batch_rows)):
+            if value is not None:
+                raise ConfigError(f"{flag} is a fine-tuning option: add --finetune")
+        if args.params is None:
+            raise ConfigError("suggest needs --params (non-embedding parameters, e.g. 124M)")
+        result = suggest(params=args.params, gpus=args.gpus, gpu_mem_gib=args.gpu_mem, tokens=args.tokens,
+                         seq_len=args.seq or 1024, vocab_size=args.vocab_size or 50257, gpu_name=args.gpu,
+                         peak_tflops=args.peak_tflops, mfu=args.mfu, calibrate=args.calibrate,
+                         global_batch_tokens=args.batch_tokens, max_micro_batch=args.max_micro_batch,
+                         dtype=args.dtype)
+        fmt = format_suggestion
     if args.json:
         emit_json(result, default=str)
     else:
-        print(format_suggestion(result))
+        print(fmt(result))
     return 0
 
 
@@ -96,12 +127,15 @@ def register(subparsers) -> None:
         description="Suggest parallelism (DDP / FSDP), micro-batch, accumulation, activation checkpointing and loader "
         "workers for a model of N non-embedding parameters on G GPUs of a given memory, with the estimated memory "
         "per GPU, tokens/s per GPU and wall time -- each with the formula or measurement it came from.")
-    p.add_argument("--params", required=True, help="non-embedding parameters, e.g. 124M, 1.3B")
+    p.add_argument("--params", help="non-embedding parameters, e.g. 124M, 1.3B (--finetune: 7e9 = Llama-3-8B's "
+                   "shape unless --model-config names the real one)")
     p.add_argument("--gpus", type=int, required=True, help="number of GPUs")
     p.add_argument("--gpu-mem", dest="gpu_mem", type=float, required=True, help="memory per GPU in GiB, e.g. 80")
     p.add_argument("--tokens", required=True, help="training tokens, e.g. 2.5B")
-    p.add_argument("--seq", type=int, default=1024, help="sequence length (default 1024)")
-    p.add_argument("--vocab-size", dest="vocab_size", type=int, default=50257, help="vocabulary (default 50257)")
+    p.add_argument("--seq", type=int, default=None, help="sequence length (default 1024; --finetune: packed rows "
+                   "of 2048)")
+    p.add_argument("--vocab-size", dest="vocab_size", type=int, default=None,
+                   help="vocabulary (default 50257; --finetune: 128256, Llama 3)")
     p.add_argument("--gpu", default="H100", help="GPU name for the bf16 peak table (default H100)")
     p.add_argument("--peak-tflops", dest="peak_tflops", type=float, help="bf16 peak TFLOP/s (overrides --gpu)")
     p.add_argument("--mfu", type=float, default=None, help="assumed model FLOPs utilization (default 0.35)")
@@ -112,4 +146,16 @@ def register(subparsers) -> None:
                    help="largest micro-batch considered (default 64)")
     p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="training precision (default bf16)")
     p.add_argument("--json", action="store_true", help="print the suggestion as JSON")
+    ft = p.add_argument_group("fine-tuning (scalelab finetune)")
+    ft.add_argument("--finetune", action="store_true", help="suggest for `scalelab finetune` of an existing model: "
+                    "full, or LoRA with --lora-rank")
+    ft.add_argument("--lora-rank", dest="lora_rank", type=int, help="LoRA rank (default: a full fine-tune)")
+    ft.add_argument("--lora-targets", dest="lora_targets", default="q_proj,k_proj,v_proj,o_proj",
+                    help="comma-separated linear layers with adapters (default q_proj,k_proj,v_proj,o_proj)")
+    ft.add_argument("--model-config", dest="model_config", help="a Hugging Face config.json (or model dir): layers, "
+                    "hidden, heads, kv heads, intermediate, vocab of the real model")
+    ft.add_argument("--batch-rows", dest="batch_rows", type=int, help="rows (packed sequences) per optimizer step "
+                    "(default 64, as configs/finetune-7b.yaml)")
+    ft.add_argument("--labelled-fraction", dest="labelled_fraction", type=float, default=1.0,
+                    help="share of positions with a label (response tokens; the head runs on those only; default 1)")
     p.set_defaults(func=cmd_suggest)
