@@ -92,10 +92,10 @@ def test_shipped_finetune_tune_configs_validate(name, device, nproc):
     space = _space(cfg.space, base, Hardware(device, nproc))
     assert space.knobs and "train.micro_batch" in space.names()
     mb = next(k for k in space.knobs if k.name == "train.micro_batch")
-    assert all(base.train.batch_rows % (v * nproc) == 0 for v in mb.values) and len(mb.values) >= 3
+    assert all(base.train.batch_rows % (v * nproc) == 0 for v in mb.values) and len(mb.values) >= 2
     if device == "cpu":
         assert base.model.hf == "builtin:smollm2-135m-instruct" and base.model.lora
-        assert cfg.trials * 35 + 120 < cfg.budget_s <= 900  # a few minutes: ~35 s a trial measured on 2 cores
+        assert cfg.trials + 2 * cfg.remeasure_top <= 8 and cfg.budget_s <= 900  # minutes, not an hour
         assert {"data.packing", "model.lora_rank"} <= set(space.math_knobs())
         assert {d["knob"] for d in space.dropped} >= {"train.loader_workers", "NCCL_ALGO"}
     else:

@@ -171,7 +171,7 @@ class Finetune:
         d, t = base.data, base.train
         return {"batch_rows": t.batch_rows, "max_length": d.max_length, "packing": d.packing,
                 "text": f"global batch {t.batch_rows} rows of up to {d.max_length} tokens"
-                        + (" (packed rows hold several examples)" if d.packing else "")}
+                        + (", packed rows holding several examples" if d.packing else "")}
 
     def prepare(self, base, progress: bool) -> dict[str, Any]:
         """The model (a GGUF is converted once here, not in the first trial) and the data,

@@ -111,6 +111,36 @@ def remeasure(setup, study, storage, run: Callable, clock, budget: float | None,
             st = _claim(side, t, owner)
             if st is not None:
                 mine[t.number] = st
+    try:
+        _run_rounds(setup, side, chosen, mine, records, skipped, run, clock, budget, log)
+    except BaseException:  # Ctrl-C: free the claims now (their rounds so far stay stored)
+        from optuna.trial import TrialState
+
+        for st in mine.values():
+            with contextlib.suppress(Exception):
+                side.tell(st, state=TrialState.FAIL)
+        raise
+    for number, st in mine.items():
+        _finish_side(side, st, [r for r in records.values() if r.get("trial") == number])
+    waited = False  # another worker's re-measurements: wait, so this worker's recipe has them too
+    while any(o.user_attrs.get("remeasure_of") in {t.number for t in chosen}
+              for o in in_flight(side, cfg.heartbeat_grace_s)):
+        if budget is not None and clock.spent() >= budget:
+            break
+        if not waited:
+            log("waiting for the re-measurements other workers are running")
+            waited = True
+        time.sleep(min(2.0, cfg.heartbeat_s))
+        fail_stale(side, cfg.heartbeat_grace_s, retries=0, log=log)
+    records.update(records_of(side))
+    return {"candidates": [t.number for t in chosen], "records": records, "skipped_for_budget": skipped,
+            "side_study": side}
+
+
+def _run_rounds(setup, side, chosen: list, mine: dict[int, Any], records: dict[str, Any], skipped: list[str],
+                run: Callable, clock, budget: float | None, log: Callable[[str], None]) -> None:
+    """The interleaved rounds (A B C A B C) of the candidates this worker claimed."""
+    cfg = setup.cfg
     with contextlib.ExitStack() as beats:
         for st in mine.values():
             beats.enter_context(Heartbeat(side, st, cfg.heartbeat_s))
@@ -137,21 +167,6 @@ def remeasure(setup, study, storage, run: Callable, clock, budget: float | None,
                 records[key] = rec
                 mine[t.number].set_user_attr(f"round_{rnd}", rec)
                 clock.save()
-    for number, st in mine.items():
-        _finish_side(side, st, [r for r in records.values() if r.get("trial") == number])
-    waited = False  # another worker's re-measurements: wait, so this worker's recipe has them too
-    while any(o.user_attrs.get("remeasure_of") in {t.number for t in chosen}
-              for o in in_flight(side, cfg.heartbeat_grace_s)):
-        if budget is not None and clock.spent() >= budget:
-            break
-        if not waited:
-            log("waiting for the re-measurements other workers are running")
-            waited = True
-        time.sleep(min(2.0, cfg.heartbeat_s))
-        fail_stale(side, cfg.heartbeat_grace_s, retries=0, log=log)
-    records.update(records_of(side))
-    return {"candidates": [t.number for t in chosen], "records": records, "skipped_for_budget": skipped,
-            "side_study": side}
 
 
 def _finish_side(side, st, recs: list[dict[str, Any]]) -> None:

@@ -370,8 +370,13 @@ def search(setup: TuneSetup, study, clock: _Clock, log: Callable[[str], None], c
             except UpdateFinishedTrialError:  # another worker failed it: stop, _finish says so
                 return True
 
-        with Heartbeat(study, trial, cfg.heartbeat_s):
-            res = _run_config(setup, params, setup.out / "trials" / f"{trial.number:04d}", remaining, on_window)
+        try:
+            with Heartbeat(study, trial, cfg.heartbeat_s):
+                res = _run_config(setup, params, setup.out / "trials" / f"{trial.number:04d}", remaining, on_window)
+        except BaseException:  # Ctrl-C or a crash of the tuner itself: say so now, not after the grace period
+            _finish(study, trial, {"failure_kind": "interrupted", "failure": "interrupted: the tuning session "
+                                   "stopped while this trial ran"}, log, state=TrialState.FAIL)
+            raise
         new += 1
         attrs = _attrs_from_result(res)
         desc = _fmt_params(params, setup.space.default_params)
