@@ -123,3 +123,16 @@ def test_a_short_golf_run_with_the_options_together(tmp_path):
     assert 0 < o["q_entropy_bits_per_value"] <= 8 and o["bits_per_param"] == pytest.approx(
         8 * result["artifact"]["weights_bytes"] / result["quant"]["params"], abs=1e-3)
     assert "order-0 bound" in (tmp_path / "run" / "GOLF.md").read_text()
+
+
+def test_estimate_counts_the_extension_reader_and_a_bound_on_the_factors():
+    from scalelab.golf.artifact import code_bytes
+    from scalelab.golf.estimate import estimate_for
+
+    cfg = str(REPO / "configs" / "golf-cpu-regime.yaml")
+    base = estimate_for(*load_golf_config(cfg, []))
+    lr = estimate_for(*load_golf_config(cfg, ["golf.lowrank_rank=4", "golf.lowrank_tensors=2"]))
+    assert base["code_bytes"] == code_bytes() and lr["code_bytes"] == code_bytes(extended=True) > code_bytes()
+    # The two largest factor pairs of the 2 x 32 model (vocab 512): tok_emb [512, 32] and
+    # an MLP matrix [128, 32]: rank x (rows + cols) int8 values + an fp16 scale per factor row.
+    assert lr["weights_bytes"] - base["weights_bytes"] == (4 * 544 + 2 * 516) + (4 * 160 + 2 * 132)

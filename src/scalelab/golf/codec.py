@@ -36,7 +36,8 @@ MAGIC = b"SLGF"
 VERSION = 1
 COMPRESSOR_IDS = {"none": 0, "zlib": 1, "lzma": 2, "zstd": 3}
 SECTIONS = ("q", "scale", "f16", "f32", "perm")
-_SECTION_DTYPES = {"q": np.dtype("u1"), "scale": np.dtype("<f2"), "f16": np.dtype("<f2"), "f32": np.dtype("<f4"), "perm": np.dtype("u1")}
+_SECTION_DTYPES = {"q": np.dtype("u1"), "scale": np.dtype("<f2"), "f16": np.dtype("<f2"), "f32": np.dtype("<f4"),
+                   "perm": np.dtype("u1")}
 
 
 class FormatError(ValueError):

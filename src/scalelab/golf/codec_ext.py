@@ -1,17 +1,6 @@
-"""Reader of golf weights format version 2 (counted in an artifact only when its file is one).
-
-    b"SLGF" | u8 2 | u16 n | n x (u8 compressor id, u32 length) | n compressed chunks
-
-The payload (codec.py's) is the chunks decompressed and concatenated. Compressor ids:
-0 none, 1 zlib, 2 xz, 3 zstd, 4 brotli, 5 raw LZMA2, 6 raw LZMA2 with lc=lp=pb=0 (16 MiB
-dictionary). Header keys only version 2 uses:
-- "perm": q tensors stored with their rows (values and scales) permuted; section perm
-  holds, per such tensor, the original index of each stored row (u16);
-- "lowrank": [[name, rank], ...]: name.lr_a [rows, rank] and name.lr_b [rank, cols] are
-  stored too; name's value is its dequantized value + lr_a @ lr_b.
-"""
-from __future__ import annotations
-
+"""Reader of golf weights format version 2 (chunks, brotli, raw LZMA2, row permutations,
+low-rank corrections; layout.py writes it, docs/GOLF.md describes it). Counted in an
+artifact only when its weights file is version 2."""
 import lzma
 import struct
 import zlib
@@ -22,11 +11,11 @@ import torch
 RAW_LZMA_DICT = 1 << 24
 
 
-def raw_lzma_filter(codec: int) -> dict:
+def raw_lzma_filter(codec):
     return {"id": lzma.FILTER_LZMA2, "dict_size": RAW_LZMA_DICT, **({"lc": 0, "lp": 0, "pb": 0} if codec == 6 else {})}
 
 
-def inflate(codec: int, body: bytes) -> bytes:
+def inflate(codec, body):
     if codec == 0:
         return body
     if codec == 1:
@@ -46,7 +35,7 @@ def inflate(codec: int, body: bytes) -> bytes:
     raise ValueError(f"golf weights file: unknown compressor id {codec}")
 
 
-def decompress_chunked(blob: bytes) -> bytes:
+def decompress_chunked(blob):
     (n,) = struct.unpack_from("<H", blob, 5)
     pos, out = 7 + 5 * n, []
     for i in range(n):
@@ -58,21 +47,19 @@ def decompress_chunked(blob: bytes) -> bytes:
     return b"".join(out)
 
 
-def unpermute(q: torch.Tensor, scale: torch.Tensor, perm_bytes: torch.Tensor):
-    """Rows back in their original order (stored row i is row perm[i])."""
+def unpermute(q, scale, perm_bytes):  # stored row i is row perm[i]
     perm = torch.from_numpy(perm_bytes.numpy().view("<u2").astype(np.int64))
     inv = torch.argsort(perm)
     return q[inv], scale[inv]
 
 
-def add_lowrank(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """w + a @ b, one rank-1 term at a time (elementwise: the same bits on any machine)."""
+def add_lowrank(w, a, b):  # w + a @ b, a rank-1 term at a time: the same bits on any machine
     out = w.reshape(a.shape[0], -1).clone()
     for k in range(a.shape[1]):
         out += a[:, k:k + 1] * b[k:k + 1, :]
     return out.reshape(w.shape)
 
 
-def apply_lowrank(state: dict, lowrank) -> None:
+def apply_lowrank(state, lowrank):
     for name, _rank in lowrank:
         state[name] = add_lowrank(state[name], state.pop(f"{name}.lr_a"), state.pop(f"{name}.lr_b"))

@@ -49,7 +49,27 @@ def estimate_bytes(model_cfg: GPTConfig, golf) -> dict[str, int]:
             total += numel * INT_SCHEMES[scheme] / 8 + 2 * (shape[0] if shape else 1)
         else:
             total += numel * (2 if scheme == "fp16" else 4)
-    return {"payload_at_bit_width": int(total), "code": code_bytes()}
+    return {"payload_at_bit_width": int(total), "code": code_bytes(uses_format_v2(golf))}
+
+
+def uses_format_v2(golf) -> bool:
+    """Whether this config may write a format-version-2 file, whose reader (codec_ext.py)
+    is then counted (conservative: brotli or per-tensor chunks may not win)."""
+    return bool((golf.lowrank_rank and golf.lowrank_tensors) or golf.compress_per != "file"
+                or "brotli" in golf.compressors)
+
+
+def lowrank_bytes(tensors: list[tuple[str, list[int], str]], golf) -> int:
+    """Upper bound of the low-rank factors' raw bytes: the golf.lowrank_tensors integer
+    tensors with the largest factors, at 1 byte a value (int8) + an fp16 scale a row."""
+    r, k = golf.lowrank_rank, golf.lowrank_tensors
+    if not (r and k):
+        return 0
+    width = 2 if golf.lowrank_quant == "fp16" else 1
+    sizes = sorted((width * r * (s[0] + s[1]) + (0 if width == 2 else 2 * (s[0] + r))
+                    for _, s, scheme in tensors if scheme in INT_SCHEMES and len(s) == 2
+                    and r * (s[0] + s[1]) < s[0] * s[1]), reverse=True)
+    return sum(sizes[:k])
 
 
 def precheck(model_cfg: GPTConfig, golf) -> dict[str, int]:
@@ -121,7 +141,8 @@ def estimate_artifact(model_cfg: GPTConfig, golf) -> dict:
     header = json.dumps({"model": model_cfg.__dict__, "aliases": {}, "tensors": header_tensors},
                         separators=(",", ":"), default=str)
     weights = int(round(q_bytes)) + raw_bytes + len(header) + 4 + 6  # + u32 length + magic/version/compressor
-    code = code_bytes()
+    weights += lowrank_bytes(_tensors(model_cfg, golf), golf)
+    code = code_bytes(uses_format_v2(golf))
     total = code + weights
     return {
         "method": "quantized values: bits per value of a Gaussian sample quantized with golf.clip and compressed "
