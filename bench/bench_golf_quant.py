@@ -67,6 +67,22 @@ def _print(row: dict) -> None:
           f"load {row['load_1m']}", flush=True)
 
 
+def _late_step_ratio(out_dir: str, frac: float) -> float | None:
+    """Median step time of the last `frac` of the steps over that of the window before it,
+    from the run's metrics.jsonl: QAT's per-step cost, robust to the box's load drifting
+    slowly (the same ratio of a baseline run is ~1)."""
+    import statistics
+
+    path = os.path.join(out_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return None
+    times = [r["step_time"] for r in map(json.loads, open(path)) if r.get("kind") == "train" and "step_time" in r]
+    n = int(len(times) * frac)
+    if n < 5:
+        return None
+    return round(statistics.median(times[-n:]) / statistics.median(times[-2 * n:-n]), 3)
+
+
 def _deltas(rows: list[dict], ref: str, name: str, runs_of) -> None:
     from scalelab.eval.stats import mean_ci
 
@@ -109,12 +125,18 @@ def main() -> int:
     for seed in args.train_seed:
         for arm, ov in (("baseline", []), (f"qat {args.qat_frac}", [f"golf.qat_frac={args.qat_frac}"])):
             out_dir = os.path.join(args.runs_dir, f"{'base' if arm == 'baseline' else 'qat'}-s{seed}")
+            # A finished run of an earlier invocation is re-scored, not retrained (same weights).
+            again = ["train.resume=true"] if os.path.isfile(os.path.join(out_dir, "golf.json")) else []
             run, golf = load_golf_config(args.config, [*args.set, *fixed, *QUIET, f"seed={seed}",
-                                                       f"out_dir={out_dir}", *ov])
+                                                       f"out_dir={out_dir}", *ov, *again])
             t0 = time.perf_counter()
             r = run_golf(run, golf, progress=False)
             rows.append(_row("train", f"s{seed}", arm, r, time.perf_counter() - t0))
+            rows[-1]["late_step_time_ratio"] = _late_step_ratio(out_dir, args.qat_frac)
+            rows[-1]["reused"] = bool(again)
             _print(rows[-1])
+            print(f"    last {args.qat_frac:.0%} of steps / the window before (median step time): "
+                  f"{rows[-1]['late_step_time_ratio']}{' (reused run)' if again else ''}", flush=True)
             if arm == "baseline":
                 runs[out_dir] = fixed
     if args.train_seed:
