@@ -35,6 +35,9 @@ Methods
 ``welch_t_test`` / ``ratio_of_means_ci``
     Two independent samples with unequal variances: difference (Welch t) and ratio
     (delta method on the log scale) of their means.
+``format_ci``
+    An estimate and its interval as text, ``0.366 [0.295, 0.391]`` -- the one CI formatter
+    of the screens, tables and notes.
 """
 
 from __future__ import annotations
@@ -56,7 +59,31 @@ __all__ = [
     "batch_means_ci",
     "welch_t_test",
     "ratio_of_means_ci",
+    "format_ci",
 ]
+
+
+def _number(x) -> float:
+    """float(x), or nan for None and junk (formatted values come from JSON files)."""
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def format_ci(value, ci, fmt: str | Callable[[float], str] = ".3f", *, no_ci: str = " [no CI]",
+              missing: str = "n/a") -> str:
+    """'0.366 [0.295, 0.391]': `value` and the (lo, hi) pair `ci`, each formatted with the
+    format spec or function `fmt`; `value` + `no_ci` when the interval is absent or not
+    finite, `missing` when the value is."""
+    show = fmt if callable(fmt) else (lambda x: format(x, fmt))
+    v = _number(value)
+    if not math.isfinite(v):
+        return missing
+    lo, hi = (_number(ci[0]), _number(ci[1])) if isinstance(ci, (list, tuple)) and len(ci) == 2 else (math.nan,) * 2
+    if math.isfinite(lo) and math.isfinite(hi):
+        return f"{show(v)} [{show(lo)}, {show(hi)}]"
+    return show(v) + no_ci
 
 
 def _check_confidence(confidence: float) -> None:

@@ -59,7 +59,9 @@ def harness_config(spec, data_file: Path | None) -> dict:
         cfg["target_delimiter"] = spec.target_delimiter
     cfg["metric_list"] = [{"metric": m, "aggregation": _METRICS[m][0], "higher_is_better": _METRICS[m][1]}
                           for m in spec.metrics]
-    cfg["metadata"] = {"version": spec.version if spec.version is not None else 1.0}
+    cfg["metadata"] = {"version": spec.version if spec.version is not None else 1.0,  # + scalelab's task facts
+                       **({"display_name": spec.display_name} if spec.display_name else {}),
+                       **({"chance": spec.chance} if spec.chance is not None else {}), "headline": spec.headline}
     return cfg
 
 

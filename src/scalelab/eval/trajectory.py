@@ -33,9 +33,6 @@ FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
 DEFAULT_TASKS = ("hellaswag", "arc_easy", "piqa")
 DEFAULT_LIMIT = 500  # per task: a 95% CI of about +-0.04 around 0.3
-# The metric each task's published baselines quote (HellaSwag: the harness's acc_norm).
-HEADLINE = {"hellaswag": "acc_norm", "arc_easy": "acc", "piqa": "acc", "arc_challenge": "acc_norm",
-            "openbookqa": "acc_norm"}
 
 
 def default_out(run_dir: str | Path) -> Path:
@@ -241,6 +238,8 @@ def evaluate_checkpoints(run_dir: str | Path, checkpoints: str = "all", tasks=No
 
 def format_row(body: dict[str, Any]) -> str:
     """One line: step, tokens, val loss and each task's headline metric."""
+    from scalelab.eval.tasks.spec import headline_metric
+
     r = body.get("results") or {}
     parts = [f"step {body.get('step')}", f"{body.get('tokens') or 0:,} tokens"]
     if isinstance(r.get("lm"), dict):
@@ -248,7 +247,7 @@ def format_row(body: dict[str, Any]) -> str:
     for task, res in r.items():
         if task == "lm":
             continue
-        metric = HEADLINE.get(task, "acc")
+        metric = headline_metric(task)  # the metric published baselines quote (the task YAML's)
         if metric not in res:
             continue
         parts.append(f"{task} {metric} {res[metric]:.4f}")

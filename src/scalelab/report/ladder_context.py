@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from scalelab.eval.stats import format_ci
 from scalelab.report.markdown import count, f3, fci, finite, num, sci
 from scalelab.report.note_context import fig_link
 from scalelab.scaling.ladder import CHINCHILLA_A
@@ -61,11 +62,7 @@ def reason_of(status: str) -> str:
 
 def nci(v, ci) -> str:
     """A parameter count with its CI: '25.3K [2.66K, 43.5K]'."""
-    if not finite(v):
-        return "n/a"
-    if isinstance(ci, (list, tuple)) and len(ci) == 2 and finite(ci[0]) and finite(ci[1]):
-        return f"{count(v)} [{count(ci[0])}, {count(ci[1])}]"
-    return f"{count(v)} [no CI]"
+    return format_ci(v, ci, count)
 
 
 def mci(value: dict | None, nd: int = 3) -> str:

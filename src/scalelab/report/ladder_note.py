@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from scalelab.eval.stats import format_ci
 from scalelab.io import atomic_write_text
 from scalelab.report import ladder_sections
 from scalelab.report.ladder_context import (
@@ -225,7 +226,7 @@ def lnd_fit(ctx: LadderContext) -> list[str]:
     for k, sym in (("E", "E"), ("A", "A"), ("B", "B"), ("alpha", "α"), ("beta", "β")):
         v, c = chi.get(k), ci.get(k)
         big = finite(v) and abs(num(v)) >= 1000 or (isinstance(c, list) and any(finite(x) and abs(num(x)) >= 1000 for x in c))
-        txt = (f"{sci(v)} [{sci(c[0]) if c else 'n/a'}, {sci(c[1]) if c else 'n/a'}]" if big else fci(v, c))
+        txt = format_ci(v, c, sci, no_ci=" [n/a, n/a]") if big else fci(v, c)
         rows.append([sym, txt, pub[k], BESIROGLU_2024.get(k, "")])
     d = chi.get("derived") or {}
     for k, sym in (("a", "a = β/(α+β)"), ("b", "b = α/(α+β)")):

@@ -11,6 +11,7 @@ from scalelab.report.ladder_context import (
     LadderContext, consistency_verdict, frontier_metric_rows, holdout_items, holdout_label, holdout_ok, reason_of,
     nopt_holdout, nopt_holdout_text,
 )
+from scalelab.eval.stats import format_ci
 from scalelab.report.markdown import count, f3, fci, finite, intc, num, sci, table
 from scalelab.report.note_context import CHINCHILLA_RANGE
 from scalelab.scaling.ladder_results import (
@@ -148,7 +149,7 @@ def downstream(ctx: LadderContext) -> list[str]:
                 continue
             where = f"N = {sci(p.get('N'))}, D = {sci(p.get('D'))}"
             if finite(p.get("bpb")):
-                acc_txt = (f"{p.get('accuracy'):.3f} [{p['accuracy_ci'][0]:.3f}, {p['accuracy_ci'][1]:.3f}]"
+                acc_txt = (format_ci(p.get("accuracy"), p.get("accuracy_ci"))
                            if finite(p.get("accuracy")) else f"not predicted ({p.get('accuracy_reason')})")
                 L.append(f"  - chained prediction at {where}: bpb {fci(p['bpb'], p.get('bpb_ci'))}, accuracy {acc_txt}")
             else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from scalelab.eval.stats import format_ci
 from scalelab.scaling.results import finite, fmt_ratio, num
 
 __all__ = ["num", "finite", "fmt_ratio", "f3", "fci", "count", "intc", "sci", "duration", "table", "where_in_ci"]
@@ -20,12 +21,8 @@ def f3(x, nd: int = 3) -> str:
 
 
 def fci(v, ci, nd: int = 3) -> str:
-    """'0.366 [0.295, 0.391]' (estimate and 95% CI), 'n/a' parts where missing."""
-    if not finite(v):
-        return "n/a"
-    if isinstance(ci, (list, tuple)) and len(ci) == 2 and finite(ci[0]) and finite(ci[1]):
-        return f"{num(v):.{nd}f} [{num(ci[0]):.{nd}f}, {num(ci[1]):.{nd}f}]"
-    return f"{num(v):.{nd}f} [no CI]"
+    """'0.366 [0.295, 0.391]' (estimate and 95% CI; eval.stats.format_ci), 'n/a' where missing."""
+    return format_ci(v, ci, f".{nd}f")
 
 
 def count(n) -> str:

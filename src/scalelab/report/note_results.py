@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from scalelab.eval.stats import format_ci
 from scalelab.report.markdown import count, f3, fci, finite, fmt_ratio, intc, num, sci, table
 from scalelab.report.note_context import NoteContext
 from scalelab.scaling.results import frontier_column, frontier_points, lower_envelope, ratio_of
@@ -185,8 +186,7 @@ def results_downstream(ctx: NoteContext) -> list[str]:
                         mean = sum(v[0] for v in vals) / len(vals)
                         lo = min(v[1] for v in vals)
                         hi = max(v[2] for v in vals)
-                        cells.append(f"{mean:.3f} [{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) and math.isfinite(hi)
-                                     else f"{mean:.3f}")
+                        cells.append(format_ci(mean, (lo, hi), no_ci=""))
                     else:
                         cells.append("—")
                 if any_val:

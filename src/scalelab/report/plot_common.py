@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from scalelab.eval.stats import format_ci
 from scalelab.io import atomic_write_bytes
 from scalelab.report.markdown import count
 from scalelab.scaling.laws import compute_optimal, kaplan_loss
@@ -125,11 +126,7 @@ def size_colors(ns: Iterable[float]) -> dict[float, Any]:
 
 
 def ci_text(v, ci) -> str:
-    if not finite(v):
-        return "n/a"
-    if ci and len(ci) == 2 and finite(ci[0]) and finite(ci[1]):
-        return f"{num(v):.3f} [{num(ci[0]):.3f}, {num(ci[1]):.3f}]"
-    return f"{num(v):.3f} (no CI)"
+    return format_ci(v, ci, no_ci=" (no CI)")
 
 
 def seed_offsets(runs: list[dict], step: float = 0.07) -> np.ndarray:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from scalelab.eval.stats import format_ci
 from scalelab.report.markdown import count, f3, intc, sci
 from scalelab.report.run_baselines import baseline_value
 from scalelab.report.numbers import finite as _ok, num as _num
 from scalelab.report.run_files import (
-    CHANCE,
-    TASK_ALIASES,
+    SUGGESTED_TASKS,
     Z95,
     RunFiles,
     _ci,
@@ -21,6 +21,8 @@ from scalelab.report.run_files import (
     _se_from,
     _table,
     _training_task_lines,
+    chance_cell,
+    task_facts,
     eval_rows,
     lm_eval_row,
     progress,
@@ -30,6 +32,7 @@ from scalelab.report.run_files import (
 from scalelab.report.run_trajectory import table_markdown
 
 def benchmark_markdown(run: RunFiles, baselines: dict[str, Any] | None) -> str:
+    facts = task_facts()
     p = progress(run)
     sz = sizes(run)
     L = [f"# Benchmark: {run.name}", "",
@@ -40,7 +43,7 @@ def benchmark_markdown(run: RunFiles, baselines: dict[str, Any] | None) -> str:
     names = list(models)
     if not rows:
         L += ["No evaluation results in this run dir yet (`RUN/eval/results.json`): run "
-              f"`scalelab eval {run.dir} --tasks hellaswag,arc_easy,arc_challenge,piqa,winogrande,lambada`, then "
+              f"`scalelab eval {run.dir} --tasks {SUGGESTED_TASKS}`, then "
               "`scalelab report RUN` again.", ""]
     if baselines is None:
         L += ["The baselines file (scalelab/assets/baselines.json, or $SCALELAB_BASELINES) was not found, so no published "
@@ -49,7 +52,7 @@ def benchmark_markdown(run: RunFiles, baselines: dict[str, Any] | None) -> str:
         head = ["task", "metric", "ours [95% CI]", "n"] + [models[m].get("name", m) for m in names] + ["chance"]
         table = []
         for r in rows:
-            task = TASK_ALIASES.get(r["task"], r["task"])
+            task = facts.canonical_task(r["task"])
             nd = 2 if r["metric"] in ("perplexity", "ppl") else 4
             cells = [r["task"], r["metric"], _ci(r["value"], r["ci"], nd), _n_cell(r)]
             for m in names:
@@ -60,7 +63,7 @@ def benchmark_markdown(run: RunFiles, baselines: dict[str, Any] | None) -> str:
                                  + ("†" if e.get("split") and _eval_split(run, r["task"]) and e["split"] != _eval_split(run, r["task"]) else ""))
                 else:
                     cells.append("—")
-            cells.append(f"{CHANCE[task]:.2f}" if task in CHANCE and r["metric"] != "perplexity" else "")
+            cells.append(chance_cell(task, r["metric"]))
             table.append(cells)
         L += _table(head, table)
         L += ["", "Ours: 95% Wilson intervals (accuracies) or bootstrap intervals (perplexity) from "
@@ -70,7 +73,7 @@ def benchmark_markdown(run: RunFiles, baselines: dict[str, Any] | None) -> str:
               "task (e.g. ARC test vs our validation split), so the comparison is indicative only.", ""]
         diffs = []
         for r in rows:
-            task = TASK_ALIASES.get(r["task"], r["task"])
+            task = facts.canonical_task(r["task"])
             if r["metric"] not in ("acc", "acc_norm") or not _ok(r["value"]):
                 continue
             for m in names:
@@ -85,7 +88,7 @@ def benchmark_markdown(run: RunFiles, baselines: dict[str, Any] | None) -> str:
                 se = math.sqrt(_num(se_o) ** 2 + se_b ** 2)
                 lo, hi = d - Z95 * se, d + Z95 * se
                 verdict = "ours higher" if lo > 0 else "ours lower" if hi < 0 else "no significant difference"
-                diffs.append([r["task"], r["metric"], models[m].get("name", m), f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]",
+                diffs.append([r["task"], r["metric"], models[m].get("name", m), format_ci(d, (lo, hi), "+.4f"),
                               verdict])
         if diffs:
             L += ["### Differences (ours − published) with 95% CIs", "",

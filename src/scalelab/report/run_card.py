@@ -8,7 +8,7 @@ from typing import Any
 from scalelab.report.markdown import count, duration, f3, intc, sci
 from scalelab.report.numbers import finite as _ok, num as _num
 from scalelab.report.run_files import (
-    CHANCE,
+    SUGGESTED_TASKS,
     RunFiles,
     _ci,
     _data_description,
@@ -17,6 +17,7 @@ from scalelab.report.run_files import (
     _pct,
     _table,
     _training_task_lines,
+    chance_cell,
     eval_rows,
     lm_eval_row,
     load_run,
@@ -25,7 +26,6 @@ from scalelab.report.run_files import (
     throughput,
 )
 from scalelab.report.run_trajectory import samples_sentence, trajectory_sentences
-
 
 def _arch_line(run: RunFiles) -> str:
     mc = run.model_config
@@ -170,7 +170,7 @@ def model_card_markdown(run_dir: str | Path | RunFiles, export: dict[str, Any] |
               "perplexity with a bootstrap interval.", ""]
         L += _table(["task", "metric", "value [95% CI]", "n", "chance"],
                     [[r["task"], r["metric"], _ci(r["value"], r["ci"], 2 if r["metric"] == "perplexity" else 4),
-                      _n_cell(r), f"{CHANCE[r['task']]:.2f}" if r["task"] in CHANCE and r["metric"] != "perplexity" else ""]
+                      _n_cell(r), chance_cell(r["task"], r["metric"])]
                      for r in rows])
         if any(r.get("n_truncated") for r in rows):
             L += ["", f"Truncated: examples whose context + answer exceeded the {mc.get('seq_len')}-token window and "
@@ -179,7 +179,7 @@ def model_card_markdown(run_dir: str | Path | RunFiles, export: dict[str, Any] |
         L += ["", "Comparison with published models of similar size: BENCHMARK.md."]
     else:
         L += ["Not evaluated yet: no `eval/results.json` in the run dir. Run "
-              f"`scalelab eval {run.dir} --tasks hellaswag,arc_easy,arc_challenge,piqa,winogrande,lambada` "
+              f"`scalelab eval {run.dir} --tasks {SUGGESTED_TASKS}` "
               "and regenerate this card with `scalelab report RUN`."]
     L += ["", "### Learning trajectory", ""]
     traj = trajectory_sentences(run)

@@ -29,18 +29,32 @@ import numpy as np
 import yaml
 
 from scalelab.errors import CheckpointError, ScalelabError
+from scalelab.eval.stats import format_ci
 from scalelab.report.markdown import intc, sci
 from scalelab.report.numbers import finite as _ok, num as _num
 
 FILES = ("MODEL_CARD.md", "BENCHMARK.md", "LOSS_CURVE.png", "SAMPLES.md", "WRITEUP.md")
 Z95 = 1.959963984540054
 
-# Chance accuracy of each built-in task (1 / number of choices; ARC questions have 3-5
-# choices, almost all 4). LAMBADA is open-vocabulary (chance ~0).
-CHANCE = {"hellaswag": 0.25, "arc_easy": 0.25, "arc_challenge": 0.25, "piqa": 0.5, "winogrande": 0.5,
-          "openbookqa": 0.25, "sciq": 0.25, "boolq": 0.5, "copa": 0.5, "lambada": 0.0}
-TASK_ALIASES = {"lambada_openai": "lambada"}
-HAS_ACC_NORM = {"hellaswag", "arc_easy", "arc_challenge", "piqa", "openbookqa", "sciq"}
+
+
+# The tasks the documents suggest evaluating when a run has no eval/results.json yet.
+SUGGESTED_TASKS = "hellaswag,arc_easy,arc_challenge,piqa,winogrande,lambada"
+
+
+# Task facts (chance level, headline metric, display name, aliases) come from the task YAMLs
+# (eval/task_specs/): eval.tasks.spec's chance_level, headline_metric, task_label, canonical_task.
+def task_facts():
+    """eval.tasks.spec, imported on call (the eval task stack loads torch)."""
+    from scalelab.eval.tasks import spec
+
+    return spec
+
+
+def chance_cell(task: str, metric: str) -> str:
+    """A table's chance column: the task's chance accuracy, blank for perplexity rows."""
+    chance = task_facts().chance_level(task)
+    return f"{chance:.2f}" if chance is not None and metric != "perplexity" else ""
 
 # What is known about the corpora scalelab reads by name (description, licence).
 DATA_NOTES = {
@@ -335,7 +349,8 @@ def training_tasks(run: RunFiles) -> dict[str, dict[str, Any]]:
 def _training_task_lines(run: RunFiles) -> dict[str, str]:
     lines = {}
     for name, d in training_tasks(run).items():
-        metric = "acc_norm" if name in HAS_ACC_NORM else "acc"  # what run_tasks_in_training reports
+        spec = task_facts().builtin_spec(name)
+        metric = spec.primary_metric if spec else "acc"  # what run_tasks_in_training reports
         lines[name] = (f"In-training {name} ({metric} on a fixed seeded subset of {intc(d['limit'])} examples, "
                      f"{d['points']} evaluations): {d['first']:.4f} at step {intc(d['first_step'])} → "
                      f"{d['last']:.4f} at step {intc(d['last_step'])} (best {d['best']:.4f} at step "
@@ -386,11 +401,7 @@ def _fmt(v, nd: int) -> str:
 
 
 def _ci(v, ci, nd: int = 4) -> str:
-    if not _ok(v):
-        return "n/a"
-    if isinstance(ci, (list, tuple)) and len(ci) == 2 and _ok(ci[0]) and _ok(ci[1]):
-        return f"{_fmt(v, nd)} [{_fmt(ci[0], nd)}, {_fmt(ci[1], nd)}]"
-    return _fmt(v, nd)
+    return format_ci(v, ci, lambda x: _fmt(x, nd), no_ci="")
 
 
 def _n_cell(r: dict[str, Any]) -> str:

@@ -11,18 +11,8 @@ from typing import Any
 from scalelab.report.markdown import intc
 from scalelab.report.numbers import finite as _ok, num as _num
 from scalelab.report.run_baselines import baseline_value
-from scalelab.report.run_files import CHANCE, RunFiles, _ci, _table
-
-TASK_LABELS = {"hellaswag": "HellaSwag", "arc_easy": "ARC-Easy", "arc_challenge": "ARC-Challenge", "piqa": "PIQA",
-               "winogrande": "Winogrande", "openbookqa": "OpenBookQA", "sciq": "SciQ", "boolq": "BoolQ",
-               "lambada": "LAMBADA"}
+from scalelab.report.run_files import RunFiles, _ci, _table, task_facts
 FIGURE = "TRAJECTORY.png"
-
-
-def headline(task: str) -> str:
-    from scalelab.eval.trajectory import HEADLINE
-
-    return HEADLINE.get(task, "acc")
 
 
 def trajectory_tasks(rows: list[dict[str, Any]]) -> list[str]:
@@ -45,6 +35,7 @@ def series(rows: list[dict[str, Any]], task: str, metric: str) -> list[tuple[int
 
 def table_markdown(run: RunFiles, baselines: dict[str, Any] | None) -> list[str]:
     """BENCHMARK.md's '## Learning trajectory' section."""
+    facts = task_facts()
     rows = run.trajectory
     L = ["## Learning trajectory: one row per checkpoint", ""]
     if not rows:
@@ -52,7 +43,7 @@ def table_markdown(run: RunFiles, baselines: dict[str, Any] | None) -> list[str]
                     "checkpoints with `train.ckpt_keep_every`), then `scalelab report RUN` again.", ""]
     tasks = trajectory_tasks(rows)
     head = ["step", "tokens", "val loss", "perplexity", "bits/byte"] + \
-        [f"{TASK_LABELS.get(t, t)} {headline(t)}" for t in tasks]
+        [f"{facts.task_label(t)} {facts.headline_metric(t)}" for t in tasks]
     table = []
     for r in rows:
         res = r.get("results") or {}
@@ -61,7 +52,7 @@ def table_markdown(run: RunFiles, baselines: dict[str, Any] | None) -> list[str]
                  _ci(lm.get("ppl"), lm.get("ppl_ci"), 2), _ci(lm.get("bpb"), lm.get("bpb_ci"))]
         for t in tasks:
             m = res.get(t) or {}
-            cells.append(_ci(m.get(headline(t)), m.get(f"{headline(t)}_ci")))
+            cells.append(_ci(m.get(facts.headline_metric(t)), m.get(f"{facts.headline_metric(t)}_ci")))
         table.append(cells)
     L += _table(head, table)
     s = rows[-1].get("settings") or {}
@@ -71,9 +62,9 @@ def table_markdown(run: RunFiles, baselines: dict[str, Any] | None) -> list[str]
           "with the same inputs: validation loss / perplexity / bits per byte on the first "
           f"{intc(lm_cfg.get('max_tokens'))} tokens of `{lm_cfg.get('source')}` ({lm_cfg.get('split')} split; 95% "
           "bootstrap CIs over windows), and each task on one fixed seeded subset ("
-          + ", ".join(f"{TASK_LABELS.get(t, t)} n={intc(n[t])}" for t in tasks)
+          + ", ".join(f"{facts.task_label(t)} n={intc(n[t])}" for t in tasks)
           + f", seed {s.get('seed')}; 95% Wilson CIs), 0-shot, lm-evaluation-harness formatting. Chance: "
-          + ", ".join(f"{TASK_LABELS.get(t, t)} {CHANCE[t]:.2f}" for t in tasks if t in CHANCE)
+          + ", ".join(f"{facts.task_label(t)} {c:.2f}" for t in tasks if (c := facts.chance_level(t)) is not None)
           + f". Figure: {FIGURE} (metrics vs tokens seen, CI bands); LOSS_CURVE.png marks these checkpoints.", ""]
     L += baselines_markdown(tasks, baselines)
     return L
@@ -85,7 +76,7 @@ def baseline_points(tasks: list[str], baselines: dict[str, Any] | None) -> list[
     models = (baselines or {}).get("models") or {}
     for key, m in models.items():
         for task in list(tasks) + (["lambada"] if "lambada" not in tasks else []):
-            metric = "acc" if task == "lambada" else headline(task)
+            metric = task_facts().headline_metric(task)
             e = ((m.get("results") or {}).get(task) or {}).get(metric)
             if e and _ok(e.get("value")):
                 out.append({"model": m.get("name", key), "task": task, "metric": metric, "value": _num(e["value"]),
@@ -104,7 +95,7 @@ def baselines_markdown(tasks: list[str], baselines: dict[str, Any] | None) -> li
     rows = []
     for p in pts:
         v, se, _ = baseline_value(p)
-        rows.append([p["model"], f"{TASK_LABELS.get(p['task'], p['task'])} {p['metric']}",
+        rows.append([p["model"], f"{task_facts().task_label(p['task'])} {p['metric']}",
                      f"{v:.4f}" + (f" ± {se:.4f}" if se is not None else ""), f"{p['split']}, n={intc(p['n'])}",
                      p["source"] + (f" ({srcs[p['source']]['url']})" if srcs.get(p["source"], {}).get("url") else "")])
     L += _table(["model", "task metric", "value ± stderr", "split", "source"], rows)
@@ -118,6 +109,7 @@ def baselines_markdown(tasks: list[str], baselines: dict[str, Any] | None) -> li
 
 def trajectory_sentences(run: RunFiles) -> list[str]:
     """What the trajectory shows, for MODEL_CARD.md and WRITEUP.md (empty without one)."""
+    facts = task_facts()
     rows = run.trajectory
     if not rows:
         return []
@@ -130,13 +122,13 @@ def trajectory_sentences(run: RunFiles) -> list[str]:
         out.append(f"Validation loss along it: {_ci(loss[0][2], loss[0][3])} at step {intc(loss[0][0])} → "
                    f"{_ci(loss[-1][2], loss[-1][3])} at step {intc(loss[-1][0])}.")
     for t in trajectory_tasks(rows):
-        s = series(rows, t, headline(t))
+        s = series(rows, t, facts.headline_metric(t))
         if not s:
             continue
-        ch = CHANCE.get(t)
+        ch = facts.chance_level(t)
         last_ci = s[-1][3]
         above = ch is not None and isinstance(last_ci, list) and _ok(last_ci[0]) and _num(last_ci[0]) > ch
-        out.append(f"{TASK_LABELS.get(t, t)} {headline(t)}: {_ci(s[0][2], s[0][3])} at step {intc(s[0][0])} → "
+        out.append(f"{facts.task_label(t)} {facts.headline_metric(t)}: {_ci(s[0][2], s[0][3])} at step {intc(s[0][0])} → "
                    f"{_ci(s[-1][2], s[-1][3])} at step {intc(s[-1][0])} (n={intc(s[-1][4])}; chance "
                    f"{ch if ch is not None else 'n/a'}"
                    + ("; the last CI excludes chance)." if above else "; the last CI includes chance).")
@@ -155,6 +147,7 @@ def samples_sentence(run: RunFiles, info: dict[str, Any] | None) -> str | None:
 
 def figure_panels(run: RunFiles, baselines: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The panels of TRAJECTORY.png (run_plots.plot_trajectory); [] without a trajectory."""
+    facts = task_facts()
     rows = run.trajectory
     panels = []
     for metric, label in (("loss", "validation loss (nats/token)"), ("bpb", "validation bits/byte")):
@@ -164,16 +157,16 @@ def figure_panels(run: RunFiles, baselines: dict[str, Any] | None) -> list[dict[
     tasks = trajectory_tasks(rows)
     lines, hlines = [], []
     for j, t in enumerate(tasks):
-        pts = [(tok, v, ci) for _, tok, v, ci, _ in series(rows, t, headline(t))]
+        pts = [(tok, v, ci) for _, tok, v, ci, _ in series(rows, t, facts.headline_metric(t))]
         if not pts:
             continue
-        lines.append({"label": f"{TASK_LABELS.get(t, t)} {headline(t)}", "points": pts})
-        if t in CHANCE:
-            hlines.append({"y": CHANCE[t], "label": f"chance ({TASK_LABELS.get(t, t)})", "style": ":",
+        lines.append({"label": f"{facts.task_label(t)} {facts.headline_metric(t)}", "points": pts})
+        if facts.chance_level(t) is not None:
+            hlines.append({"y": facts.chance_level(t), "label": f"chance ({facts.task_label(t)})", "style": ":",
                            "color": f"C{len(lines) - 1}"})
         for p in baseline_points([t], baselines):
             if p["task"] == t:
-                hlines.append({"y": p["value"], "label": f"{p['model']} {TASK_LABELS.get(t, t)}", "style": "--",
+                hlines.append({"y": p["value"], "label": f"{p['model']} {facts.task_label(t)}", "style": "--",
                                "color": f"C{len(lines) - 1}"})
     if lines:
         panels.append({"ylabel": "zero-shot accuracy", "lines": lines, "hlines": hlines})

@@ -7,14 +7,14 @@ from typing import Any
 from scalelab.report.markdown import duration, f3, intc
 from scalelab.report.numbers import finite as _ok, num as _num
 from scalelab.report.run_files import (
-    CHANCE,
-    TASK_ALIASES,
+    SUGGESTED_TASKS,
     RunFiles,
     _ci,
     _data_description,
     _lr_find_sentence,
     _pct,
     _training_task_lines,
+    task_facts,
     eval_rows,
     progress,
     sizes,
@@ -26,6 +26,7 @@ from scalelab.report.run_trajectory import samples_sentence, trajectory_sentence
 
 
 def writeup_markdown(run: RunFiles, samples_info: dict[str, Any] | None = None) -> str:
+    facts = task_facts()
     p = progress(run)
     sz = sizes(run)
     h = training_health(run)
@@ -80,8 +81,8 @@ def writeup_markdown(run: RunFiles, samples_info: dict[str, Any] | None = None) 
     for r in ev:
         if r["metric"] not in ("acc", "acc_norm") or not isinstance(r.get("ci"), list) or not _ok(r["ci"][0]):
             continue
-        task = TASK_ALIASES.get(r["task"], r["task"])
-        ch = CHANCE.get(task)
+        task = facts.canonical_task(r["task"])
+        ch = facts.chance_level(task)
         if ch is None:
             continue
         if task == "lambada":
@@ -138,7 +139,7 @@ def writeup_markdown(run: RunFiles, samples_info: dict[str, Any] | None = None) 
     L += ["", "## Reproduce", "", "```bash",
           "scalelab train config.yaml            # the resolved config saved in this run dir",
           f"scalelab lr-find config.yaml --steps 100 --out {run.dir}/lr_find",
-          f"scalelab eval {run.dir} --tasks hellaswag,arc_easy,arc_challenge,piqa,winogrande,lambada",
+          f"scalelab eval {run.dir} --tasks {SUGGESTED_TASKS}",
           f"scalelab eval {run.dir} --checkpoints all   # the learning trajectory (one row per checkpoint)",
           f"scalelab report {run.dir}", "```", "",
           f"Every number above was read from or computed from: {', '.join(f'`{x}`' for x in run.read)}.", ""]

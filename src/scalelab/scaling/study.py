@@ -26,6 +26,7 @@ import yaml
 
 from scalelab.config import RunConfig, config_from_dict
 from scalelab.errors import TrainingError
+from scalelab.eval.stats import format_ci
 from scalelab.io import atomic_write_json, atomic_write_text, git_hash, software_versions
 from scalelab.scaling.executors import run_jobs
 from scalelab.scaling.plan import PlanRules, attach_gpu_hours, parse_size, plan_family, plan_isoflop
@@ -282,9 +283,8 @@ def _hardware(base: RunConfig, cfg: StudyConfig) -> dict[str, Any]:
     return info
 
 
-def _ci_text(v, ci, nd: int = 3) -> str:
-    ok = v is not None and ci and all(c is not None and math.isfinite(c) for c in ci)
-    return f"{v:.{nd}f} [{ci[0]:.{nd}f}, {ci[1]:.{nd}f}]" if ok else (f"{v:.{nd}f}" if v is not None else "n/a")
+def _ci(v, ci) -> str:
+    return format_ci(v, ci, no_ci="")
 
 
 def format_isoflop_study(results: dict[str, Any]) -> str:
@@ -296,17 +296,17 @@ def format_isoflop_study(results: dict[str, Any]) -> str:
     for s in sorted(results["sizes"], key=lambda s: (budget_of[s["name"]], s["params"])):
         run = {"budget": budget_of[s["name"]]}
         lines.append(f"{run['budget']:>9.2e} {s['name']:>10} {s['params']:>8,} {s['tokens']:>9,} "
-                     f"{s['tokens'] / s['params']:>6.1f} {s['n_seeds']:>5} {_ci_text(s['loss']['mean'], [s['loss']['lo'], s['loss']['hi']]):>24}")
+                     f"{s['tokens'] / s['params']:>6.1f} {s['n_seeds']:>5} {_ci(s['loss']['mean'], [s['loss']['lo'], s['loss']['hi']]):>24}")
     fits = results.get("fits", {})
     for row in fits.get("exponents") or []:
-        got = row.get("missing") or _ci_text(row.get("a"), row.get("ci"))
+        got = row.get("missing") or _ci(row.get("a"), row.get("ci"))
         lines.append(f"a = dlog N_opt / dlog C, {row['approach']} ({row['law']}): {got}   "
                      f"(Chinchilla: {row['chinchilla_a']:.2f})")
     c = fits.get("chinchilla") or {}
     if c and not c.get("degenerate"):
         ci = c.get("ci") or {}
-        lines.append(f"L(N, D) = E + A/N^alpha + B/D^beta: alpha = {_ci_text(c['alpha'], ci.get('alpha'))}, "
-                     f"beta = {_ci_text(c['beta'], ci.get('beta'))}, E = {_ci_text(c['E'], ci.get('E'))}")
+        lines.append(f"L(N, D) = E + A/N^alpha + B/D^beta: alpha = {_ci(c['alpha'], ci.get('alpha'))}, "
+                     f"beta = {_ci(c['beta'], ci.get('beta'))}, E = {_ci(c['E'], ci.get('E'))}")
     elif c:
         lines.append(f"L(N, D) fit: degenerate ({c.get('reason')})")
     con = fits.get("consistency") or {}

@@ -178,7 +178,11 @@ def task_fits(runs: list[dict], task: str, n_boot: int, seed: int, resample: str
     _attempt(out, "bpb_law", lambda: chinchilla_fit(runs, task_metric(task, "bpb"), n_boot, seed, resample,
                                                     budgets, profile=False), law="chinchilla")
     own = [r["tasks"][task] for r in runs if task in (r.get("tasks") or {})]
-    chance = float(np.mean([t.get("chance") or 0.25 for t in own])) if own else None
+    from scalelab.eval.tasks.spec import chance_level
+
+    # chance per run: measured (mean 1 / choices of its examples), else the task YAML's metadata.chance
+    levels = [t["chance"] if t.get("chance") is not None else chance_level(task) for t in own]
+    chance = float(np.mean(levels)) if own and None not in levels else None
     ext = [p["tasks"][task] for p in external or [] if task in (p.get("tasks") or {})]
     rows = own + ext
     metric = "acc_norm" if rows and all("acc_norm" in t for t in rows) else "acc"

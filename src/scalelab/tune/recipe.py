@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from scalelab.eval.stats import mean_ci, ratio_of_means_ci, welch_t_test
+from scalelab.eval.stats import format_ci, mean_ci, ratio_of_means_ci, welch_t_test
 from scalelab.io import atomic_write_json, atomic_write_text, git_hash
 from scalelab.tune.setup import merge_overrides
 from scalelab.tune.space import format_value, same_value
@@ -389,9 +389,7 @@ def _num(v: float | None, fmt: str = ",.0f") -> str:
 
 
 def _ci(d: dict | None) -> str:
-    if not d:
-        return "n/a"
-    return f"{_num(d.get('mean'))} [{_num(d.get('lo'))}, {_num(d.get('hi'))}]"
+    return format_ci((d or {}).get("mean"), [(d or {}).get("lo"), (d or {}).get("hi")], ",.0f", no_ci=" [n/a, n/a]")
 
 
 def recipe_markdown(result: dict[str, Any]) -> str:

@@ -43,8 +43,13 @@ from scalelab.eval.tasks.spec import (  # noqa: F401
     PROCESSORS,
     TaskSpec,
     builtin_specs,
+    builtin_spec,
     available_tasks,
+    canonical_task,
+    chance_level,
     get_spec,
+    headline_metric,
+    task_label,
     load_spec_file,
     spec_from_dict,
 )

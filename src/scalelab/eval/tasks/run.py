@@ -149,8 +149,7 @@ def run_tasks_in_training(model, tokenizer, task_names: list[str], limit: int | 
                 _TRAIN_CACHE[key] = (spec, examples)
             spec, examples = _TRAIN_CACHE[key]
             records = score_examples(em, spec, examples)
-            metric = "acc_norm" if "acc_norm" in spec.metrics else "acc"
-            out[name] = float(np.mean([r[metric] for r in records]))
+            out[name] = float(np.mean([r[spec.primary_metric] for r in records]))
     finally:
         model.train(was_training)
     return out

@@ -76,6 +76,19 @@ class TaskSpec:
     aliases: list[str] = field(default_factory=list)
     version: Any = None
     origin: str = ""  # the file it came from
+    # Task facts from the YAML's metadata (the reports and studies read them here, nowhere else):
+    display_name: str = ""  # e.g. HellaSwag; empty: the task name
+    chance: float | None = None  # accuracy of a uniform guess (None: not given)
+    headline: str = "acc"  # the metric published baselines quote
+
+    @property
+    def label(self) -> str:
+        return self.display_name or self.name
+
+    @property
+    def primary_metric(self) -> str:
+        """The one metric a short summary reports: acc_norm where the task has it, else acc."""
+        return "acc_norm" if "acc_norm" in self.metrics else "acc"
 
     def describe(self) -> dict:
         return {"output_type": self.output_type, "origin": self.origin, "version": self.version,
@@ -137,6 +150,34 @@ def get_spec(name_or_path: str | Path) -> TaskSpec:
 @functools.lru_cache(maxsize=None)
 def _load_builtin(name: str) -> TaskSpec:
     return load_spec_file(builtin_specs()[name])
+
+
+def builtin_spec(name: str) -> TaskSpec | None:
+    """The built-in task `name` (or an alias of it); None for any other name, e.g. a task
+    file's task, whose facts are not known from its name alone."""
+    names = _builtin_aliases()
+    return _load_builtin(names[name]) if name in names else None
+
+
+def task_label(name: str) -> str:
+    spec = builtin_spec(name)
+    return spec.label if spec else name
+
+
+def chance_level(name: str) -> float | None:
+    spec = builtin_spec(name)
+    return spec.chance if spec else None
+
+
+def headline_metric(name: str) -> str:
+    spec = builtin_spec(name)
+    return spec.headline if spec else "acc"
+
+
+def canonical_task(name: str) -> str:
+    """The built-in name of an alias (lambada_openai -> lambada); other names unchanged."""
+    spec = builtin_spec(name)
+    return spec.name if spec else name
 
 
 def load_spec_file(path: str | Path) -> TaskSpec:
@@ -211,12 +252,23 @@ def spec_from_dict(raw: dict, origin: str = "<dict>", base_dir: Path | None = No
     split = harness_split(raw) or "validation"
     for key in ("doc_to_text", "doc_to_target", "doc_to_choice"):
         _check_template(raw.get(key), key, fail)
+    meta = raw.get("metadata") or {}
+    if not isinstance(meta, dict):
+        fail("metadata must be a mapping (e.g. {version: 1.0, chance: 0.25})")
+    chance = meta.get("chance")
+    if chance is not None and not (isinstance(chance, (int, float)) and 0 <= chance <= 1):
+        fail(f"metadata.chance must be a number in [0, 1] (the accuracy of a uniform guess), got {chance!r}")
+    headline = meta.get("headline", "acc" if "acc" in metrics else metrics[0])
+    if headline not in metrics:
+        fail(f"metadata.headline '{headline}' is not one of the task's metrics ({', '.join(metrics)})")
     return TaskSpec(name=name.strip(), output_type=out_type, doc_to_text=raw["doc_to_text"],
                     doc_to_target=raw["doc_to_target"], doc_to_choice=raw.get("doc_to_choice"),
                     target_delimiter=delim, multiple_input=bool(raw.get("multiple_input", False)), process_docs=proc,
                     metrics=list(metrics), dataset_path=raw.get("dataset_path"), dataset_name=raw.get("dataset_name"),
                     split=str(split), local=local, aliases=list(raw.get("aliases") or []),
-                    version=(raw.get("metadata") or {}).get("version", raw.get("version")), origin=origin)
+                    version=meta.get("version", raw.get("version")), origin=origin,
+                    display_name=str(meta.get("display_name") or ""),
+                    chance=None if chance is None else float(chance), headline=headline)
 
 
 def _spec_from_jsonl(path: Path) -> TaskSpec:

@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from scalelab.errors import DataError
+from scalelab.eval.stats import format_ci
 from scalelab.scaling.fit.fits import fit_chinchilla, fit_kaplan
 from scalelab.scaling.fit.isoflop import _bin_budgets, fit_isoflop
 from scalelab.scaling.fit.points import FitError, Points, load_points
@@ -55,7 +56,7 @@ def format_fit(result) -> str:
         if co:
             lines += ["", "| C (FLOPs) | N_opt | D_opt | tokens/param | loss |", "|---|---|---|---|---|"]
             for r in co:
-                cells = [f"{_fmt(r[k])} [{_fmt(r[k + '_ci'][0])}, {_fmt(r[k + '_ci'][1])}]"
+                cells = [format_ci(r[k], r[k + "_ci"], _fmt, no_ci=" [n/a, n/a]")
                          for k in ("N_opt", "D_opt", "tokens_per_param", "loss")]
                 lines.append(f"| {_fmt(r['C'])} | " + " | ".join(cells) + " |")
     elif law == "isoflop":
@@ -79,7 +80,7 @@ def format_fit(result) -> str:
         lines += ["", "| C (FLOPs) | " + " | ".join(f"{k} [{conf:.0%} CI]" for k in keys) + " |",
                   "|---|" + "---|" * len(keys)]
         for r in cps:
-            cells = [f"{_fmt(r[k])} [{_fmt(r[k + '_ci'][0])}, {_fmt(r[k + '_ci'][1])}]" for k in keys]
+            cells = [format_ci(r[k], r[k + "_ci"], _fmt, no_ci=" [n/a, n/a]") for k in keys]
             lines.append(f"| {_fmt(r['C'])} | " + " | ".join(cells) + " |")
     ho = d.get("holdout")
     if ho:
