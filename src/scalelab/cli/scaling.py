@@ -1,7 +1,7 @@
 """`scalelab fit`, `scalelab plan` and `scalelab study`: scaling laws, plans and studies."""
 from __future__ import annotations
 
-from scalelab.cli.common import add_config_arguments
+from scalelab.cli.common import add_config_arguments, command, output_flags
 from scalelab.errors import ConfigError
 from scalelab.io import emit_json
 
@@ -112,9 +112,9 @@ def cmd_study(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("fit", help="fit a scaling law (Kaplan L(N), Chinchilla L(N,D), IsoFLOP) with bootstrap CIs",
-                       description="Fit a scaling law to a study's results.json or a CSV with columns "
-                       "params,tokens,loss (optional seed, flops).")
+    p = command(sub, cmd_fit, "fit", help="fit a scaling law (Kaplan L(N), Chinchilla L(N,D), IsoFLOP) with bootstrap CIs",
+                description="Fit a scaling law to a study's results.json or a CSV with columns "
+                "params,tokens,loss (optional seed, flops).")
     p.add_argument("input", help="results.json of a study, or a CSV file")
     p.add_argument("--law", choices=["chinchilla", "kaplan", "isoflop"], default="chinchilla",
                    help="chinchilla: L = E + A/N^alpha + B/D^beta (default); kaplan: L = E + A*N^-alpha; "
@@ -134,12 +134,11 @@ def register(sub) -> None:
                    "with prediction intervals: the measured extrapolation error")
     p.add_argument("--drop-invalid", action="store_true",
                    help="drop runs with missing/NaN/non-positive values (a warning lists them) instead of failing")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=cmd_fit)
+    output_flags(p, json="print the result as JSON")
 
-    p = sub.add_parser("plan", help="plan a compute-optimal model family from sizes or a compute budget",
-                       description="Shapes, tokens (20x params), FLOPs, lr and batch (DeepSeek LLM rules) and "
-                       "warmup for a model family. Give --sizes or --compute.")
+    p = command(sub, cmd_plan, "plan", help="plan a compute-optimal model family from sizes or a compute budget",
+                description="Shapes, tokens (20x params), FLOPs, lr and batch (DeepSeek LLM rules) and "
+                "warmup for a model family. Give --sizes or --compute.")
     p.add_argument("--sizes", help="comma-separated non-embedding sizes, e.g. 10M,50M,200M,600M")
     p.add_argument("--compute", type=float, help="total training FLOPs of the family, e.g. 1e19")
     p.add_argument("--models", type=int, default=4, help="models in a --compute family (default 4)")
@@ -178,16 +177,13 @@ def register(sub) -> None:
     p.add_argument("--write-configs", metavar="DIR", help="write one training config per model into DIR")
     p.add_argument("--base", help="YAML config whose data/train sections the written configs start from")
     p.add_argument("--runs-dir", default="runs/family", help="out_dir prefix of the written configs")
-    p.add_argument("--json", action="store_true", help="print the plan as JSON")
-    p.set_defaults(func=cmd_plan)
+    output_flags(p, json="print the plan as JSON")
 
-    p = sub.add_parser("study", help="run a scaling study: plan, train every size x seed, fit, plot, note",
-                       description="Plan a compute-optimal family, train each (size, seed) (skipping finished runs, "
-                       "resuming interrupted ones), fit scaling laws with bootstrap CIs, plot, and write NOTE.md. "
-                       "Everything lands in the study's out_dir.")
+    p = command(sub, cmd_study, "study", help="run a scaling study: plan, train every size x seed, fit, plot, note",
+                description="Plan a compute-optimal family, train each (size, seed) (skipping finished runs, "
+                "resuming interrupted ones), fit scaling laws with bootstrap CIs, plot, and write NOTE.md. "
+                "Everything lands in the study's out_dir.")
     add_config_arguments(p, "study YAML, e.g. configs/study-cpu.yaml", "key=value overrides of the study YAML "
                          "(e.g. seeds=[0,1,2] out_dir=runs/s2 base.train.threads=1)", optional=False)
     p.add_argument("--no-report", action="store_true", help="skip the figures and NOTE.md")
-    p.add_argument("--json", action="store_true", help="print sizes, fits and checks as JSON")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_study)
+    output_flags(p, json="print sizes, fits and checks as JSON", quiet="")

@@ -1,9 +1,7 @@
 """`scalelab data` and `scalelab train`: the run's data and its training."""
 from __future__ import annotations
 
-import argparse
-
-from scalelab.cli.common import add_config_arguments, keys_epilog, load_run_config
+from scalelab.cli.common import add_config_arguments, command, keys_epilog, load_run_config, output_flags
 from scalelab.io import emit_json
 
 
@@ -62,21 +60,19 @@ def register(sub) -> None:
     from scalelab.config import RunConfig
 
     epilog = keys_epilog(RunConfig)
-    p = sub.add_parser("data", help="tokenize a corpus into train/val shards (+ tokenizer, meta.json)",
-                       description="Read the corpus named by data.source, train or load the tokenizer, and "
-                       "write llm.c-format shards and meta.json into data.dir.",
-                       epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command(sub, cmd_data, "data", help="tokenize a corpus into train/val shards (+ tokenizer, meta.json)",
+                description="Read the corpus named by data.source, train or load the tokenizer, and "
+                "write llm.c-format shards and meta.json into data.dir.",
+                epilog=epilog)
     add_config_arguments(p, "YAML config (only its data section is used)")
     p.add_argument("--overwrite", action="store_true", help="replace a data dir prepared differently")
-    p.add_argument("--json", action="store_true", help="print meta.json")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_data)
+    output_flags(p, json="print meta.json", quiet="no progress bar")
 
-    p = sub.add_parser("train", help="train (or resume) a model from a YAML config",
-                       description="Train a GPT from a YAML config. Runs on one process, or on N with "
-                       "`torchrun --nproc_per_node N -m scalelab train CONFIG`. Prepares the data first "
-                       "if data.dir has no shards yet.",
-                       epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command(sub, cmd_train, "train", help="train (or resume) a model from a YAML config",
+                description="Train a GPT from a YAML config. Runs on one process, or on N with "
+                "`torchrun --nproc_per_node N -m scalelab train CONFIG`. Prepares the data first "
+                "if data.dir has no shards yet.",
+                epilog=epilog)
     add_config_arguments(p, "YAML config, e.g. configs/cpu-tiny.yaml")
     p.add_argument("--resume", nargs="?", const="last", default=None, metavar="CHECKPOINT",
                    help="continue out_dir's run from its newest valid checkpoint (skipping a missing or "
@@ -85,4 +81,3 @@ def register(sub) -> None:
                    "starts a run that is not there yet)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.set_defaults(func=cmd_train)
