@@ -31,7 +31,8 @@ from scalelab.train.distributed import (DistInfo, all_gather_objects, all_reduce
                                         init_distributed, no_grad_sync, on_main, resolve_parallel)
 from scalelab.train.logging import Progress, RunLogger, truncate_metrics
 from scalelab.train.schedule import lr_at
-from scalelab.train.trainer import _rng_state, _set_rng_state, OOM_HINT, _is_oom
+from scalelab.train.oom import OOM_HINT, is_oom as _is_oom
+from scalelab.train.rng import rng_state as _rng_state, set_rng_state as _set_rng_state
 
 
 def finetune(cfg: FinetuneConfig, device: str | None = None) -> dict[str, Any]:

@@ -18,15 +18,15 @@ import numpy as np
 import torch
 
 from scalelab.config import RunConfig
-from scalelab.errors import CheckpointError, ConfigError, DataError, TrainingError
+from scalelab.errors import CheckpointError, ConfigError, TrainingError
 from scalelab.io import atomic_write_json, atomic_write_text, git_hash, software_versions
 from scalelab.model.gpt import GPT, GPTConfig
 from scalelab.model.sizing import count_params, flops_per_token
 from scalelab.train import checkpoint as ckpt_io
 from scalelab.train import resume as resume_io
+from scalelab.train.checkpointer import Checkpointer
 from scalelab.train.distributed import (
     DistInfo,
-    all_gather_objects,
     all_reduce_mean,
     barrier,
     broadcast_float,
@@ -37,11 +37,15 @@ from scalelab.train.distributed import (
     parallelize,
     resolve_parallel,
 )
+from scalelab.train.evaluator import Evaluator
 from scalelab.train.hooks import TrainHooks, check_hooks
 from scalelab.train.logging import Progress, RunLogger, truncate_metrics
+from scalelab.train.oom import OOM_HINT, is_oom
 from scalelab.train.optim import build_optimizer, set_lr
+from scalelab.train.rng import set_rng_state
 from scalelab.train.samples import CheckpointSampler
 from scalelab.train.schedule import lr_at
+from scalelab.train.throughput import ThroughputMeter
 
 
 def train(cfg: RunConfig, device: str | None = None, hooks: TrainHooks | None = None) -> dict[str, Any]:
@@ -94,36 +98,6 @@ def ensure_data(cfg: RunConfig, info: DistInfo) -> dict[str, Any]:
 def _tokenizer_info(meta: dict[str, Any]) -> dict[str, Any]:
     tok = meta.get("tokenizer") or {}
     return tok if isinstance(tok, dict) else {}
-
-
-def _rng_state() -> dict[str, Any]:
-    import base64
-
-    state = {
-        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
-        "python": repr(random.getstate()),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = base64.b64encode(torch.cuda.get_rng_state().numpy().tobytes()).decode()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    import ast
-    import base64
-
-    torch.set_rng_state(torch.from_numpy(np.frombuffer(base64.b64decode(state["torch"]), dtype=np.uint8).copy()))
-    random.setstate(ast.literal_eval(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(torch.from_numpy(np.frombuffer(base64.b64decode(state["cuda"]), dtype=np.uint8).copy()))
-
-
-def _is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
-
-
-OOM_HINT = ("out of memory. Lower train.micro_batch (train.batch_tokens stays the same: accumulation "
-            "grows), lower model.seq_len, or set train.activation_checkpointing=true")
 
 
 # ---------------------------------------------------------------------------
@@ -204,15 +178,18 @@ class Trainer:
             workers=t.loader_workers, prefetch_factor=t.prefetch_factor, pin_memory=t.pin_memory)
         self.sizes = count_params(self.model_cfg)
         self.flops_per_token = flops_per_token(self.model_cfg, self.model_cfg.seq_len)
-        self.after_save = (CheckpointSampler(self.out_dir, cfg.data.dir, self.model_cfg, self.device,
-                                             self.hooks.sample, wandb=t.wandb)
-                           if t.ckpt_samples and info.is_main else None)
+
+        # The components that own their timing: checkpoints, evaluation, throughput.
+        sampler = (CheckpointSampler(self.out_dir, cfg.data.dir, self.model_cfg, self.device, self.hooks.sample,
+                                     wandb=t.wandb) if t.ckpt_samples and info.is_main else None)
+        self.checkpointer = Checkpointer(self.out_dir, cfg, info, self.model, self.optimizers, self.loader,
+                                         self.parallel, after_save=sampler)
+        self.evaluator = Evaluator(cfg, info, self.model_cfg.seq_len, self.autocast, self.parallel,
+                                   self.token_bytes, self.hooks)
+        self.meter = ThroughputMeter(self.flops_per_token, info.world_size, compiled=bool(t.compile))
 
         self.step = 0
         self.tokens_seen = 0
-        self.train_time = 0.0
-        self.compile_time = 0.0  # seconds of the first (compiling) step, kept out of train_time
-        self.best_val = math.inf
         if self.start.resume:
             self._maybe_resume()
 
@@ -284,11 +261,11 @@ class Trainer:
             raise CheckpointError(f"checkpoint '{path}' does not fit this model: {str(e).splitlines()[0]}") from None
         self.step = state["step"]
         self.tokens_seen = state["tokens_seen"]
-        self.train_time = state.get("train_time", 0.0)
-        self.best_val = state.get("best_val_loss") or math.inf
+        self.meter.train_time = state.get("train_time", 0.0)
+        self.evaluator.best_val = state.get("best_val_loss") or math.inf
         # The loader position is global (all ranks together), so rank 0's state serves any world size.
         self.loader.load_state_dict(state["loader"][0])
-        _set_rng_state(state["rng"][self.info.rank % len(state["rng"])])
+        set_rng_state(state["rng"][self.info.rank % len(state["rng"])])
         if self.info.is_main:
             for note in notes:
                 print(f"note: {note}", flush=True)
@@ -296,106 +273,25 @@ class Trainer:
             print(f"resumed from {path} at step {self.step} ({self.tokens_seen:,} tokens)"
                   + (f"; dropped {dropped} metrics records after step {self.step}" if dropped else ""), flush=True)
 
-    # -- checkpoints ---------------------------------------------------------
+    # -- the components' work -------------------------------------------------
+
+    @property
+    def train_time(self) -> float:
+        return self.meter.train_time
+
+    @property
+    def best_val(self) -> float:
+        return self.evaluator.best_val
 
     def save(self, is_best: bool = False) -> None:
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_model_state_dict,
-            get_optimizer_state_dict,
-        )
+        state = {"step": self.step, "tokens_seen": self.tokens_seen, "train_time": self.train_time,
+                 "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
+                 "tokenizer_identity": self.tokenizer_identity}
+        self.checkpointer.save(state, self.model_cfg, self.raw_model, self.ema, is_best=is_best)
+        self.meter.pause()  # checkpoint time is not billed to throughput
 
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        model_sd = get_model_state_dict(self.model, options=opts)
-        optim_sd = get_optimizer_state_dict(self.model, self.optimizers, options=opts)
-        loader_states = all_gather_objects(self.loader.state_dict())
-        rng_states = all_gather_objects(_rng_state())
-        if self.info.is_main:
-            state = {
-                "step": self.step,
-                "tokens_seen": self.tokens_seen,
-                "train_time": self.train_time,
-                "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
-                "world_size": self.info.world_size,
-                "loader": loader_states,
-                "rng": rng_states,
-                "model_config": dataclasses.asdict(self.model_cfg),
-                "config": self.cfg.to_dict(),
-                "tokenizer_identity": self.tokenizer_identity,
-                "git": git_hash(),
-                "versions": software_versions(),
-            }
-            extra = {}
-            if self.ema is not None:
-                extra["ema.safetensors"] = self.ema.module.state_dict()
-                state["ema_updates"] = int(self.ema.n_averaged.item())
-            ckpt = ckpt_io.save_checkpoint(self.out_dir, self.step, model_sd, optim_sd, state, is_best=is_best,
-                                           keep_last=self.cfg.train.ckpt_keep,
-                                           keep_every=self.cfg.train.ckpt_keep_every, extra_weights=extra)
-            if self.after_save is not None:  # train.ckpt_samples (train/samples.py); FSDP: from model_sd
-                self.after_save(ckpt, model_sd, None if self.parallel == "fsdp" else self.raw_model)
-        barrier()
-
-    # -- evaluation ----------------------------------------------------------
-
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Val loss / perplexity / bits-per-byte on the first eval_tokens of the val split.
-
-        Batches are dealt round-robin to ranks; a rank with none left runs a zero-weight
-        batch so collective calls (FSDP all-gathers) stay in step.
-        """
-        from scalelab.data.loader import iter_eval_batches
-
-        t = self.cfg.train
-        model = self.ema.module if self.ema is not None else self.model
-        model.eval()
-        batches = list(iter_eval_batches(self.cfg.data.dir, "val", t.micro_batch, self.model_cfg.seq_len, t.eval_tokens))
-        if not batches:
-            raise DataError(f"val split of '{self.cfg.data.dir}' has no full window of {self.model_cfg.seq_len + 1} tokens")
-        W = self.info.world_size
-        per_rank = math.ceil(len(batches) / W)
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # nats, tokens, bytes
-        for i in range(per_rank):
-            idx = i * W + self.info.rank
-            weight = 1.0 if idx < len(batches) else 0.0
-            x, y = batches[min(idx, len(batches) - 1)]
-            x, y = x.to(self.device), y.to(self.device)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                losses = model(x, y, reduction="none").float()
-            sums[0] += weight * losses.double().sum()
-            sums[1] += weight * y.numel()
-            if self.token_bytes is not None:
-                sums[2] += weight * self.token_bytes.to(self.device)[y].sum()
-        if self.info.enabled:
-            torch.distributed.all_reduce(sums)
-        model.train()
-        loss = (sums[0] / sums[1]).item()
-        out = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": int(sums[1].item())}
-        if self.token_bytes is not None and sums[2] > 0:
-            out["val_bpb"] = (sums[0] / (math.log(2) * sums[2])).item()
-        out.update(self._task_metrics(model))
-        return out
-
-    def _task_metrics(self, model) -> dict[str, float]:
-        """Zero-shot task accuracy on a fixed subset (train.eval_tasks), logged as task_<name>."""
-        t = self.cfg.train
-        if not t.eval_tasks:
-            return {}
-        from scalelab.data.prepare import load_data_tokenizer
-
-        if getattr(self, "_task_tokenizer", None) is None:
-            self._task_tokenizer = load_data_tokenizer(self.cfg.data.dir)
-            if self._task_tokenizer is None:
-                raise ConfigError(f"train.eval_tasks needs a tokenizer, and data dir '{self.cfg.data.dir}' has "
-                                  f"none; set train.eval_tasks=[] or use data prepared by `scalelab data`")
-        # Under FSDP the forward is collective: every rank scores the same requests.
-        if self.parallel != "fsdp" and not self.info.is_main:
-            return {}
-        target = self.ema.module if self.ema is not None else (model if self.parallel == "fsdp" else self.raw_model)
-        scores = self.hooks.task_scores(target, self._task_tokenizer, list(t.eval_tasks), limit=t.eval_tasks_limit,
-                                       device=self.device, seed=self.cfg.seed)
-        return {f"task_{k}": float(v) for k, v in scores.items()}
+        return self.evaluator.evaluate(self.model, self.raw_model, self.ema)
 
     # -- the loop ------------------------------------------------------------
 
@@ -417,15 +313,87 @@ class Trainer:
         by_steps = (self.step - t.warmup_steps) / max(1, self.total_steps - t.warmup_steps) if self.total_steps else 0.0
         return broadcast_float(max(by_time, by_steps), self.device)
 
-    def _done(self, elapsed: float) -> bool:
+    def _done(self) -> bool:
         t = self.cfg.train
         if self.total_steps is not None and self.step >= self.total_steps:
             return True
         if t.max_time_s is not None:
-            return broadcast_float(1.0 if elapsed >= t.max_time_s else 0.0, self.device) > 0.5
+            return broadcast_float(1.0 if self.train_time >= t.max_time_s else 0.0, self.device) > 0.5
         return False
 
     def run(self) -> dict[str, Any]:
+        t = self.cfg.train
+        logger, progress = self._open_logs()
+        last_eval: dict[str, float] = {}
+        try:
+            while not self._done():
+                step_start = time.perf_counter()
+                lr = self._set_lr()
+                loss_sum, grad_norm = self._train_step()
+                self.step += 1
+                self.tokens_seen += t.batch_tokens
+                self.meter.step_done(t.batch_tokens, time.perf_counter() - step_start)
+                self._log_step(logger, progress, self._checked(loss_sum.item()), lr, grad_norm, step_start)
+                done = self._done()
+                if self.evaluator.should_eval(self.step, done):
+                    last_eval, is_best = self._evaluate_and_log(logger, progress)
+                    if t.keep_best and is_best:
+                        self.save(is_best=True)
+                        continue
+                if self.checkpointer.should_save(self.step, done):
+                    self.save()
+        except RuntimeError as e:
+            if is_oom(e):
+                raise TrainingError(f"{OOM_HINT} (at step {self.step + 1})") from None
+            raise
+        finally:
+            progress.close()
+            logger.close()
+        if not last_eval:  # resumed a finished run: report its final numbers
+            last_eval = self.evaluate()
+        return self._summary(last_eval)
+
+    def _log_step(self, logger: RunLogger, progress: Progress, loss: float, lr: float, grad_norm: float | None,
+                  step_start: float) -> None:
+        """metrics.jsonl gets every step; tok_s / mfu and the progress line every log_every."""
+        t = self.cfg.train
+        record = {"kind": "train", "step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                  "tokens": self.tokens_seen, "time": round(self.train_time, 4),
+                  "step_time": round(time.perf_counter() - step_start, 6)}
+        if self.step % t.log_every == 0 or self.step == self.total_steps:
+            record.update(self.meter.report())
+            progress.update(t.log_every if self.step % t.log_every == 0 else self.step % t.log_every,
+                            loss=loss, tok_s=record.get("tok_s"), mfu=record.get("mfu"), lr=f"{lr:.2e}")
+        logger.log(record)
+
+    def _evaluate_and_log(self, logger: RunLogger, progress: Progress) -> tuple[dict[str, float], bool]:
+        result = self.evaluate()
+        is_best = self.evaluator.is_best(result)
+        logger.log({"kind": "eval", "step": self.step, "tokens": self.tokens_seen, **result})
+        progress.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()
+                                                          if isinstance(v, float)))
+        return result, is_best
+
+    def _set_lr(self) -> float:
+        """The schedule's lr for this step, set on every optimizer; then TrainHooks.before_step
+        (e.g. golf's QAT switch)."""
+        t = self.cfg.train
+        lr = lr_at(self.step, self.total_steps or 0, t, self._progress_value(self.train_time))
+        set_lr(self.optimizers, lr / t.lr)
+        if self.hooks.before_step is not None:
+            self.hooks.before_step(self.raw_model, self.step, self._progress_value(self.train_time))
+        return lr
+
+    def _checked(self, loss: float) -> float:
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"loss is {loss} at step {self.step}; stopped. The last good checkpoint is kept in "
+                f"'{ckpt_io.checkpoint_root(self.out_dir)}'. Try a lower train.lr, train.grad_clip=1.0, "
+                f"or a longer train.warmup_steps")
+        return loss
+
+    def _open_logs(self) -> tuple[RunLogger, Progress]:
+        """config.yaml, the metrics logger and the progress line (with the run's header)."""
         cfg, t, info = self.cfg, self.cfg.train, self.info
         if info.is_main:
             import yaml
@@ -435,7 +403,7 @@ class Trainer:
         logger = RunLogger(self.out_dir, info.is_main, cfg.to_dict(), tensorboard=t.tensorboard,
                            wandb=t.wandb, wandb_project=t.wandb_project)
         progress = Progress(self.total_steps, self.step, info.is_main and t.progress)
-        peak = self._peak_flops()
+        self.meter.peak_flops = self._peak_flops()
         if info.is_main:
             epochs = (self.total_steps or 0) * t.batch_tokens / max(1, self.loader.tokens_per_epoch)
             progress.write(
@@ -449,88 +417,21 @@ class Trainer:
             if epochs > 4:
                 progress.write(f"warning: this run repeats the training data {epochs:.1f} times; past ~4 epochs "
                                f"repeated tokens are worth much less than fresh ones (Muennighoff et al. 2023)")
-        summary: dict[str, Any] = {}
-        last_eval: dict[str, float] = {}
-        try:
-            window_start, window_tokens = time.perf_counter(), 0
-            compiled = False
-            while True:
-                step_start = time.perf_counter()
-                if self._done(self.train_time):
-                    break
-                lr = lr_at(self.step, self.total_steps or 0, t, self._progress_value(self.train_time))
-                set_lr(self.optimizers, lr / t.lr)
-                if self.hooks.before_step is not None:  # TrainHooks.before_step (e.g. golf's QAT switch)
-                    self.hooks.before_step(self.raw_model, self.step, self._progress_value(self.train_time))
-                loss_sum, grad_norm = self._train_step()
-                self.step += 1
-                self.tokens_seen += t.batch_tokens
-                step_seconds = time.perf_counter() - step_start
-                if t.compile and not compiled:
-                    # The first step of a process compiles (tens of seconds on GPU); like the
-                    # parameter-golf rules, compilation is not billed to the wall-clock cap.
-                    # Nor to throughput: the logging window restarts after it.
-                    compiled, self.compile_time = True, step_seconds
-                    window_start, window_tokens = time.perf_counter(), 0
-                else:
-                    self.train_time += step_seconds
-                    window_tokens += t.batch_tokens
-                loss = loss_sum.item()
-                if not math.isfinite(loss):
-                    raise TrainingError(
-                        f"loss is {loss} at step {self.step}; stopped. The last good checkpoint is kept in "
-                        f"'{ckpt_io.checkpoint_root(self.out_dir)}'. Try a lower train.lr, train.grad_clip=1.0, "
-                        f"or a longer train.warmup_steps")
-                record = {"kind": "train", "step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                          "tokens": self.tokens_seen, "time": round(self.train_time, 4),
-                          "step_time": round(time.perf_counter() - step_start, 6)}
-                if self.step % t.log_every == 0 or self.step == self.total_steps:
-                    dt = time.perf_counter() - window_start
-                    tok_s = window_tokens / max(dt, 1e-9) if window_tokens else None  # None: only the compile step
-                    if tok_s is not None:
-                        record["tok_s"] = tok_s
-                        if peak:
-                            record["mfu"] = self.flops_per_token * tok_s / info.world_size / peak
-                    window_start, window_tokens = time.perf_counter(), 0
-                    progress.update(t.log_every if self.step % t.log_every == 0 else self.step % t.log_every,
-                                    loss=loss, tok_s=tok_s, mfu=record.get("mfu"), lr=f"{lr:.2e}")
-                logger.log(record)
-                done = self._done(self.train_time)
-                if self.step % t.eval_every == 0 or done:
-                    last_eval = self.evaluate()
-                    is_best = last_eval["val_loss"] < self.best_val
-                    if is_best:
-                        self.best_val = last_eval["val_loss"]
-                    logger.log({"kind": "eval", "step": self.step, "tokens": self.tokens_seen, **last_eval})
-                    progress.write(f"step {self.step}: " + ", ".join(
-                        f"{k} {v:.4f}" for k, v in last_eval.items() if isinstance(v, float)))
-                    if t.keep_best and is_best:
-                        self.save(is_best=True)
-                        window_start = time.perf_counter()  # don't bill checkpoint time to throughput
-                        continue
-                if self.step % t.ckpt_every == 0 or done:
-                    self.save()
-                    window_start = time.perf_counter()
-        except RuntimeError as e:
-            if _is_oom(e):
-                raise TrainingError(f"{OOM_HINT} (at step {self.step + 1})") from None
-            raise
-        finally:
-            progress.close()
-            logger.close()
-        if not last_eval:  # resumed a finished run: report its final numbers
-            last_eval = self.evaluate()
+        self.meter.pause()  # set-up is not billed to the first window
+        return logger, progress
+
+    def _summary(self, last_eval: dict[str, float]) -> dict[str, Any]:
         summary = {
             "out_dir": str(self.out_dir),
             "steps": self.step,
             "tokens": self.tokens_seen,
             "train_time_s": self.train_time,
-            "compile_time_s": self.compile_time,
+            "compile_time_s": self.meter.compile_time,
             "params": self.sizes["total"],
             "non_embedding_params": self.sizes["non_embedding"],
             "flops_per_token": self.flops_per_token,
             "epochs": self.tokens_seen / max(1, self.loader.tokens_per_epoch),
-            "world_size": info.world_size,
+            "world_size": self.info.world_size,
             "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
             **last_eval,
             "model_config": dataclasses.asdict(self.model_cfg),
@@ -538,7 +439,7 @@ class Trainer:
             "git": git_hash(),
             "versions": software_versions(),
         }
-        if info.is_main:
+        if self.info.is_main:
             atomic_write_json(self.out_dir / "summary.json", summary)
         return summary
 
