@@ -29,6 +29,25 @@ LAZY_PACKAGE_CYCLES: dict[tuple[str, ...], str] = {
 }
 
 
+# The layers of docs/ARCHITECTURE.md, lowest first: a package imports only from lower layers
+# (lazy imports included; inside the base layer and inside the cli freely), apart from the
+# edges in SIDEWAYS, each with its reason.
+LAYERS = {
+    "scalelab": 0, "scalelab.errors": 0, "scalelab.io": 0, "scalelab.config": 0,
+    "scalelab.model": 1, "scalelab.data": 2, "scalelab.train": 3, "scalelab.eval": 4,
+    "scalelab.scaling": 5, "scalelab.tune": 5, "scalelab.golf": 5, "scalelab.finetune": 5,
+    "scalelab.export": 5, "scalelab.export_compat": 5,
+    "scalelab.report": 6, "scalelab.cli": 7, "scalelab.__main__": 7,
+}
+SIDEWAYS = {
+    ("scalelab.config", "scalelab.model"): "the run config embeds model.gpt.GPTConfig",
+    ("scalelab.export", "scalelab.report"): "an export's README is the run's model card (lazily)",
+    ("scalelab.tune", "scalelab.scaling"): "suggest reuses plan's size and batch rules",
+    ("scalelab.tune", "scalelab.finetune"): "tuning a fine-tune job reads its config and data",
+    ("scalelab.export", "scalelab.export_compat"): "export's compatibility checks: one tool in two files",
+}
+
+
 def _modules() -> dict[str, tuple[Path, bool]]:
     mods = {}
     for p in (SRC / "scalelab").rglob("*.py"):
@@ -134,6 +153,21 @@ def test_lazy_import_circles_are_only_the_known_ones():
     modules, packages = _graphs(lazy=True)
     assert _cycles(modules) == set(LAZY_CYCLES)
     assert _cycles(packages) == set(LAZY_PACKAGE_CYCLES)
+
+
+def test_packages_import_only_lower_layers():
+    _, packages = _graphs(lazy=True)
+    assert set(packages) <= set(LAYERS), f"add to LAYERS: {sorted(set(packages) - set(LAYERS))}"
+    upward = {(a, b) for a, deps in packages.items() for b in deps
+              if LAYERS[b] > LAYERS[a] or (LAYERS[b] == LAYERS[a] and LAYERS[a] not in (0, 7))}
+    assert upward == set(SIDEWAYS), f"not lower: {sorted(upward - set(SIDEWAYS))}; gone: {sorted(set(SIDEWAYS) - upward)}"
+
+
+def test_argparse_only_in_the_cli():
+    users = sorted(str(p.relative_to(SRC)) for p in (SRC / "scalelab").rglob("*.py")
+                   if "argparse" in p.read_text(encoding="utf-8") and "cli" not in p.relative_to(SRC).parts[1:2]
+                   and p.name != "cli.py")
+    assert users == []
 
 
 def test_no_source_file_over_the_limit():
