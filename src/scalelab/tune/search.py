@@ -289,8 +289,11 @@ def _reuse_earlier(setup: TuneSetup, study, trial, key: str, log: Callable[[str]
                        and t.user_attrs.get("duplicate_of") is None and "duration_s" in t.user_attrs]
             if earlier:
                 return earlier[0]
+            # Only an older trial is waited for: two workers asking the same configuration at once
+            # would otherwise wait for each other.
             running = [t for t in in_flight(study, cfg.heartbeat_grace_s, exclude=trial.number)
-                       if params_key(t.params) == key and t.user_attrs.get("duplicate_of") is None]
+                       if params_key(t.params) == key and t.user_attrs.get("duplicate_of") is None
+                       and t.number < trial.number]
             if not running:
                 return None
             if not said:

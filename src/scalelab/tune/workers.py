@@ -1,7 +1,7 @@
 """Several tuning workers on one Optuna study (one machine or many, sharing a storage).
 
 - Heartbeats: while a worker measures a trial, a thread writes the time into the trial
-  (system attribute `scalelab_heartbeat`) every `heartbeat_s`. One mechanism for every
+  (system attribute `scalelab_heartbeat`: [unix time, trial number]) every `heartbeat_s`. One mechanism for every
   storage: Optuna's own heartbeat (`heartbeat_interval` / `grace_period`) exists only in
   RDBStorage; Optuna 5's JournalStorage has none.
 - A RUNNING trial whose last beat (or start) is older than `grace_s` belongs to a dead
@@ -24,11 +24,13 @@ HEARTBEAT_ATTR = "scalelab_heartbeat"
 
 
 def last_beat(trial) -> float:
-    """Unix time of a trial's last sign of life: its newest heartbeat or its start.
-    (A retried trial inherits the dead trial's attributes, so the start counts too.)"""
-    beat = trial.system_attrs.get(HEARTBEAT_ATTR) or 0.0
-    start = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
-    return max(float(beat), start)
+    """Unix time of a trial's last sign of life: its newest heartbeat, or its start before
+    the first beat. A beat is [time, trial number]: a retried trial inherits the dead
+    trial's attributes, and an inherited beat is not its own."""
+    beat = trial.system_attrs.get(HEARTBEAT_ATTR)
+    if isinstance(beat, list) and len(beat) == 2 and beat[1] == trial.number:
+        return float(beat[0])
+    return trial.datetime_start.timestamp() if trial.datetime_start else 0.0
 
 
 def _running(study) -> list:
@@ -85,6 +87,7 @@ class Heartbeat:
     def __init__(self, study, trial, interval_s: float):
         self.storage = study._storage  # noqa: SLF001
         self.trial_id = trial._trial_id  # noqa: SLF001
+        self.number = trial.number
         self.interval_s = interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -94,7 +97,7 @@ class Heartbeat:
         from optuna.exceptions import UpdateFinishedTrialError
 
         try:
-            self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
+            self.storage.set_trial_system_attr(self.trial_id, HEARTBEAT_ATTR, [time.time(), self.number])
         except UpdateFinishedTrialError:
             self.lost = True
             self._stop.set()
