@@ -83,6 +83,14 @@ def _late_step_ratio(out_dir: str, frac: float) -> float | None:
     return round(statistics.median(times[-n:]) / statistics.median(times[-2 * n:-n]), 3)
 
 
+def _seed_of(out_dir: str) -> int:
+    """The seed a finished run was trained with (its config.yaml): a resume must use it."""
+    import yaml
+
+    with open(os.path.join(out_dir, "config.yaml")) as f:
+        return int(yaml.safe_load(f)["seed"])
+
+
 def _deltas(rows: list[dict], ref: str, name: str, runs_of) -> None:
     from scalelab.eval.stats import mean_ci
 
@@ -120,7 +128,7 @@ def main() -> int:
     from scalelab.golf.run import run_golf
 
     print(f"load at start: {_load()}", flush=True)
-    rows, runs = [], {d: [] for d in args.run}  # out_dir -> the overrides it was trained with
+    rows, runs = [], {d: [f"seed={_seed_of(d)}"] for d in args.run}  # out_dir -> the overrides it was trained with
     fixed = [f"train.max_steps={args.steps}", "train.max_time_s=1000000"]
     for seed in args.train_seed:
         for arm, ov in (("baseline", []), (f"qat {args.qat_frac}", [f"golf.qat_frac={args.qat_frac}"])):
@@ -138,7 +146,7 @@ def main() -> int:
             print(f"    last {args.qat_frac:.0%} of steps / the window before (median step time): "
                   f"{rows[-1]['late_step_time_ratio']}{' (reused run)' if again else ''}", flush=True)
             if arm == "baseline":
-                runs[out_dir] = fixed
+                runs[out_dir] = [*fixed, f"seed={seed}"]
     if args.train_seed:
         print("\nQAT - baseline (same seed, same step count), post round trip:")
         _deltas([r for r in rows if r["kind"] == "train"], "baseline", f"qat {args.qat_frac}", "train")
