@@ -13,7 +13,9 @@ predicts; the same measurement as bench/bench_memory_model.py).
 
 Precision: fp32 (the job's CPU default), and bf16 (model.dtype=bf16: full fine-tune under
 autocast with fp32 weights, LoRA with a bf16 base and fp32 adapters under autocast -- the
-job's GPU modes without FSDP, run on the CPU).
+job's GPU modes without FSDP, run on the CPU), and FSDP2 (finetune/model.parallelize:
+fully_shard per decoder layer with the bf16 MixedPrecisionPolicy) in one gloo process --
+its unsharded bf16 copies and bf16 activations are real; the division by G is not measured.
 
     .venv/bin/python bench/bench_finetune_memory.py               # table
     .venv/bin/python bench/bench_finetune_memory.py --json out.json --quick
@@ -37,9 +39,10 @@ SHAPES = {
     "4x256 MHA V32000": (4, 256, 4, 4, 688, 32000, 128, 2),
     "6x384 V8192 s512": (6, 384, 6, 2, 1024, 8192, 512, 2),
 }
-# (lora, checkpointing, dtype)
-CASES = [(False, False, "fp32"), (False, True, "fp32"), (True, False, "fp32"), (True, True, "fp32"),
-         (False, False, "bf16"), (True, False, "bf16")]
+# (lora, checkpointing, dtype, parallel)
+CASES = [(False, False, "fp32", "none"), (False, True, "fp32", "none"), (True, False, "fp32", "none"),
+         (True, True, "fp32", "none"), (False, False, "bf16", "none"), (True, False, "bf16", "none"),
+         (False, False, "bf16", "fsdp"), (False, True, "bf16", "fsdp"), (True, False, "bf16", "fsdp")]
 QUICK = [("4x256 V4096", c) for c in CASES[:4]]
 
 
@@ -67,12 +70,19 @@ class _NoHook:
         pass
 
 
-def frozen_params_without_grad_hooks(mt, model) -> None:
-    """MemTracker registers a gradient hook on every parameter and fails on frozen ones (a
-    LoRA base): mark those as hooked already; their memory is counted as parameters still."""
-    for p in model.parameters():
-        if not p.requires_grad:
-            mt._param_to_grad_hook_handles[p] = (_NoHook(), _NoHook())
+def frozen_params_without_grad_hooks(mt) -> None:
+    """MemTracker registers a gradient hook on every parameter of a module it enters and fails
+    on frozen ones (a LoRA base; under FSDP2 they are fresh unsharded tensors each forward):
+    mark those as hooked already. Their memory is still counted (as parameters)."""
+    track = mt._track_module_params_and_buffers
+
+    def wrapped(module, *args, **kwargs):
+        for p in module.parameters():
+            if not p.requires_grad and mt._param_to_grad_hook_handles.get(p) is None:
+                mt._param_to_grad_hook_handles[p] = (_NoHook(), _NoHook())
+        return track(module, *args, **kwargs)
+
+    mt._track_module_params_and_buffers = wrapped
 
 
 def child(spec: dict) -> dict:
@@ -93,6 +103,15 @@ def child(spec: dict) -> dict:
     bf16 = spec["dtype"] == "bf16"
     load_dtype = torch.bfloat16 if (bf16 and spec["lora"]) else torch.float32  # as FinetuneJob
     model = SFTModel(load_hf_model(m, d, load_dtype, resolve_attention("auto", torch.device("cpu"))))
+    fsdp = spec.get("parallel") == "fsdp"
+    if fsdp:  # the job's FSDP2 (fully_shard per decoder layer, bf16 MixedPrecisionPolicy) in one gloo process
+        import torch.distributed as dist
+
+        from scalelab.finetune.model import parallelize
+
+        dist.init_process_group("gloo", init_method=f"file://{d}/pg", rank=0, world_size=1)
+        model = parallelize(model, "fsdp", torch.device("cpu"), torch.bfloat16)
+        bf16 = False  # the policy casts; no autocast under FSDP (as FinetuneJob)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-4, foreach=True)
@@ -112,7 +131,7 @@ def child(spec: dict) -> dict:
     from torch.distributed._tools.mem_tracker import MemTracker
 
     mt = MemTracker()
-    frozen_params_without_grad_hooks(mt, model)
+    frozen_params_without_grad_hooks(mt)
     mt.track_external(model, opt)
     with mt:
         step(1)
@@ -127,7 +146,8 @@ def estimate(spec: dict, labelled: float) -> dict:
 
     L, h, H, kv, f, V, T, B = spec["shape"]
     shape = HFShape(n_layer=L, hidden=h, n_head=H, n_kv_head=kv, intermediate=f, vocab=V)
-    setup = FTMemorySetup(micro_batch=B, seq_len=T, parallel="none", dtype=spec["dtype"], lora=spec["lora"],
+    setup = FTMemorySetup(micro_batch=B, seq_len=T, parallel=spec.get("parallel", "none"), dtype=spec["dtype"],
+                          lora=spec["lora"],
                           lora_rank=spec["rank"], checkpointing=spec["ckpt"], optimizer_temporaries=True,
                           labelled_fraction=labelled)
     return estimate_ft_memory(shape, setup)
@@ -145,17 +165,19 @@ def main() -> None:
         return
     todo = QUICK if args.quick else [(name, c) for name in SHAPES for c in CASES]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    print(f"{'shape':18s} {'mode':16s} {'seq x b':>8s} {'phase':>14s} {'model MiB':>10s} {'measured MiB':>13s} "
+    print(f"{'shape':18s} {'mode':21s} {'seq x b':>8s} {'phase':>20s} {'model MiB':>10s} {'measured MiB':>13s} "
           f"{'error':>7s}")
     rows = []
-    for name, (lora, ckpt, dtype) in todo:
-        spec = {"shape": SHAPES[name], "lora": lora, "ckpt": ckpt, "dtype": dtype, "rank": args.rank}
+    for name, (lora, ckpt, dtype, parallel) in todo:
+        spec = {"shape": SHAPES[name], "lora": lora, "ckpt": ckpt, "dtype": dtype, "rank": args.rank,
+                "parallel": parallel}
         res = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
                              env=env, timeout=1800)
-        mode = f"{'lora' + str(args.rank) if lora else 'full'} {dtype}{' ckpt' if ckpt else ''}"
+        mode = f"{'lora' + str(args.rank) if lora else 'full'} {dtype}{' fsdp' if parallel == 'fsdp' else ''}" \
+               f"{' ckpt' if ckpt else ''}"
         if res.returncode != 0:
             err = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode
-            print(f"{name:18s} {mode:16s} failed: {err}")
+            print(f"{name:18s} {mode:21s} failed: {err}")
             continue
         meas = json.loads(res.stdout.strip().splitlines()[-1])
         est = estimate(spec, meas["labelled_fraction"])
@@ -164,7 +186,7 @@ def main() -> None:
         rows.append({"shape": name, "mode": mode, **spec, **meas, "model_bytes": pred, "phase": est["peak_phase"],
                      "error": err})
         T, B = SHAPES[name][6], SHAPES[name][7]
-        print(f"{name:18s} {mode:16s} {f'{T}x{B}':>8s} {est['peak_phase']:>14s} {pred / MIB:10.1f} {got / MIB:13.1f} "
+        print(f"{name:18s} {mode:21s} {f'{T}x{B}':>8s} {est['peak_phase']:>20s} {pred / MIB:10.1f} {got / MIB:13.1f} "
               f"{100 * err:+6.1f}%", flush=True)
     errs = [abs(r["error"]) for r in rows]
     summary = {}

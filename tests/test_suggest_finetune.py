@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from scalelab.errors import ConfigError
+from scalelab.finetune.config import load_finetune_config
 from scalelab.train.hardware import peak_for_name
 from scalelab.tune.ft_memory import GIB, FTMemorySetup, estimate_ft_memory, layer_bytes_per_token
 from scalelab.tune.ft_shape import HFShape, llama3_shape_for_params, shape_from_hf_config
@@ -88,6 +89,8 @@ def test_7b_on_8x80gb_full_uses_fsdp_and_lora_ddp_with_every_formula():
         assert s["time"]["wall_s"] == pytest.approx(2e8 / (tok_s * 8))
         assert "torchrun --standalone --nproc_per_node=8 -m scalelab finetune" in s["command"]
         assert f"train.parallel={s['parallel']['mode']}" in s["command"]
+        cfg = load_finetune_config("configs/finetune-7b.yaml", s["overrides"])  # the overrides are valid keys
+        assert (cfg.train.micro_batch, cfg.train.parallel) == (b["micro_batch"], s["parallel"]["mode"])
         text = format_ft_suggestion(s)
         assert "memory/GPU" in text and "<-" in text and "run: torchrun" in text
     assert lora["throughput"]["tokens_per_s_per_gpu"] > full["throughput"]["tokens_per_s_per_gpu"]
@@ -106,11 +109,11 @@ def test_flop_formulas():
 
 def test_over_memory_requests_name_the_fix():
     with pytest.raises(DoesNotFitError, match=r"full fine-tune .* does not fit on 1 GPU\(s\) of 80 GiB.*"
-                                              r"fits on \d+ GPUs of this size with FSDP \(--gpus \d+\), or as LoRA"):
+                                              r"It fits on \d+ GPUs of this size with FSDP \(--gpus \d+\), or as LoRA"):
         suggest_finetune(params=7e9, gpus=1, gpu_mem_gib=80, tokens=2e8)
     s = suggest_finetune(params=7e9, gpus=1, gpu_mem_gib=80, tokens=2e8, lora_rank=16)  # LoRA fits one GPU
     assert s["parallel"]["mode"] == "none"
-    with pytest.raises(DoesNotFitError, match="use a shorter --seq"):
+    with pytest.raises(DoesNotFitError, match="No number of GPUs helps: use a shorter --seq"):
         suggest_finetune(params=7e9, gpus=8, gpu_mem_gib=80, tokens=1e12, seq_len=2**21, lora_rank=16)
 
 

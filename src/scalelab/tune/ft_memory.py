@@ -16,9 +16,11 @@ Model states (N = all parameters, P = trained parameters: N, or the adapters' r 
 per targeted linear; G = processes under FSDP, else 1):
   weights   full: 4N / G;  LoRA: N x (2 in bf16 | 4 in fp32) / G + 4P / G
   grads     4P / G (fp32);  AdamW m, v: 8P / G;  DDP buckets: 4P
-  FSDP      the gathered bf16 blocks in flight (current + prefetched): full 2 x (2 + 2 + 4) B
-            per block parameter (bf16 weight, bf16 grad, fp32 reduced grad) + 8 B per root
-            parameter (embedding, head); LoRA 2 x 2 B per block parameter + 2 B per root one.
+  FSDP      unsharded bf16 tensors by phase: the root (embedding, head) from forward through
+            backward (2 B/param); in backward two gathered blocks (current + prefetched, 4 B per
+            block param) and, full only, the current block's bf16 gradient and its fp32 copy
+            for the reduce-scatter (6 B/param); with reshard_after_forward=false every block
+            stays gathered (+2 B/param); nothing at the optimizer step.
   autocast  bf16 weight copies linear layers keep for backward: 2 B per trained matmul param.
 
 Activations, bytes per token of one decoder layer, saved for backward (h = hidden, q =
@@ -182,17 +184,22 @@ def estimate_ft_memory(shape: HFShape, s: FTMemorySetup) -> dict[str, Any]:
             + (" (lm_head only: checkpointed layers recompute theirs)" if s.checkpointing else ""))
     elif mode == "bf16_autocast" and not s.checkpointing:
         add("autocast_weights", 2 * P, "2 B per adapter param: bf16 copies of the fp32 adapters")
+    # FSDP2's unsharded bf16 tensors, by phase: the root group (embedding, head, final norm)
+    # stays gathered from forward through backward; in backward the current and prefetched
+    # blocks are gathered (2 x 2 B/param) with the current block's bf16 gradient and its fp32
+    # copy for the reduce-scatter (6 B/param, full only); nothing at the optimizer step.
+    fsdp_at: dict[str, float] = {}
     if s.parallel == "fsdp":
-        if s.lora:
-            gathered = 2 * 2 * block + 2 * root
-            formula = "unsharded bf16 base of 2 blocks in flight (4 B/block param) + root (2 B/param)"
-        else:
-            gathered = 2 * (2 + 2 + 4) * block + (2 + 2 + 4) * root
-            formula = "unsharded bf16 params + bf16/fp32 grads of 2 blocks in flight (16 B/block param) + root (8 B/param)"
-        if not s.reshard_after_forward:
-            gathered += 2 * block * shape.n_layer
+        keep = 0 if s.reshard_after_forward else 2 * block * shape.n_layer
+        flight = (2 * 2 + (0 if s.lora else 6)) * block
+        fsdp_at = {"loss": 2 * root + keep, "head_backward": 2 * root + keep, "top_layer_backward": 2 * root + keep
+                   + flight, "first_layer_backward": 2 * root + keep + flight, "optimizer_step": 0.0}
+        formula = ("2 B per root param (embedding, head: gathered through forward and backward) + in backward 2 "
+                   "gathered blocks (4 B/block param)" + ("" if s.lora else " + one block's bf16 and fp32 gradients "
+                                                                            "(6 B/block param)"))
+        if keep:
             formula += " + 2 B/param: every block stays gathered (reshard_after_forward=false)"
-        add("fsdp_unsharded", gathered, formula)
+        add("fsdp_unsharded", max(fsdp_at.values()), formula)
     if s.optimizer_temporaries:
         add("optimizer_step_temp", 4 * P / G, "4 B per trained param: foreach AdamW temporary during step()")
     per_tok = layer_bytes_per_token(shape, s)["total"]
@@ -208,13 +215,13 @@ def estimate_ft_memory(shape: HFShape, s: FTMemorySetup) -> dict[str, Any]:
 
     persistent = sum(terms[k]["bytes"] for k in ("frozen_weights", "weights", "optimizer", "ddp_buckets")
                      if k in terms)
-    fsdp_extra = terms.get("fsdp_unsharded", {}).get("bytes", 0.0)
     a = 4 if mode == "fp32" else 2
     r = 4 if mode in ("fp32", "autocast") else 2
     tokens, labelled = act["tokens"], act["labelled"]
     autocast_w = terms.get("autocast_weights", {}).get("bytes", 0.0)
     grads = terms["grads"]["bytes"]
-    head_w_grad = 0.0 if s.lora else 4 * shape.vocab * shape.hidden / G  # fp32 lm_head gradient
+    # the head weight's gradient: fp32, or under FSDP unsharded bf16 until the root's reduce-scatter
+    head_w_grad = 0.0 if s.lora else (2 if s.parallel == "fsdp" else 4) * shape.vocab * shape.hidden
     # Gradients of one layer's activations while its backward runs: the SwiGLU's three
     # (a f each) and the residual stream's two (r h each) per token, less the down
     # projection's saved input (a f), released as its backward runs, before they appear.
@@ -236,12 +243,13 @@ def estimate_ft_memory(shape: HFShape, s: FTMemorySetup) -> dict[str, Any]:
         "first_layer_backward": grads_above_first + act["per_layer"] + outside + transient,
         "optimizer_step": grads + terms.get("optimizer_step_temp", {}).get("bytes", 0.0),
     }
+    phases = {k: v + fsdp_at.get(k, 0.0) for k, v in phases.items()}
     peak_phase = max(phases, key=phases.get)
-    peak = persistent + fsdp_extra + phases[peak_phase]
+    peak = persistent + phases[peak_phase]
     return {"peak_bytes": peak, "peak_gib": peak / GIB, "peak_phase": peak_phase, "phases": phases,
-            "persistent_bytes": persistent + fsdp_extra, "terms": terms, "params": N, "trainable_params": P,
+            "persistent_bytes": persistent, "terms": terms, "params": N, "trainable_params": P,
             "precision": mode, "per_layer_bytes_per_token": per_tok,
-            "formula": "peak = weights + optimizer (+ ddp buckets, fsdp unsharded) + the largest phase: the loss "
+            "formula": "peak = weights + optimizer (+ ddp buckets) + the largest phase (+ its fsdp unsharded): the loss "
                        "(activations + 12 V per labelled token), the head's backward, the top layer's backward "
                        "(+ its in-flight gradients), the first layer's backward (+ the gradients above it), the "
                        "optimizer step (grads + temporaries)",

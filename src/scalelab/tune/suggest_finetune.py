@@ -230,10 +230,11 @@ def suggest_finetune(params: Any = None, gpus: int = 1, gpu_mem_gib: float = 80.
         else:
             how = "no number of GPUs helps: use a shorter --seq" + ("" if lora_rank else " or LoRA (--lora-rank 16)")
         raise DoesNotFitError(
-            f"a {kind} of a {sizes['total'] / 1e9:,.2f}B-parameter model ({shape.describe()}; seq {seq_len}) does not "
+            f"a {kind} of a model of {sizes['total'] / 1e9:,.2f}B parameters ({shape.describe()}; seq {seq_len}) does not "
             f"fit on {gpus} GPU(s) of {gpu_mem_gib:g} GiB even with {'FSDP full sharding, ' if gpus > 1 else ''}"
             f"activation checkpointing and micro-batch 1: it needs {need / GIB:.1f} GiB per GPU, {usable / GIB:.1f} "
-            f"GiB are usable ({headroom:.0%} of {gpu_mem_gib:g} GiB - {reserved_gib:g} GiB reserved). {how}.")
+            f"GiB are usable ({headroom:.0%} of {gpu_mem_gib:g} GiB - {reserved_gib:g} GiB reserved). "
+            f"{how[0].upper() + how[1:]}.")
     micro, ckpt, mode = chosen["micro_batch"], chosen["checkpointing"], chosen["parallel"]
     accum = per_gpu // micro
     fpt = ft_flops_per_token(shape, seq_len, lora_rank, targets, labelled_fraction, ckpt)
