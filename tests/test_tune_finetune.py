@@ -81,6 +81,39 @@ def test_a_finetune_trial_measures_the_real_step_in_real_tokens(tmp_path):
     assert res.stats["mean"] == pytest.approx(mean_ci(rates)["mean"])
 
 
+def test_recipe_flags_a_winner_that_changes_what_is_trained(tmp_path):
+    """Synthetic study: packing off is fastest (a knob marked changes_math); RECIPE.md says the
+    winner changes what is trained and names the fastest configuration that keeps packing."""
+    import numpy as np
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    from scalelab.tune.recipe import analyze, recipe_markdown
+    from scalelab.tune.search import prepare
+
+    setup = prepare(load_tune_config(_ft_tune(tmp_path, space={"data.packing": None, "train.micro_batch": [1, 2]})),
+                    progress=False)
+    assert setup.space.math_knobs() == ["data.packing"]
+    study = optuna.create_study(direction="maximize")
+    dists = {k.name: CategoricalDistribution(k.values) for k in setup.space.knobs}
+    speed = {(True, 1): 100.0, (True, 2): 120.0, (False, 1): 150.0, (False, 2): 160.0}
+    rng = np.random.default_rng(0)
+    for (packing, mb), v in speed.items():
+        rates = list(v + rng.normal(0, 1, 3))
+        study.add_trial(optuna.trial.create_trial(params={"data.packing": packing, "train.micro_batch": mb},
+                                                  distributions=dists, value=float(np.mean(rates)),
+                                                  user_attrs={"window_rates": rates, "duration_s": 1.0}))
+    records = {f"{n}:0": {"trial": n, "round": 0, "status": "ok", "window_rates": list(speed_v + rng.normal(0, 1, 4))}
+               for n, speed_v in ((3, 160.0), (1, 120.0), (0, 100.0))}
+    res = analyze(setup, study, {"candidates": [3, 1, 0], "records": records}, {"stop_reason": "trials"}, 1.0, None)
+    assert res["winner"]["trial"] == 3 and res["winner"]["params"]["data.packing"] is False
+    assert res["same_math_winner"]["trial"] == 1 and res["same_math_winner"]["basis"] == "re-measured"
+    md = recipe_markdown(res)
+    assert "**Changes what is trained:** the winner sets data.packing=false" in md
+    assert "Fastest with the default's data.packing: trial #1" in md and "scalelab finetune " in md
+    assert "**Job:** finetune" in md and "LlamaForCausalLM" in md
+
+
 @pytest.mark.parametrize("name, device, nproc", [("tune-finetune-cpu.yaml", "cpu", 1),
                                                  ("tune-finetune-7b.yaml", "cuda", 8)])
 def test_shipped_finetune_tune_configs_validate(name, device, nproc):

@@ -116,7 +116,8 @@ def test_timeouts_are_recorded_and_the_study_goes_on(tmp_path, data_dir):
     assert "No configuration completed" in (tmp_path / "out" / "RECIPE.md").read_text()
 
 
-def test_a_dead_workers_trial_is_failed_and_retried_a_live_ones_is_left_alone(tmp_path, data_dir):
+@pytest.mark.parametrize("storage", ["journal", "sqlite"])
+def test_a_dead_workers_trial_is_failed_and_retried_a_live_ones_is_left_alone(tmp_path, data_dir, storage):
     """Heartbeats: a RUNNING trial whose worker stopped beating (silent for longer than the
     grace period) is failed ('interrupted') and queued again with the same parameters; a
     RUNNING trial that beats is never touched (a second worker used to fail it, and the
@@ -130,7 +131,8 @@ def test_a_dead_workers_trial_is_failed_and_retried_a_live_ones_is_left_alone(tm
     from scalelab.tune.workers import Heartbeat
 
     path = write_tune(tmp_path, data_dir, trials=1, space={"train.micro_batch": [4, 8]}, heartbeat_s=0.5,
-                      heartbeat_grace_s=2, storage=f"journal:{tmp_path / 'tune.log'}")
+                      heartbeat_grace_s=2, storage=f"journal:{tmp_path / 'tune.log'}" if storage == "journal"
+                      else f"sqlite:///{tmp_path / 'tune.db'}")
     cfg = load_tune_config(path)
     setup = prepare(cfg, progress=False)
     study, _ = open_study(setup)
