@@ -31,7 +31,7 @@ import numpy as np
 
 from scalelab.report.markdown import count, sci
 from scalelab.report.plot_common import (
-    LOSS_LABEL, new_figure, percentile_band, placeholder_figure, save_figure, size_colors, study_title, text_box,
+    LOSS_LABEL, label_axes, new_figure, percentile_band, placeholder_figure, save_figure, size_colors, study_title, text_box,
 )
 from scalelab.scaling.laws import chinchilla_loss, compute_optimal
 from scalelab.scaling.ladder_results import (
@@ -128,11 +128,7 @@ def plot_profiles(results: dict, out_dir: Path) -> list[Path]:
     if st != "ok":
         text_box(ax, f"IsoFLOP fit {_short(st, 90)}", loc="upper right", fontsize=7.5)
     ax.set_xscale("log")
-    ax.set_xlabel(N_TOTAL + "; D = C / 6N")
-    ax.set_ylabel(LOSS_LABEL)
-    ax.set_title(f"IsoFLOP profiles — {study_title(results)}")
-    ax.grid(True, which="major", alpha=0.35)
-    ax.grid(True, which="minor", alpha=0.12)
+    label_axes(ax, N_TOTAL + "; D = C / 6N", LOSS_LABEL, "IsoFLOP profiles", results)
     ax.legend(fontsize=7.5, loc="best", framealpha=0.9)
     return save_figure(fig, out_dir, "isoflop_profiles")
 
@@ -220,11 +216,8 @@ def plot_nopt(results: dict, out_dir: Path) -> list[Path]:
     ax.set_xlim(G[0], G[-1])
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("compute budget C = 6·N·D (FLOPs)")
-    ax.set_ylabel("compute-optimal N_opt (total parameters)")
-    ax.set_title(f"Compute-optimal model size vs compute — {study_title(results)}")
-    ax.grid(True, which="major", alpha=0.35)
-    ax.grid(True, which="minor", alpha=0.12)
+    label_axes(ax, "compute budget C = 6·N·D (FLOPs)", "compute-optimal N_opt (total parameters)",
+               "Compute-optimal model size vs compute", results)
     ax.legend(fontsize=7, loc="upper left", framealpha=0.9)
     return save_figure(fig, out_dir, "nopt_vs_compute")
 

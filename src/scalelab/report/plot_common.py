@@ -156,6 +156,15 @@ def text_box(ax, text: str, loc: str = "lower left", fontsize: float = 8) -> Non
             bbox=dict(boxstyle="round,pad=0.4", fc="white", ec="0.7", alpha=0.9))
 
 
+def label_axes(ax, xlabel: str, ylabel: str, title: str, results: dict) -> None:
+    """Axis labels, the title with the study's name, and the major / minor grid of a study figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{title} — {study_title(results)}")
+    ax.grid(True, which="major", alpha=0.35)
+    ax.grid(True, which="minor", alpha=0.12)
+
+
 def study_title(results: dict) -> str:
     return str(results.get("name") or "study")
 

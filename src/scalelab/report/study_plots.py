@@ -36,8 +36,8 @@ import numpy as np
 
 from scalelab.report.plot_common import (
     CHINCHILLA_ALPHA, CHINCHILLA_BETA, KAPLAN_ALPHA_N, LOSS_LABEL, N_LABEL, chinchilla_opt_curve, ci_text,
-    compute_axis_label, family_styles, kaplan_curve, new_figure, place_legend, placeholder_figure, ratio_key, run_ls,
-    save_figure, seed_offsets, size_colors, size_label, size_ticks, study_title, text_box,
+    compute_axis_label, family_styles, kaplan_curve, label_axes, new_figure, place_legend, placeholder_figure,
+    ratio_key, run_ls, save_figure, seed_offsets, size_colors, size_label, size_ticks, study_title, text_box,
 )
 from scalelab.scaling.ladder_results import is_isoflop
 from scalelab.scaling.results import (
@@ -127,11 +127,8 @@ def plot_loss_vs_params(results: dict, out_dir: Path, logy: bool = False,
         ax.set_yscale("log")
     if rows:
         size_ticks(ax, xs)
-    ax.set_xlabel(N_LABEL if col == "non_embedding_params" else "total parameters N (incl. embeddings)")
-    ax.set_ylabel(LOSS_LABEL)
-    ax.set_title(f"Final validation loss vs model size — {study_title(results)}")
-    ax.grid(True, which="major", alpha=0.35)
-    ax.grid(True, which="minor", alpha=0.12)
+    label_axes(ax, N_LABEL if col == "non_embedding_params" else "total parameters N (incl. embeddings)", LOSS_LABEL,
+               "Final validation loss vs model size", results)
     if multi:  # more entries, and the families fill the axes: legend (with the references) below the axes
         ax.plot([], [], " ", label=f"published exponents (reference only, not drawn): Kaplan et al. 2020 "
                                    f"α_N = {KAPLAN_ALPHA_N}; Hoffmann et al. 2022 α = {CHINCHILLA_ALPHA}, "
@@ -297,11 +294,7 @@ def plot_loss_curves(results: dict, out_dir: Path, logy: bool = False) -> list[P
     ax.set_xscale("log")
     if logy:
         ax.set_yscale("log")
-    ax.set_xlabel("training tokens seen")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(f"Learning curves, all runs and seeds — {study_title(results)}")
-    ax.grid(True, which="major", alpha=0.35)
-    ax.grid(True, which="minor", alpha=0.12)
+    label_axes(ax, "training tokens seen", "loss (nats/token)", "Learning curves, all runs and seeds", results)
     place_legend(fig, ax, multi, "lower left")
     return save_figure(fig, out_dir, "loss_curves")
 
@@ -384,11 +377,7 @@ def plot_compute_frontier(results: dict, out_dir: Path, logy: bool = False,
     ax.set_xscale("log")
     if logy:
         ax.set_yscale("log")
-    ax.set_xlabel(compute_axis_label(results))
-    ax.set_ylabel(LOSS_LABEL)
-    ax.set_title(f"Loss vs training compute — {study_title(results)}")
-    ax.grid(True, which="major", alpha=0.35)
-    ax.grid(True, which="minor", alpha=0.12)
+    label_axes(ax, compute_axis_label(results), LOSS_LABEL, "Loss vs training compute", results)
     place_legend(fig, ax, multi, "upper right")
     return save_figure(fig, out_dir, "compute_frontier")
 
