@@ -17,6 +17,11 @@ runs (scalelab.eval.stats.mean_ci; with 2 runs the t factor is 12.7).
     .venv/bin/python bench/bench_golf_quant.py configs/golf-cpu-regime.yaml --steps 2000 \\
         --train-seed 1 --train-seed 2 --runs-dir runs/bench-golf-quant --out runs/bench-golf-quant/rows.json
     .venv/bin/python bench/bench_golf_quant.py configs/golf-cpu-regime.yaml --run runs/golf-regime-s1 ...
+    .venv/bin/python bench/bench_golf_quant.py configs/golf-cpu-regime.yaml --qat-step-time
+
+Variants are measured with the budget lifted and then judged against the config's
+golf.budget_bytes (code + weights; "OVER" in the output). `--qat-step-time` times one
+training step with QAT on and off, interleaved in one process (the load-robust ratio).
 """
 from __future__ import annotations
 
@@ -110,6 +115,46 @@ def _deltas(rows: list[dict], ref: str, name: str, runs_of) -> None:
           f"(per run {', '.join(f'{x:+,}' for x in db)}) | {runs_of} s {sum(dt) / len(dt):+.1f}", flush=True)
 
 
+def qat_step_ratio(config: str, sets: list[str], reps: int = 60) -> dict:
+    """Training-step time with QAT on / off, interleaved in one process (the config's
+    model and batch, AdamW, one thread): the load-robust time cost of fake quantization."""
+    import dataclasses
+    import statistics
+
+    import torch
+
+    from scalelab.golf.config import load_golf_config
+    from scalelab.golf.qat import disable, enable
+    from scalelab.model.gpt import GPT
+
+    run, golf = load_golf_config(config, sets)
+    torch.set_num_threads(run.train.threads or 1)
+    torch.manual_seed(0)
+    cfg = run.model
+    model = GPT(dataclasses.replace(cfg, vocab_size=cfg.vocab_size or run.data.vocab_size))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randint(0, model.cfg.vocab_size, (run.train.micro_batch, cfg.seq_len))
+    spec = golf.quant_spec()
+
+    def step() -> float:
+        t0 = time.perf_counter()
+        loss = model(x, x)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
+
+    for _ in range(5):
+        step()
+    on, off = [], []
+    for i in range(reps):
+        for qat in ((False, True) if i % 2 else (True, False)):
+            enable(model, spec) if qat else disable(model)
+            (on if qat else off).append(step())
+    return {"off_ms": 1000 * statistics.median(off), "on_ms": 1000 * statistics.median(on),
+            "ratio": statistics.median(on) / statistics.median(off), "reps": reps}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("config")
@@ -122,7 +167,13 @@ def main() -> int:
     p.add_argument("--no-variants", action="store_true", help="only the training comparison")
     p.add_argument("--set", action="append", default=[], help="extra override for every run and variant")
     p.add_argument("--out", default=None, help="write all rows as JSON here")
+    p.add_argument("--qat-step-time", action="store_true", help="only time a training step with QAT on vs off")
     args = p.parse_args()
+    if args.qat_step_time:
+        r = qat_step_ratio(args.config, args.set)
+        print(f"training step, QAT off {r['off_ms']:.1f} ms, on {r['on_ms']:.1f} ms (median of {r['reps']} "
+              f"interleaved): {r['ratio']:.2f}x | load {_load()}", flush=True)
+        return 0
 
     from scalelab.golf.config import load_golf_config
     from scalelab.golf.run import run_golf
@@ -152,15 +203,21 @@ def main() -> int:
         _deltas([r for r in rows if r["kind"] == "train"], "baseline", f"qat {args.qat_frac}", "train")
 
     names = list(VARIANTS) if not args.variants else [n.strip() for n in args.variants.split(",")]
+    budget = load_golf_config(args.config, args.set)[1].budget_bytes
     if not args.no_variants and runs:
         for out_dir, trained_with in runs.items():
             for name in names:
                 run, golf = load_golf_config(args.config, [*args.set, *trained_with, *QUIET, f"out_dir={out_dir}",
-                                                           "train.resume=true", *VARIANTS[name]])
+                                                           "train.resume=true", *VARIANTS[name],
+                                                           "golf.budget_bytes=1000000000"])  # measured, then judged
                 t0 = time.perf_counter()
                 r = run_golf(run, golf, progress=False)
                 rows.append(_row("quant", out_dir, name, r, time.perf_counter() - t0))
+                rows[-1]["fits_budget"] = r["artifact"]["total_bytes"] <= budget
+                rows[-1]["code_bytes"] = r["artifact"]["code_bytes"]
                 _print(rows[-1])
+                print(f"    code {rows[-1]['code_bytes']:,} + weights = {rows[-1]['total_bytes']:,}: "
+                      f"{'fits' if rows[-1]['fits_budget'] else 'OVER'} golf.budget_bytes={budget:,}", flush=True)
         print(f"\nvariant - {names[0]} (paired on the same weights), post round trip:")
         for name in names[1:]:
             _deltas([r for r in rows if r["kind"] == "quant"], names[0], name, "quant")
