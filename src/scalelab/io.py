@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 def fsync_dir(path: Path) -> None:
@@ -96,6 +96,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_json(path: str | Path, error: type[Exception], missing: str, unreadable: Callable[[Exception], str]) -> Any:
+    """A JSON file's content; `error(missing)` when the file does not exist, `error(unreadable(e))`
+    when it cannot be read or is not JSON (one message, no traceback)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise error(missing) from None
+    except (OSError, ValueError) as e:
+        raise error(unreadable(e)) from None
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

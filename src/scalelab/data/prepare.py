@@ -38,7 +38,7 @@ from scalelab.data.outdir import WriteFailed, check_writable, write_failure
 from scalelab.data.sources import iter_documents
 from scalelab.data.tokenizer import Tokenizer, gpt2_tokenizer, load_tokenizer, train_tokenizer
 from scalelab.errors import DataError
-from scalelab.io import swap_dir_into_place
+from scalelab.io import read_json, swap_dir_into_place
 
 if TYPE_CHECKING:
     from scalelab.config import DataConfig
@@ -477,12 +477,8 @@ def _publish(tmp: Path, out: Path) -> None:
 
 
 def _read_meta_file(path: Path) -> dict:
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path} does not exist; {_RUN_HINT}") from None
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path} is unreadable or not valid JSON ({e}); {_RUN_HINT} --overwrite") from None
+    meta = read_json(path, DataError, f"{path} does not exist; {_RUN_HINT}",
+                     lambda e: f"{path} is unreadable or not valid JSON ({e}); {_RUN_HINT} --overwrite")
     if not isinstance(meta, dict):
         raise DataError(f"{path} is not a JSON object; {_RUN_HINT} --overwrite")
     fv = meta.get("format_version")

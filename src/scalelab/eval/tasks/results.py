@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from scalelab.eval.scoring import EvalError
+from scalelab.io import read_json
 
 RESULTS_FILE = "results.json"
 TABLE_FILE = "results.md"
@@ -48,12 +49,8 @@ def load_results(path: str | Path) -> dict:
     p = Path(path)
     if p.is_dir():
         p = p / RESULTS_FILE
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise EvalError(f"no results at '{path}' (expected a results.json or a directory holding one)") from None
-    except (OSError, ValueError) as e:
-        raise EvalError(f"'{p}' is not a readable results.json ({e})") from None
+    data = read_json(p, EvalError, f"no results at '{path}' (expected a results.json or a directory holding one)",
+                     lambda e: f"'{p}' is not a readable results.json ({e})")
     samples = {}
     for task, name in (data.get("samples") or {}).items():
         f = p.parent / name
