@@ -43,7 +43,8 @@ def test_layer_bytes_count_the_saved_tensors_of_a_llama_layer():
 def test_estimate_matches_a_measured_peak_of_the_real_model():
     """The model against MemTracker's live-tensor peak of one fine-tune step of a tiny random
     HF Llama (bench/bench_finetune_memory.py's measurement, in-process). Without checkpointing
-    the bench measured the model within 0.1% on every fp32 shape (docs/FINETUNE.md): 1% here."""
+    the bench measured the model within 0.1% on every shape (docs/FINETUNE.md): 1% here; with
+    checkpointing it over-estimates by 2-9% there: over, and within 10% here."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     import bench_finetune_memory as bench
 
@@ -54,6 +55,10 @@ def test_estimate_matches_a_measured_peak_of_the_real_model():
         assert est["peak_bytes"] == pytest.approx(measured["tensor_peak"], rel=0.01), (lora, est["phases"])
         assert est["trainable_params"] == measured["trainable"]
         assert est["params"] + (est["trainable_params"] if lora else 0) == measured["params"]
+    spec = {"shape": (2, 128, 4, 2, 352, 1000, 128, 2), "lora": False, "ckpt": True, "dtype": "fp32", "rank": 8}
+    measured = bench.child(spec)
+    est = bench.estimate(spec, measured["labelled_fraction"])
+    assert measured["tensor_peak"] <= est["peak_bytes"] <= 1.10 * measured["tensor_peak"]
 
 
 def test_lora_needs_less_than_full_and_fsdp_divides_the_states():
@@ -153,7 +158,11 @@ def test_model_config_and_a_finetune_calibration(tmp_path):
     t = s["throughput"]
     assert t["hfu"] == pytest.approx(hfu) and t["calibration"]["job"] == "finetune" and "calibrated" in t["source"]
     assert t["tokens_per_s_per_gpu"] == pytest.approx(989e12 * hfu / t["flops_per_token"]["hardware"])
-    assert t["lo"] < t["tokens_per_s_per_gpu"] < t["hi"]
+    assert t["lo"] < t["tokens_per_s_per_gpu"] < t["hi"] and not s["warnings"]
+    tune["winner"]["remeasured"]["mean"] = 2e6 / hfu * 1.2  # 120% of the peak: a study's peak that is too low
+    p.write_text(json.dumps(tune))
+    s = suggest_finetune(model_config=str(mdir), gpus=1, gpu_mem_gib=80, tokens=1e8, lora_rank=16, calibrate=str(p))
+    assert any(w.startswith("the calibration claims 120% of its device's peak") for w in s["warnings"])
     # a pretraining study still calibrates, with a note
     pre = {"kind": "scalelab.tune", "model": {"flops_per_token": 1e9},
            "hardware": {"device": "cuda", "name": "NVIDIA H100", "peak_flops": 989e12},

@@ -255,6 +255,10 @@ def suggest_finetune(params: Any = None, gpus: int = 1, gpu_mem_gib: float = 80.
                f"tokens/s per process on {cal['device_name']}) runs {hfu:.1%} of that device's peak "
                f"({cal['peak_flops'] / 1e12:.3g} TFLOP/s) at {cal['flops_per_token']:.3g} FLOPs/token; the same "
                "utilization is assumed here")
+        if hfu > 1:
+            warnings.append(f"the calibration claims {hfu:.0%} of its device's peak ({cal['peak_flops'] / 1e12:.3g} "
+                            "TFLOP/s): that peak is too low (a CPU matmul peak measured under load, or fewer threads "
+                            "than the study used), so these tokens/s are not to be trusted; use --mfu or a GPU study")
         if cal["job"] != "finetune":
             notes.append("the calibration is a pretraining study: a fine-tune step has the same matmuls but a "
                          "different model and data path; a `job: finetune` study on the target GPUs is better")
