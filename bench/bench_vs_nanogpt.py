@@ -13,16 +13,28 @@ so load from other processes hits both alike; the ratio is ours / nano in tokens
 the median step time of each. MFU divides 6 N + 12 L H Q T FLOPs per token
 (model/sizing.py) by the fp32 matmul peak measured with the same threads in the same run
 (before and after; the higher). 1-minute load is printed before and after.
+
+--trainer adds scalelab's real trainer (`scalelab train`'s `Trainer.run`: loader, lr
+schedule, grad clip, metrics.jsonl, progress) on random-token shards of the same shape.
+The other two steps run inside its `before_step` hook, so all three still alternate in
+one process; a trainer step is the time from one hook's exit to the next hook's entry
+(the whole loop iteration). The trainer's overhead is printed against the bare step.
+--bf16 adds the bare scalelab step under CPU bf16 autocast (its loss is printed next to
+fp32's: it must stay sane).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 import torch
 
@@ -62,7 +74,7 @@ def make_nano(mod, args):
     return model, step
 
 
-def make_ours(args):
+def make_ours(args, bf16: bool = False):
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=args.vocab, seq_len=args.seq_len, n_layer=args.n_layer,
                     n_head=args.n_head, d_model=args.d_model)
@@ -70,7 +82,8 @@ def make_ours(args):
     opts = build_optimizer(model, TrainConfig(lr=1e-4, weight_decay=0.1), "cpu")
 
     def step(x, y):
-        loss = model(x, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            loss = model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         for o in opts:
@@ -82,34 +95,91 @@ def make_ours(args):
     return model, cfg, step
 
 
+def random_shards(args, directory: Path) -> Path:
+    """Public-style shards of random tokens (no meta.json: the trainer reads the headers)."""
+    from scalelab.data.shards import shard_name, write_shard
+
+    rng = np.random.default_rng(0)
+    n = (args.warmup + args.steps + 4) * args.batch * (args.seq_len + 1)
+    write_shard(directory / shard_name("train", 0), rng.integers(0, args.vocab, n), vocab_size=args.vocab)
+    write_shard(directory / shard_name("val", 0), rng.integers(0, args.vocab, 4 * (args.seq_len + 1)),
+                vocab_size=args.vocab)
+    return directory
+
+
+def run_in_trainer(args, threads: int, one_round) -> list[float]:
+    """Trainer.run on the same shape; `one_round(i)` (the other sides' steps) runs in its
+    before_step hook. Returns the trainer's step times after the warm-up."""
+    from scalelab.config import load_config
+    from scalelab.train.distributed import DistInfo
+    from scalelab.train.hooks import TrainHooks
+    from scalelab.train.trainer import Trainer
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-vs-nanogpt-"))
+    total = args.warmup + args.steps + 1  # the last step's interval ends in eval + checkpoint: not timed
+    cfg = load_config(None, [
+        f"data.dir={random_shards(args, tmp / 'data')}", f"out_dir={tmp / 'run'}", f"model.vocab_size={args.vocab}",
+        f"model.seq_len={args.seq_len}", f"model.n_layer={args.n_layer}", f"model.n_head={args.n_head}",
+        f"model.d_model={args.d_model}", f"train.micro_batch={args.batch}",
+        f"train.batch_tokens={args.batch * args.seq_len}", f"train.max_steps={total}", "train.lr=1e-4",
+        "train.weight_decay=0.1", "train.grad_clip=1.0", f"train.threads={threads}", "train.progress=false",
+        f"train.eval_every={10 ** 6}", f"train.ckpt_every={10 ** 6}", f"train.eval_tokens={args.seq_len}",
+        f"train.dtype={args.trainer_dtype}", "train.log_every=1"])
+    times, state = [], {"exit": None}
+
+    def before_step(raw_model, step, progress):
+        entered = time.perf_counter()
+        if state["exit"] is not None and step > args.warmup:
+            times.append(entered - state["exit"])
+        if step < total - 1:
+            one_round(step)
+        state["exit"] = time.perf_counter()
+
+    summary = Trainer(cfg, DistInfo(), TrainHooks(before_step=before_step)).run()
+    print(f"trainer ({args.trainer_dtype}, {threads} threads): val loss {summary['val_loss']:.4f} after {total} steps")
+    return times
+
+
 def run(args, mod, threads: int) -> dict:
     with num_threads(threads):
         load0 = machine_load()[0]
         peak0 = measure_matmul_peak(torch.float32, seconds=args.peak_seconds)
         nano, nano_step = make_nano(mod, args)
         ours, cfg, our_step = make_ours(args)
-        gen = torch.Generator().manual_seed(0)
-        times = {"nanoGPT": [], "scalelab": []}
         steps = {"nanoGPT": nano_step, "scalelab": our_step}
-        for i in range(args.warmup + args.steps):
+        if args.bf16:
+            steps["scalelab bf16"] = make_ours(args, bf16=True)[2]
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        losses: dict[str, list[float]] = {name: [] for name in steps}
+        gen = torch.Generator().manual_seed(0)
+
+        def one_round(i: int) -> None:
             x = torch.randint(0, args.vocab, (args.batch, args.seq_len + 1), generator=gen)
             inp, tgt = x[:, :-1].contiguous(), x[:, 1:].contiguous()  # nanoGPT .view()s targets
-            order = ("nanoGPT", "scalelab") if i % 2 == 0 else ("scalelab", "nanoGPT")  # no fixed first
+            names = list(steps)
+            order = names[i % len(names):] + names[:i % len(names)]  # no fixed first
             for name in order:
                 t0 = time.perf_counter()
-                steps[name](inp, tgt)
+                loss = steps[name](inp, tgt)
                 dt = time.perf_counter() - t0
+                losses[name].append(float(loss.detach()))
                 if i >= args.warmup:
                     times[name].append(dt)
+
+        if args.trainer:
+            times["trainer"] = run_in_trainer(args, threads, one_round)
+        else:
+            for i in range(args.warmup + args.steps):
+                one_round(i)
         peak1 = measure_matmul_peak(torch.float32, seconds=args.peak_seconds)
         load1 = machine_load()[0]
     peak = max(peak0, peak1)
     tokens = args.batch * args.seq_len
     fpt = flops_per_token(cfg)
-    out = {"threads": threads, "peak": peak, "load": (load0, load1)}
+    out = {"threads": threads, "peak": peak, "load": (load0, load1), "losses": losses}
     for name, ts in times.items():
         tps = tokens / statistics.median(ts)
-        out[name] = {"tok_s": tps, "mfu": tps * fpt / peak}
+        out[name] = {"tok_s": tps, "mfu": tps * fpt / peak, "n": len(ts)}
     out["ratio"] = out["scalelab"]["tok_s"] / out["nanoGPT"]["tok_s"]
     n_nano = sum(p.numel() for n, p in nano.named_parameters() if "wpe" not in n)
     n_ours = sum(p.numel() for p in ours.parameters())
@@ -130,6 +200,10 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=4, help="timed steps per model and thread count")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--peak-seconds", type=float, default=1.0)
+    p.add_argument("--trainer", action="store_true", help="also time scalelab's real trainer (Trainer.run)")
+    p.add_argument("--trainer-dtype", default="fp32", choices=["fp32", "bf16"], help="train.dtype of --trainer "
+                   "(bf16: autocast on CPU)")
+    p.add_argument("--bf16", action="store_true", help="also time the bare scalelab step under CPU bf16 autocast")
     args = p.parse_args(argv)
     mod = load_nanogpt(args.nanogpt)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
@@ -143,6 +217,24 @@ def main(argv=None) -> int:
         print(f"| {r['threads']} | {r['nanoGPT']['tok_s']:.0f} | {r['scalelab']['tok_s']:.0f} | {r['ratio']:.2f}x "
               f"| {100 * r['nanoGPT']['mfu']:.1f} | {100 * r['scalelab']['mfu']:.1f} | {r['peak'] / 1e9:.1f} "
               f"| {r['load'][0]:.2f}/{r['load'][1]:.2f} |")
+    extra = [k for k in ("trainer", "scalelab bf16") if k in rows[0]]
+    if extra:
+        print("\n| threads | side | tok/s | / nanoGPT | / bare scalelab step | MFU % | timed steps |\n"
+              "|---|---|---|---|---|---|---|")
+        for r in rows:
+            for k in extra:
+                print(f"| {r['threads']} | {k} | {r[k]['tok_s']:.0f} | {r[k]['tok_s'] / r['nanoGPT']['tok_s']:.2f}x "
+                      f"| {r[k]['tok_s'] / r['scalelab']['tok_s']:.3f}x | {100 * r[k]['mfu']:.1f} | {r[k]['n']} |")
+        if "trainer" in rows[0]:
+            for r in rows:
+                over = r["scalelab"]["tok_s"] / r["trainer"]["tok_s"] - 1
+                print(f"threads {r['threads']}: trainer overhead over the bare step {100 * over:+.1f}% "
+                      "(median step times; target <= 5%)")
+        if "scalelab bf16" in rows[0]:
+            for r in rows:
+                lf, lb = r["losses"]["scalelab"], r["losses"]["scalelab bf16"]
+                print(f"threads {r['threads']}: losses fp32 {lf[0]:.4f} -> {lf[-1]:.4f}, bf16 autocast "
+                      f"{lb[0]:.4f} -> {lb[-1]:.4f} (same init and batches)")
     return 0
 
 
