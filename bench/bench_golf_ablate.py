@@ -10,10 +10,10 @@ sliding / TTT) with a Student-t 95% CI over seeds (scalelab.eval.stats.mean_ci; 
 seeds the t factor is 12.7), the weights-bytes delta and the train / eval time delta.
 Rows are written to --out after every run (nothing is lost if it is stopped).
 
-    .venv/bin/python bench/bench_golf_ablate.py --steps 2000 --seeds 1,2 \\
-        --arms baseline,loop,rope_half,leaky_relu2,muon,muon_pe,sp1024_w24 --eval-arms ttt_lora,ttt_full \\
+    .venv/bin/python bench/bench_golf_ablate.py --steps 600 --seeds 1,2 \\
+        --arms baseline,baseline_recipe,leaky_relu2,rope_half,muon_pe,loop,sp1024_w24,muon --eval-arms ttt_lora,ttt_full \\
         --runs-dir runs/bench-golf-ablate --out runs/bench-golf-ablate/rows.json
-    .venv/bin/python bench/bench_golf_ablate.py --steps 2000 --seeds 1,2 --arms baseline_recipe,best \\
+    .venv/bin/python bench/bench_golf_ablate.py --steps 600 --seeds 1,2 --arms baseline_recipe,best \\
         --ref baseline_recipe --runs-dir runs/bench-golf-ablate --out runs/bench-golf-ablate/summary.json
 """
 from __future__ import annotations
@@ -113,6 +113,30 @@ def _print_deltas(ds: list[dict]) -> None:
               f"{'fits' if e['budget_ok'] else 'OVER budget'}", flush=True)
 
 
+def markdown(rows: list[dict], ds: list[dict], ref: str) -> str:
+    """The docs table: per arm, mean post / score over seeds, the paired deltas with CIs, bytes, time."""
+    def mean(arm, k):
+        v = [r[k] for r in rows if r["arm"] == arm and r[k] is not None]
+        return sum(v) / len(v) if v else float("nan")
+
+    out = [f"| arm | seeds | post val_bpb | Δ post vs {ref} [95% CI] | score (method) | Δ score [95% CI] | "
+           f"weights bytes (Δ) | total bytes | train s (Δ) | score eval s (Δ) |", "|" + "---|" * 10]
+    r0 = [r for r in rows if r["arm"] == ref]
+    if r0:
+        out.append(f"| {ref} | {len(r0)} | {mean(ref, 'post'):.4f} | | {mean(ref, 'score'):.4f} ({r0[0]['score_method']}) "
+                   f"| | {mean(ref, 'weights_bytes'):,.0f} | {mean(ref, 'total_bytes'):,.0f} | {mean(ref, 'train_s'):.0f} | "
+                   f"{mean(ref, 'score_s'):.1f} |")
+    for e in ds:
+        a, p, s = e["arm"], e["post"], e["score"]
+        method = next(r["score_method"] for r in rows if r["arm"] == a)
+        out.append(f"| {a} | {e['n']} | {mean(a, 'post'):.4f} | {p['mean']:+.4f} [{p['lo']:+.4f}, {p['hi']:+.4f}] | "
+                   f"{mean(a, 'score'):.4f} ({method}) | {s['mean']:+.4f} [{s['lo']:+.4f}, {s['hi']:+.4f}] | "
+                   f"{mean(a, 'weights_bytes'):,.0f} ({e['weights_bytes']:+,.0f}) | {mean(a, 'total_bytes'):,.0f}"
+                   f"{'' if e['budget_ok'] else ' OVER'} | {mean(a, 'train_s'):.0f} ({e['train_s']:+.0f}) | "
+                   f"{mean(a, 'score_s'):.1f} ({e['score_s']:+.1f}) |")
+    return "\n".join(out)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=2000)
@@ -125,10 +149,15 @@ def main() -> int:
     p.add_argument("--runs-dir", default="runs/bench-golf-ablate")
     p.add_argument("--out", default="runs/bench-golf-ablate/rows.json")
     p.add_argument("--set", action="append", default=[], help="extra override for every run")
+    p.add_argument("--table", action="store_true", help="only print the table of the rows in --out")
     args = p.parse_args()
     from scalelab.io import atomic_write_json
 
     ARMS["best"] = (REGIME, args.best_set)
+    if args.table:
+        rows = json.loads(open(args.out).read())
+        print(markdown(rows, deltas(rows, args.ref), args.ref))
+        return 0
     rows = json.loads(open(args.out).read()) if os.path.isfile(args.out) else []  # resume a stopped bench
     done = {(r["arm"], r["seed"]) for r in rows}
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -143,22 +172,27 @@ def main() -> int:
         _print(rows[-1])
         atomic_write_json(args.out, rows)
 
-    for seed in seeds:  # seed-major: a stopped bench still has pairs
-        for arm in [a.strip() for a in args.arms.split(",") if a.strip()]:
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    evals = [a.strip() for a in args.eval_arms.split(",") if a.strip()]
+    # arm-major, every seed of an arm before the next arm: a stopped bench keeps complete pairs;
+    # the eval-only arms right after the reference arm they re-score
+    order = [(a, None) for a in arms[:1]] + [(a, "eval") for a in evals] + [(a, None) for a in arms[1:]]
+    for arm, kind in order:
+        for seed in seeds:
             if (arm, seed) in done:
                 continue
-            config, ov = ARMS[arm]
-            record(arm, seed, config, [*ov, f"seed={seed}", f"out_dir={args.runs_dir}/{arm}-s{seed}"])
-        for arm in [a.strip() for a in args.eval_arms.split(",") if a.strip()]:
-            if (arm, seed) in done:
-                continue
-            config, ov = ARMS[args.ref]
-            record(arm, seed, config, [*ov, f"seed={seed}", f"out_dir={args.runs_dir}/{args.ref}-s{seed}",
-                                       "train.resume=true", *EVAL_ARMS[arm]])
+            if kind == "eval":
+                config, ov = ARMS[args.ref]
+                record(arm, seed, config, [*ov, f"seed={seed}", f"out_dir={args.runs_dir}/{args.ref}-s{seed}",
+                                           "train.resume=true", *EVAL_ARMS[arm]])
+            else:
+                config, ov = ARMS[arm]
+                record(arm, seed, config, [*ov, f"seed={seed}", f"out_dir={args.runs_dir}/{arm}-s{seed}"])
     print(f"\narm - {args.ref}, paired by seed, post round trip (95% CI over seeds):")
     ds = deltas(rows, args.ref)
     _print_deltas(ds)
     atomic_write_json(args.out.replace(".json", "-deltas.json"), ds)
+    print("\n" + markdown(rows, ds, args.ref), flush=True)
     print(f"load at end: {_load()}", flush=True)
     return 0
 
