@@ -34,6 +34,8 @@ def fake_run(setup, params, run_dir, timeout_s, on_window=None):  # a measuremen
         "mean": sum(rates) / 2, "lo": min(rates), "hi": max(rates), "stderr": 0.5, "n_steps": 4, "n_windows": 2})
 
 search._run_config = fake_run
+import scalelab.tune.recipe as recipe
+recipe.write_plots = lambda *a, **k: {}  # figures are tested elsewhere; here they only cost time
 search.run_tune(search.load_tune_config(sys.argv[1]), progress=True)
 """
 
