@@ -32,12 +32,13 @@ import tempfile
 
 MIB = 1024**2
 
-# name: layers, hidden, heads, kv heads, intermediate, vocab, seq, micro-batch
+# name: layers, hidden, heads, kv heads, intermediate, vocab, seq, micro-batch[, tied embeddings]
 SHAPES = {
     "2x128 V1000": (2, 128, 4, 2, 352, 1000, 256, 4),
     "4x256 V4096": (4, 256, 8, 2, 704, 4096, 256, 4),
     "4x256 MHA V32000": (4, 256, 4, 4, 688, 32000, 128, 2),
     "6x384 V8192 s512": (6, 384, 6, 2, 1024, 8192, 512, 2),
+    "4x256 tied V8192": (4, 256, 4, 2, 704, 8192, 256, 2, True),  # tied embeddings (SmolLM2)
 }
 # (lora, checkpointing, dtype, parallel)
 CASES = [(False, False, "fp32", "none"), (False, True, "fp32", "none"), (True, False, "fp32", "none"),
@@ -93,12 +94,13 @@ def child(spec: dict) -> dict:
     from scalelab.finetune.model import SFTModel, load_hf_model, resolve_attention
 
     torch.set_num_threads(1)
-    L, h, H, kv, f, V, T, B = spec["shape"]
+    L, h, H, kv, f, V, T, B = spec["shape"][:8]
+    tied = bool(spec["shape"][8:] and spec["shape"][8])
     d = tempfile.mkdtemp(prefix="ftmem-")
     torch.manual_seed(0)
     LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=h, intermediate_size=f, num_hidden_layers=L,
                                  num_attention_heads=H, num_key_value_heads=kv, max_position_embeddings=4096,
-                                 tie_word_embeddings=False)).save_pretrained(d)
+                                 tie_word_embeddings=tied)).save_pretrained(d)
     m = FTModelConfig(hf=d, lora=spec["lora"], lora_rank=spec["rank"], activation_checkpointing=spec["ckpt"])
     bf16 = spec["dtype"] == "bf16"
     load_dtype = torch.bfloat16 if (bf16 and spec["lora"]) else torch.float32  # as FinetuneJob
@@ -144,8 +146,9 @@ def estimate(spec: dict, labelled: float) -> dict:
     from scalelab.tune.ft_memory import FTMemorySetup, estimate_ft_memory
     from scalelab.tune.ft_shape import HFShape
 
-    L, h, H, kv, f, V, T, B = spec["shape"]
-    shape = HFShape(n_layer=L, hidden=h, n_head=H, n_kv_head=kv, intermediate=f, vocab=V)
+    L, h, H, kv, f, V, T, B = spec["shape"][:8]
+    shape = HFShape(n_layer=L, hidden=h, n_head=H, n_kv_head=kv, intermediate=f, vocab=V,
+                    tie_embeddings=bool(spec["shape"][8:] and spec["shape"][8]))
     setup = FTMemorySetup(micro_batch=B, seq_len=T, parallel=spec.get("parallel", "none"), dtype=spec["dtype"],
                           lora=spec["lora"],
                           lora_rank=spec["rank"], checkpointing=spec["ckpt"], optimizer_temporaries=True,
@@ -185,7 +188,7 @@ def main() -> None:
         err = (pred - got) / got
         rows.append({"shape": name, "mode": mode, **spec, **meas, "model_bytes": pred, "phase": est["peak_phase"],
                      "error": err})
-        T, B = SHAPES[name][6], SHAPES[name][7]
+        T, B = SHAPES[name][6:8]
         print(f"{name:18s} {mode:21s} {f'{T}x{B}':>8s} {est['peak_phase']:>20s} {pred / MIB:10.1f} {got / MIB:13.1f} "
               f"{100 * err:+6.1f}%", flush=True)
     errs = [abs(r["error"]) for r in rows]

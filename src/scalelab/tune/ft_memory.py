@@ -229,7 +229,9 @@ def estimate_ft_memory(shape: HFShape, s: FTMemorySetup) -> dict[str, Any]:
     transient = ((3 - down_saved) * a * shape.intermediate + 2 * r * shape.hidden) * tokens
     outside = act["other"] + autocast_w  # alive through the whole backward pass
     layers = act["layers"]
-    grads_above_first = grads - (0.0 if s.lora else (4 * shape.vocab * shape.hidden + 4 * block) / G)
+    # the embedding's gradient comes last -- unless it is the head's (tied), which came first
+    emb_grad = 0 if shape.tie_embeddings else 4 * shape.vocab * shape.hidden
+    grads_above_first = grads - (0.0 if s.lora else (emb_grad + 4 * block) / G)
     phases = {
         # the loss: every saved activation + fp32 log-softmax, its gradient and the logits' gradient
         "loss": layers + act["head"] + outside,
