@@ -163,7 +163,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=2000, help="train.max_steps of the trained runs")
     p.add_argument("--qat-frac", type=float, default=0.2)
     p.add_argument("--runs-dir", default="runs/bench-golf-quant")
-    p.add_argument("--variants", default=None, help="comma-separated subset of the variant names (default: all)")
+    p.add_argument("--variants", default=None, help="subset of the variant names, separated by ; (default: all)")
     p.add_argument("--no-variants", action="store_true", help="only the training comparison")
     p.add_argument("--set", action="append", default=[], help="extra override for every run and variant")
     p.add_argument("--out", default=None, help="write all rows as JSON here")
@@ -202,7 +202,7 @@ def main() -> int:
         print("\nQAT - baseline (same seed, same step count), post round trip:")
         _deltas([r for r in rows if r["kind"] == "train"], "baseline", f"qat {args.qat_frac}", "train")
 
-    names = list(VARIANTS) if not args.variants else [n.strip() for n in args.variants.split(",")]
+    names = list(VARIANTS) if not args.variants else [n.strip() for n in args.variants.split(";")]
     budget = load_golf_config(args.config, args.set)[1].budget_bytes
     if not args.no_variants and runs:
         for out_dir, trained_with in runs.items():
