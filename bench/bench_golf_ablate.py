@@ -154,6 +154,7 @@ def main() -> int:
     from scalelab.io import atomic_write_json
 
     ARMS["best"] = (REGIME, args.best_set)
+    ARMS["best_qat"] = (REGIME, [*args.best_set, "golf.qat_frac=0.2"])  # + the QAT of golf/qat.py
     if args.table:
         rows = json.loads(open(args.out).read())
         print(markdown(rows, deltas(rows, args.ref), args.ref))
