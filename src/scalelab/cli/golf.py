@@ -25,9 +25,9 @@ golf keys and defaults:
   golf.precheck = true             refuse hopeless sizes before training
 
 examples:
-  scalelab golf configs/golf-cpu.yaml
+  scalelab golf configs/golf-cpu-best.yaml               the CPU default (the challenge's regime)
   scalelab golf configs/golf-8xh100.yaml --estimate      artifact size before training
-  scalelab golf configs/golf-cpu.yaml train.max_time_s=60 golf.quant=int6 out_dir=runs/golf-try
+  scalelab golf configs/golf-cpu.yaml train.max_time_s=60 golf.quant=int6 out_dir=runs/golf-try   (the "speed" setting)
   torchrun --standalone --nproc_per_node 8 -m scalelab golf configs/golf-8xh100.yaml
 Results: OUT_DIR/golf.json, OUT_DIR/GOLF.md, OUT_DIR/artifact/ (see docs/GOLF.md).
 """
@@ -87,7 +87,7 @@ def register(subparsers) -> None:
     p = command(subparsers, cmd_golf, "golf",
                 help="parameter golf: train under a time cap, quantize + compress under a byte budget, score val_bpb",
                 description=DESCRIPTION, epilog=EPILOG)
-    add_config_arguments(p, "golf YAML, e.g. configs/golf-cpu.yaml", "key=value overrides (golf.* or training keys)")
+    add_config_arguments(p, "golf YAML, e.g. configs/golf-cpu-best.yaml", "key=value overrides (golf.* or training keys)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--resume", action="store_true", help="continue (or re-quantize) the run in out_dir")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
