@@ -48,3 +48,33 @@ def test_ours_is_the_record_structure_with_headroom_for_the_estimate_error():
     schemes = est["by_scheme"]
     assert schemes["int7"]["params"] == m.vocab_size * m.d_model  # the tied embedding
     assert {"int6", "int5"} <= set(schemes)  # attention int6, MLP int5
+
+
+# The whole 8xH100 stack (GPTQ with int5/6/7, low-rank, per-chunk brotli, loops, partial
+# RoPE, LeakyReLU^2, sliding window, LoRA TTT) scaled down to CPU: it must run together.
+SCALED_DOWN = [
+    "data.source=builtin:bbcnews", "data.tokenizer=sentencepiece", "data.vocab_size=512", "data.max_docs=300",
+    "model.vocab_size=512", "model.d_model=32", "model.n_head=2", "model.n_kv_head=1", "model.ffn_hidden=96",
+    "model.seq_len=64", "train.micro_batch=8", "train.batch_tokens=512", "train.max_steps=10",
+    "train.max_time_s=60", "train.dtype=fp32", "train.compile=false", "train.parallel=none", "train.threads=1",
+    "train.eval_tokens=2048", "train.progress=false", "golf.keep_float_numel=64", "golf.gptq_calib_tokens=2048",
+    "golf.eval_batch=16", "golf.ttt_chunk_tokens=1024",
+]
+
+
+@pytest.mark.slow
+def test_our_stack_scaled_down_runs_end_to_end(tmp_path):
+    from scalelab.golf.run import run_golf
+
+    old = torch.get_num_threads()
+    try:
+        run, golf = load_golf_config(CONFIGS / "golf-8xh100.yaml",
+                                     SCALED_DOWN + [f"data.dir={tmp_path / 'data'}", f"out_dir={tmp_path / 'run'}"])
+        result = run_golf(run, golf, progress=False)
+    finally:
+        torch.set_num_threads(old)
+    assert result["roundtrip_bit_exact"] is True and result["artifact"]["budget_ok"] is True
+    assert result["eval"]["score"]["method"] == "ttt"
+    assert sum(1 for t in result["quant"]["lowrank"].values() if t["chosen"]) == golf.lowrank_tensors
+    measured = result["artifact"]["weights_bytes"]
+    assert abs(estimate_for(run, golf)["weights_bytes"] - measured) / measured < 0.05
