@@ -156,7 +156,7 @@ def test_suggest_input_errors(kw, match):
 
 
 def test_cli_register_suggest_json(capsys):
-    from scalelab.tune.cli import register
+    from scalelab.cli.tune import register
 
     parser = argparse.ArgumentParser(prog="scalelab")
     register(parser.add_subparsers(dest="command"))

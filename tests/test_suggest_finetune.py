@@ -174,7 +174,7 @@ def test_model_config_and_a_finetune_calibration(tmp_path):
 
 
 def test_cli_suggest_finetune(capsys, tmp_path):
-    from scalelab.tune.cli import register
+    from scalelab.cli.tune import register
 
     parser = argparse.ArgumentParser(prog="scalelab")
     register(parser.add_subparsers(dest="command"))

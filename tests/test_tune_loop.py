@@ -288,7 +288,7 @@ def test_pruner_stops_only_the_slowest_share():
 def _tune_parser():
     import argparse
 
-    from scalelab.tune.cli import register
+    from scalelab.cli.tune import register
 
     parser = argparse.ArgumentParser(prog="scalelab")
     register(parser.add_subparsers(dest="command"))

@@ -4,7 +4,8 @@
     common.py    CONFIG + dotted overrides, late overrides, the one-line-error contract
     train.py     data, train            scaling.py   fit, plan, study
     release.py   lr-find, export, report                eval.py      eval, sample
-    golf.py      golf
+    golf.py      golf                   tune.py      tune, suggest
+    finetune.py  finetune
 
 Each subcommand is a thin shell over one library function that the tests call directly.
 """

@@ -15,8 +15,8 @@ def build_parser() -> argparse.ArgumentParser:
     from scalelab.cli.release import register as register_release
     from scalelab.cli.scaling import register as register_scaling
     from scalelab.cli.train import register as register_train
-    from scalelab.finetune.cli import register as register_finetune
-    from scalelab.tune.cli import register as register_tune
+    from scalelab.cli.finetune import register as register_finetune
+    from scalelab.cli.tune import register as register_tune
 
     parser = argparse.ArgumentParser(
         prog="scalelab",

@@ -1,12 +1,9 @@
-"""`scalelab tune` and `scalelab suggest`: argument parsing only; the work is in search.py / suggest.py.
-
-The main CLI calls `register(subparsers)` once.
-"""
+"""`scalelab tune` and `scalelab suggest`: argument parsing only; the work is in tune/search.py / suggest.py."""
 from __future__ import annotations
 
 import argparse
-import json
 
+from scalelab.cli.common import add_config_arguments, command, output_flags
 from scalelab.io import emit_json
 
 
@@ -95,18 +92,17 @@ def cmd_suggest(args) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "tune", help="search throughput knobs with Optuna (subprocess trials, CIs, pruning, SQLite, recipe)",
-        description="Search the fastest training configuration: each trial runs the base training config in a "
-        "fresh process (torchrun for several processes) with one setting of the knobs, measures tokens/s per "
-        "process after warm-up with a 95% CI, and reports windows to the pruner. The study lives in "
-        "OUT/tune.db or storage: (resumable; several workers may share it, e.g. storage=journal:PATH; "
-        "optuna-dashboard sqlite:///OUT/tune.db). The best configs are re-measured before the winner is declared. Writes OUT/tune.json, OUT/RECIPE.md and OUT/plots/.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", help="tune YAML: job (pretrain | finetune) + base config + space + budget (e.g. "
-                   "configs/tune-cpu.yaml, configs/tune-finetune-cpu.yaml)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides of the tune YAML (e.g. measure_steps=20 "
-                   "base.train.threads=1)")
+    p = command(subparsers, cmd_tune, "tune",
+                help="search throughput knobs with Optuna (subprocess trials, CIs, pruning, SQLite, recipe)",
+                description="Search the fastest training configuration: each trial runs the base training config in a "
+                "fresh process (torchrun for several processes) with one setting of the knobs, measures tokens/s per "
+                "process after warm-up with a 95% CI, and reports windows to the pruner. The study lives in "
+                "OUT/tune.db or storage: (resumable; several workers may share it, e.g. storage=journal:PATH; "
+                "optuna-dashboard sqlite:///OUT/tune.db). The best configs are re-measured before the winner is declared. Writes OUT/tune.json, OUT/RECIPE.md and OUT/plots/.",
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(p, "tune YAML: job (pretrain | finetune) + base config + space + budget (e.g. "
+                         "configs/tune-cpu.yaml, configs/tune-finetune-cpu.yaml)", "key=value overrides of the tune "
+                         "YAML (e.g. measure_steps=20 base.train.threads=1)", optional=False)
     p.add_argument("--trials", type=int, help="measured trials of the study in total, over all sessions, the default "
                    "configuration included (a resumed study runs only the missing ones: raise it to search further; "
                    "a configuration measured before is reused and not counted)")
@@ -118,15 +114,13 @@ def register(subparsers) -> None:
     p.add_argument("--pruner", choices=["percentile", "median", "none"], help="pruner of slow trials")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device of the trials (default: device of the "
                    "tune YAML, auto = cuda when a GPU is visible)")
-    p.add_argument("--json", action="store_true", help="print tune.json (without per-step times)")
-    p.add_argument("--quiet", action="store_true", help="no per-trial progress lines")
-    p.set_defaults(func=cmd_tune)
+    output_flags(p, json="print tune.json (without per-step times)", quiet="no per-trial progress lines")
 
-    p = subparsers.add_parser(
-        "suggest", help="a starting config for N params on G GPUs: parallelism, micro-batch, memory, tokens/s, time",
-        description="Suggest parallelism (DDP / FSDP), micro-batch, accumulation, activation checkpointing and loader "
-        "workers for a model of N non-embedding parameters on G GPUs of a given memory, with the estimated memory "
-        "per GPU, tokens/s per GPU and wall time -- each with the formula or measurement it came from.")
+    p = command(subparsers, cmd_suggest, "suggest",
+                help="a starting config for N params on G GPUs: parallelism, micro-batch, memory, tokens/s, time",
+                description="Suggest parallelism (DDP / FSDP), micro-batch, accumulation, activation checkpointing and loader "
+                "workers for a model of N non-embedding parameters on G GPUs of a given memory, with the estimated memory "
+                "per GPU, tokens/s per GPU and wall time -- each with the formula or measurement it came from.")
     p.add_argument("--params", help="non-embedding parameters, e.g. 124M, 1.3B (--finetune: 7e9 = Llama-3-8B's "
                    "shape unless --model-config names the real one)")
     p.add_argument("--gpus", type=int, required=True, help="number of GPUs")
@@ -145,7 +139,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-micro-batch", dest="max_micro_batch", type=int, default=64,
                    help="largest micro-batch considered (default 64)")
     p.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="training precision (default bf16)")
-    p.add_argument("--json", action="store_true", help="print the suggestion as JSON")
+    output_flags(p, json="print the suggestion as JSON")
     ft = p.add_argument_group("fine-tuning (scalelab finetune)")
     ft.add_argument("--finetune", action="store_true", help="suggest for `scalelab finetune` of an existing model: "
                     "full, or LoRA with --lora-rank")
@@ -158,4 +152,3 @@ def register(subparsers) -> None:
                     "(default 64, as configs/finetune-7b.yaml)")
     ft.add_argument("--labelled-fraction", dest="labelled_fraction", type=float, default=1.0,
                     help="share of positions with a label (response tokens; the head runs on those only; default 1)")
-    p.set_defaults(func=cmd_suggest)

@@ -1,9 +1,7 @@
-"""`scalelab finetune CONFIG [key=value ...]`: registered into the main CLI by `register`."""
+"""`scalelab finetune CONFIG [key=value ...]`: supervised fine-tuning of a Hugging Face causal LM."""
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import typing
+from scalelab.cli.common import add_config_arguments, command, config_words, keys_epilog
 
 EPILOG_HEAD = """examples:
   scalelab finetune configs/finetune-cpu.yaml                  # SmolLM2-135M-Instruct + LoRA on GSM8K, CPU
@@ -18,50 +16,27 @@ config keys and defaults:
 """
 
 
-def _epilog() -> str:
+def register(subparsers) -> None:
     from scalelab.finetune.config import FinetuneConfig
 
-    lines = []
-
-    def walk(cls, prefix, obj):
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            value = getattr(obj, f.name)
-            if dataclasses.is_dataclass(hints[f.name]):
-                walk(hints[f.name], prefix + f.name + ".", value)
-            else:
-                lines.append(f"  {prefix + f.name} = {value!r}")
-
-    walk(FinetuneConfig, "", FinetuneConfig())
-    return EPILOG_HEAD + "\n".join(lines)
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "finetune", help="supervised fine-tuning (full or LoRA) of any Hugging Face causal LM",
-        description="SFT of a Hugging Face causal LM on Alpaca-style or chat data: the model's chat template, "
-        "loss on response tokens only, packing with per-example attention, held-out eval loss, DDP/FSDP2 "
-        "under torchrun, exact resume, and a save_pretrained result.",
-        epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", nargs="?", help="YAML config, e.g. configs/finetune-cpu.yaml")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.lr=1e-4 model.lora_rank=8")
+    p = command(subparsers, cmd_finetune, "finetune",
+                help="supervised fine-tuning (full or LoRA) of any Hugging Face causal LM",
+                description="SFT of a Hugging Face causal LM on Alpaca-style or chat data: the model's chat template, "
+                "loss on response tokens only, packing with per-example attention, held-out eval loss, DDP/FSDP2 "
+                "under torchrun, exact resume, and a save_pretrained result.",
+                epilog=keys_epilog(FinetuneConfig, EPILOG_HEAD))
+    add_config_arguments(p, "YAML config, e.g. configs/finetune-cpu.yaml",
+                         "dotted key=value overrides, e.g. train.lr=1e-4 model.lora_rank=8")
     p.add_argument("--resume", action="store_true", help="continue out_dir's run from its newest valid checkpoint "
                    "(= train.resume=last)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.set_defaults(func=cmd_finetune)
 
 
 def cmd_finetune(args) -> int:
     from scalelab.finetune.config import load_finetune_config
 
-    config, overrides = args.config, list(args.overrides)
-    if config and "=" in config and not config.endswith((".yaml", ".yml")):
-        overrides.insert(0, config)  # no YAML file, only overrides
-        config = None
-    if args.resume:
-        overrides.append("train.resume=last")
-    cfg = load_finetune_config(config, overrides)
+    cfg = load_finetune_config(*config_words(args, resume="last"))
     if args.print_config:
         import yaml
 
