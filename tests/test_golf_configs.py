@@ -78,3 +78,12 @@ def test_our_stack_scaled_down_runs_end_to_end(tmp_path):
     assert sum(1 for t in result["quant"]["lowrank"].values() if t["chosen"]) == golf.lowrank_tensors
     measured = result["artifact"]["weights_bytes"]
     assert abs(estimate_for(run, golf)["weights_bytes"] - measured) / measured < 0.05
+
+
+def test_the_cpu_default_leaves_room_for_the_estimate_error():
+    """configs/golf-cpu-best.yaml (the CPU default) must not fail its own budget on a user's first
+    run: counted code plus estimated weights leave at least the estimate's error free."""
+    run, golf = load_golf_config(CONFIGS / "golf-cpu-best.yaml")
+    est = estimate_for(run, golf)
+    assert est["fits"] and est["total_bytes"] <= golf.budget_bytes
+    assert est["headroom_bytes"] >= ESTIMATE_ERROR * golf.budget_bytes
