@@ -24,7 +24,6 @@ Every number carries the formula or measurement it came from:
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,8 @@ from scalelab.errors import ConfigError, ScalelabError
 from scalelab.model.gpt import GPTConfig
 from scalelab.model.sizing import count_params, flops_per_token, forward_flops_per_token, shape_for_params
 from scalelab.tune.memory import GIB, MemorySetup, estimate_memory
+from scalelab.tune.suggest_common import (closing_lines, fewest_gpus, memory_summary, memory_term_lines, read_tune_json,
+                                          resolve_peak, throughput_range, time_estimate, usable_bytes)
 
 DEFAULT_MFU = 0.35
 HEADROOM = 0.90  # fraction of GPU memory the tensors may use (allocator fragmentation, spikes)
@@ -181,30 +182,12 @@ def _estimate_at(cfg: GPTConfig, gpus: int, seq_len: int, dtype: str) -> dict[st
 
 def _min_gpus(cfg: GPTConfig, usable: float, dtype: str) -> int | None:
     """Fewest GPUs with which FSDP + checkpointing + micro-batch 1 fits (None: no count does)."""
-    g = 1
-    while g <= 2**20:
-        if _estimate(cfg, "fsdp", True, 1, g, dtype)["peak_bytes"] <= usable:
-            lo, hi = g // 2 + 1, g
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if _estimate(cfg, "fsdp", True, 1, mid, dtype)["peak_bytes"] <= usable:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            return max(1, lo)
-        g *= 2
-    return None
+    return fewest_gpus(lambda g: _estimate(cfg, "fsdp", True, 1, g, dtype)["peak_bytes"] <= usable, 2**20)
 
 
 def calibration_from(path: str | Path) -> dict[str, Any]:
     """MFU measured by a tuning study's winner (with its CI)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--calibrate: '{p}' does not exist (give the tune.json of a `scalelab tune` run)")
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"--calibrate: '{p}' is not valid JSON ({e})") from None
+    p, data = read_tune_json(path)
     if data.get("kind") != "scalelab.tune":
         raise ConfigError(f"--calibrate: '{p}' is not a scalelab tune.json (kind={data.get('kind')!r})")
     w = data.get("winner")
@@ -231,8 +214,6 @@ def suggest(params: Any, gpus: int, gpu_mem_gib: float, tokens: Any, seq_len: in
             max_micro_batch: int = 64, dtype: str = "bf16", headroom: float = HEADROOM,
             reserved_gib: float = RESERVED_GIB) -> dict[str, Any]:
     """The suggestion as a dict (see the module doc for every rule)."""
-    from scalelab.train.hardware import peak_for_name
-
     N = _size(params, "--params")
     D = _size(tokens, "--tokens")
     if gpus < 1:
@@ -253,11 +234,7 @@ def suggest(params: Any, gpus: int, gpu_mem_gib: float, tokens: Any, seq_len: in
         raise ConfigError(f"--batch-tokens must be >= 1 (or left out for the DeepSeek rule), got {global_batch_tokens}")
     if peak_tflops is not None and not peak_tflops > 0:
         raise ConfigError(f"--peak-tflops must be > 0, got {peak_tflops}")
-    usable = headroom * gpu_mem_gib * GIB - reserved_gib * GIB
-    if usable <= 0:
-        raise ConfigError(f"--gpu-mem {gpu_mem_gib:g} GiB leaves nothing usable ({headroom:.0%} of it less "
-                          f"{reserved_gib:g} GiB for the CUDA context and NCCL): give the memory of one GPU in GiB, "
-                          f"e.g. --gpu-mem 80")
+    usable = usable_bytes(gpu_mem_gib, headroom, reserved_gib)
     cfg = model_for_params(N, seq_len, vocab_size)
     sizes = count_params(cfg)
     fpt = flops_per_token(cfg)
@@ -296,14 +273,7 @@ def suggest(params: Any, gpus: int, gpu_mem_gib: float, tokens: Any, seq_len: in
 
     # Throughput.
     notes: list[str] = []
-    if peak_tflops is not None:
-        peak, peak_src = peak_tflops * 1e12, "given (--peak-tflops)"
-    else:
-        peak = peak_for_name(gpu_name or "")
-        if peak is None:
-            raise ConfigError(f"unknown GPU '{gpu_name}' for the bf16 peak table; pass --peak-tflops (e.g. 989 for "
-                              f"an H100 SXM)")
-        peak_src = f"vendor dense bf16 peak of '{gpu_name}' (train/hardware.py)"
+    peak, peak_src = resolve_peak(peak_tflops, gpu_name)
     speed = recompute_speed(cfg) if ckpt else 1.0
     tput: dict[str, Any]
     if calibrate:
@@ -332,20 +302,11 @@ def suggest(params: Any, gpus: int, gpu_mem_gib: float, tokens: Any, seq_len: in
     tput["formula"] = (f"peak {peak / 1e12:,.0f} TFLOP/s ({peak_src}) x MFU {eff:.3f}"
                        + (f" (x {speed:.3f}: checkpointing recomputes the blocks' forward)" if ckpt else "")
                        + f" / {fpt:.4g} FLOPs/token (6N + 12 L H Q T, model/sizing.py)")
-    tok_s = tput["tokens_per_s_per_gpu"]
-    wall = D / (tok_s * gpus)
-    time_est = {"wall_s": wall, "wall_hours": wall / 3600, "gpu_hours": wall * gpus / 3600,
-                "formula": f"{D:.3g} tokens / ({tok_s:,.0f} tokens/s/GPU x {gpus} GPUs)"}
-    if tput.get("lo") and tput.get("hi"):
-        time_est["wall_hours_range"] = [D / (tput["hi"] * gpus) / 3600, D / (tput["lo"] * gpus) / 3600]
+    time_est = time_estimate(D, tput, gpus)
 
     mem = chosen["memory"]
-    memory = {"peak_gib": mem["peak_gib"], "usable_gib": usable / GIB, "gpu_mem_gib": gpu_mem_gib,
-              "usable_formula": f"{headroom:.0%} x {gpu_mem_gib:g} GiB - {reserved_gib:g} GiB (CUDA context, NCCL)",
-              "peak_phase": mem["peak_phase"], "formula": mem["formula"], "precision": mem["precision"],
-              "terms": {k: {"gib": v["bytes"] / GIB, "formula": v["formula"]} for k, v in mem["terms"].items()},
-              "per_layer_bytes_per_token": mem["per_layer_bytes_per_token"],
-              "source": "tune/memory.py; checked against measured peaks in docs/bench-tune.md"}
+    memory = memory_summary(mem, usable, gpu_mem_gib, headroom, reserved_gib,
+                            "tune/memory.py; checked against measured peaks in docs/bench-tune.md")
     reason = {
         ("none", False): "one GPU: no data parallelism",
         ("none", True): "one GPU; checkpointing needed to fit",
@@ -403,21 +364,13 @@ def format_suggestion(s: dict[str, Any]) -> str:
         f"loader:      {s['loader']['workers']} workers, pin_memory   <- {s['loader']['reason']}",
         f"memory/GPU:  {mem['peak_gib']:.2f} GiB of {mem['usable_gib']:.1f} usable ({mem['usable_formula']})",
     ]
-    for k, v in mem["terms"].items():
-        lines.append(f"   {k:20s} {v['gib']:8.2f} GiB  {v['formula']}")
-    lines.append(f"   peak at {mem['peak_phase']}: {mem['formula']}")
-    rng = f" [{t['lo']:,.0f}, {t['hi']:,.0f}]" if t.get("lo") and t.get("hi") else ""
+    lines += memory_term_lines(mem)
+    rng = throughput_range(t)
     lines += [
         f"tokens/s/GPU {t['tokens_per_s_per_gpu']:,.0f}{rng} (MFU {t['mfu']:.1%})",
         f"             <- {t['formula']}",
         f"             <- {t['source']}",
         f"time:        {tm['wall_hours']:,.1f} h wall, {tm['gpu_hours']:,.0f} GPU-hours   <- {tm['formula']}",
     ]
-    for opt in p["options"]:
-        lines.append(f"   option {opt['parallel']:4s} ckpt={'on ' if opt['checkpointing'] else 'off'} "
-                     + (f"fits up to micro-batch {opt['max_micro_batch']} ({opt['peak_gib']:.1f} GiB)" if opt["fits"]
-                        else f"does not fit ({opt['peak_gib']:.1f} GiB at micro-batch 1)"))
-    for n in s["notes"]:
-        lines.append(f"note: {n}")
-    lines.append(f"run: {s['command']}")
+    lines += closing_lines(s)
     return "\n".join(lines)

@@ -28,7 +28,6 @@ Every number carries its formula (the text and the JSON both):
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,8 @@ from scalelab.tune.ft_memory import DEFAULT_LORA_TARGETS, GIB, FTMemorySetup, es
 from scalelab.tune.ft_shape import HFShape, llama3_shape_for_params, shape_from_hf_config
 from scalelab.tune.suggest import (DEFAULT_MFU, HEADROOM, RESERVED_GIB, DoesNotFitError, _micro_options, _size,
                                    calibration_from)
+from scalelab.tune.suggest_common import (closing_lines, fewest_gpus, memory_summary, memory_term_lines, read_tune_json,
+                                          resolve_peak, throughput_range, time_estimate, usable_bytes)
 
 DEFAULT_ROWS = 64  # configs/finetune-7b.yaml: 8 GPUs x 4 x 2 accumulation
 DEFAULT_SEQ = 2048
@@ -98,28 +99,13 @@ def _min_gpus(shape, seq, usable, lora_rank, targets, labelled) -> int | None:
     def fits(g: int) -> bool:
         return estimate_ft_memory(shape, _setup(1, seq, g, "fsdp", True, lora_rank, targets,
                                                 labelled))["peak_bytes"] <= usable
-    g = 1
-    while g <= 2**16:
-        if fits(g):
-            lo, hi = g // 2 + 1, g
-            while lo < hi:
-                mid = (lo + hi) // 2
-                lo, hi = (lo, mid) if fits(mid) else (mid + 1, hi)
-            return max(1, lo)
-        g *= 2
-    return None
+    return fewest_gpus(fits, 2**16)
 
 
 def ft_calibration_from(path: str | Path, labelled: float) -> dict[str, Any]:
     """Utilization of the device peak measured by a fine-tune study's winner (or a
     pretraining study's, through tune/suggest.calibration_from)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--calibrate: '{p}' does not exist (give the tune.json of a `scalelab tune` run)")
-    try:
-        data = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"--calibrate: '{p}' is not valid JSON ({e})") from None
+    p, data = read_tune_json(path)
     if data.get("kind") != "scalelab.tune" or data.get("job", "pretrain") != "finetune":
         cal = calibration_from(p)  # a pretraining study (its own checks and messages)
         cal["job"] = "pretrain"
@@ -182,8 +168,6 @@ def suggest_finetune(params: Any = None, gpus: int = 1, gpu_mem_gib: float = 80.
                      calibrate: str | Path | None = None, max_micro_batch: int = 64, headroom: float = HEADROOM,
                      reserved_gib: float = RESERVED_GIB) -> dict[str, Any]:
     """The fine-tune suggestion as a dict (module doc for every rule)."""
-    from scalelab.train.hardware import peak_for_name
-
     D = _size(tokens, "--tokens")
     for ok, msg in ((gpus >= 1, f"--gpus must be >= 1, got {gpus}"),
                     (gpu_mem_gib > 0, f"--gpu-mem must be > 0 GiB, got {gpu_mem_gib}"),
@@ -196,11 +180,7 @@ def suggest_finetune(params: Any = None, gpus: int = 1, gpu_mem_gib: float = 80.
                     (0 < labelled_fraction <= 1, f"--labelled-fraction must be in (0, 1], got {labelled_fraction}")):
         if not ok:
             raise ConfigError(msg)
-    usable = headroom * gpu_mem_gib * GIB - reserved_gib * GIB
-    if usable <= 0:
-        raise ConfigError(f"--gpu-mem {gpu_mem_gib:g} GiB leaves nothing usable ({headroom:.0%} of it less "
-                          f"{reserved_gib:g} GiB for the CUDA context and NCCL): give the memory of one GPU in GiB, "
-                          f"e.g. --gpu-mem 80")
+    usable = usable_bytes(gpu_mem_gib, headroom, reserved_gib)
     warnings: list[str] = []
     shape = _resolve_shape(params, model_config, vocab_size, warnings)
     targets = tuple(lora_targets)
@@ -240,14 +220,7 @@ def suggest_finetune(params: Any = None, gpus: int = 1, gpu_mem_gib: float = 80.
     fpt = ft_flops_per_token(shape, seq_len, lora_rank, targets, labelled_fraction, ckpt)
 
     notes: list[str] = []
-    if peak_tflops is not None:
-        peak, peak_src = peak_tflops * 1e12, "given (--peak-tflops)"
-    else:
-        peak = peak_for_name(gpu_name or "")
-        if peak is None:
-            raise ConfigError(f"unknown GPU '{gpu_name}' for the bf16 peak table; pass --peak-tflops (e.g. 989 for "
-                              f"an H100 SXM)")
-        peak_src = f"vendor dense bf16 peak of '{gpu_name}' (train/hardware.py)"
+    peak, peak_src = resolve_peak(peak_tflops, gpu_name)
     if calibrate:
         cal = ft_calibration_from(calibrate, labelled_fraction)
         hfu, lo, hi = cal["hfu"], cal["hfu_lo"], cal["hfu_hi"]
@@ -279,18 +252,10 @@ def suggest_finetune(params: Any = None, gpus: int = 1, gpu_mem_gib: float = 80.
             "formula": f"peak {peak / 1e12:,.0f} TFLOP/s ({peak_src}) x {hfu:.3f} / {fpt['hardware']:.4g} FLOPs/token "
                        f"({flops_formula} = {fpt['model']:.4g}"
                        + (f", + {fpt['recompute']:.3g} recomputed: 2N + 4 L q T" if ckpt else "") + ")"}
-    wall = D / (tok_s * gpus)
-    time_est = {"wall_s": wall, "wall_hours": wall / 3600, "gpu_hours": wall * gpus / 3600,
-                "formula": f"{D:.3g} tokens / ({tok_s:,.0f} tokens/s/GPU x {gpus} GPUs)"}
-    if tput["lo"] and tput["hi"]:
-        time_est["wall_hours_range"] = [D / (tput["hi"] * gpus) / 3600, D / (tput["lo"] * gpus) / 3600]
+    time_est = time_estimate(D, tput, gpus)
     mem = chosen["memory"]
-    memory = {"peak_gib": mem["peak_gib"], "usable_gib": usable / GIB, "gpu_mem_gib": gpu_mem_gib,
-              "usable_formula": f"{headroom:.0%} x {gpu_mem_gib:g} GiB - {reserved_gib:g} GiB (CUDA context, NCCL)",
-              "peak_phase": mem["peak_phase"], "formula": mem["formula"], "precision": mem["precision"],
-              "terms": {k: {"gib": v["bytes"] / GIB, "formula": v["formula"]} for k, v in mem["terms"].items()},
-              "per_layer_bytes_per_token": mem["per_layer_bytes_per_token"],
-              "source": "tune/ft_memory.py; checked against measured peaks in docs/FINETUNE.md (suggest)"}
+    memory = memory_summary(mem, usable, gpu_mem_gib, headroom, reserved_gib,
+                            "tune/ft_memory.py; checked against measured peaks in docs/FINETUNE.md (suggest)")
     reason = {("none", False): "one GPU", ("none", True): "one GPU; checkpointing needed to fit",
               ("ddp", False): "the model states fit replicated on every GPU (DDP: least communication)",
               ("fsdp", False): "the model states do not fit replicated; FSDP2 shards them over the GPUs",
@@ -351,21 +316,13 @@ def format_ft_suggestion(s: dict[str, Any]) -> str:
         f"memory/GPU:  {mem['peak_gib']:.2f} GiB of {mem['usable_gib']:.1f} usable ({mem['usable_formula']}); "
         f"{mem['precision']} activations",
     ]
-    for k, v in mem["terms"].items():
-        lines.append(f"   {k:20s} {v['gib']:8.2f} GiB  {v['formula']}")
-    lines.append(f"   peak at {mem['peak_phase']}: {mem['formula']}")
-    rng = f" [{t['lo']:,.0f}, {t['hi']:,.0f}]" if t.get("lo") and t.get("hi") else ""
+    lines += memory_term_lines(mem)
+    rng = throughput_range(t)
     lines += [
         f"tokens/s/GPU {t['tokens_per_s_per_gpu']:,.0f}{rng} (MFU {t['mfu']:.1%}, hardware utilization {t['hfu']:.1%})",
         f"             <- {t['formula']}",
         f"             <- {t['source']}",
         f"time:        {tm['wall_hours']:,.2f} h wall, {tm['gpu_hours']:,.1f} GPU-hours   <- {tm['formula']}",
     ]
-    for opt in p["options"]:
-        lines.append(f"   option {opt['parallel']:4s} ckpt={'on ' if opt['checkpointing'] else 'off'} "
-                     + (f"fits up to micro-batch {opt['max_micro_batch']} ({opt['peak_gib']:.1f} GiB)" if opt["fits"]
-                        else f"does not fit ({opt['peak_gib']:.1f} GiB at micro-batch 1)"))
-    for n in s["notes"]:
-        lines.append(f"note: {n}")
-    lines.append(f"run: {s['command']}")
+    lines += closing_lines(s)
     return "\n".join(lines)
