@@ -15,6 +15,8 @@ def raw_lzma_filter(codec):
     return {"id": lzma.FILTER_LZMA2, "dict_size": RAW_LZMA_DICT, **({"lc": 0, "lp": 0, "pb": 0} if codec == 6 else {})}
 
 
+# Ids 0-3 repeat codec.decompress's on purpose: importing it back would be an import circle, and
+# sharing it would grow codec.py, counted in every artifact (this file only in version-2 ones).
 def inflate(codec, body):
     if codec == 0:
         return body
