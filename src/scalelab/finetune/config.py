@@ -80,6 +80,8 @@ class FTTrainConfig:
     ckpt_every: int = 100
     ckpt_keep: int = 2
     log_every: int = 5
+    # These run-control / logging keys are train's (config.py TrainConfig) with this job's defaults;
+    # a shared base class would move them first in --help and config.yaml, so they are declared here.
     resume: bool | str = False  # as scalelab train: false | true | last | step_000025
     reuse_out_dir: bool = False
     threads: int | None = None
