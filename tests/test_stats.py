@@ -133,3 +133,27 @@ def test_summarize_accuracy():
     assert partial["method"] == "t" and partial["value"] == pytest.approx(0.4375)
     with pytest.raises(ValueError):
         summarize_accuracy([])
+
+
+def test_welch_matches_scipy_stats():
+    # The t quantiles / tails come from scipy.special (lazily); they must equal scipy.stats'.
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(1.0, 1.0, 17), rng.normal(0.4, 2.5, 29)
+    from scalelab.eval.stats import welch_t_test
+
+    r = welch_t_test(a, b, 0.9)
+    ref = st.ttest_ind(a, b, equal_var=False)
+    assert r["p_value"] == pytest.approx(float(ref.pvalue), rel=1e-12)
+    t = st.t.ppf(0.95, df=r["df"])
+    se = math.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
+    assert (r["lo"], r["hi"]) == pytest.approx((r["diff"] - t * se, r["diff"] + t * se), rel=1e-12)
+
+
+def test_importing_stats_does_not_import_scipy():
+    # scipy costs ~1 s of start-up for every `scalelab eval`; it is imported on first use.
+    import subprocess
+    import sys
+
+    code = "import sys, scalelab.eval.stats; print('scipy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
