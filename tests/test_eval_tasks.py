@@ -183,6 +183,25 @@ def test_seeded_subsets_are_fixed_and_nested():
         T.select_indices(10, limit=5, fraction=0.5)
 
 
+
+def test_limit_processes_only_the_selected_documents(monkeypatch):
+    # --limit N selects the same seeded subset of the raw rows and runs process_docs on those N only.
+    from scalelab.eval.tasks import data as D
+
+    spec = H.fixture_spec("hellaswag")
+    every = T.load_docs(spec)[0]
+    picked = T.select_indices(len(every), limit=3, seed=5)
+    calls = []
+    real = D.PROCESSORS["hellaswag"]
+    monkeypatch.setitem(D.PROCESSORS, "hellaswag", lambda doc: calls.append(doc) or real(doc))
+    monkeypatch.setattr(D, "_DOC_CACHE", {})
+    examples, n, _ = T.build_examples(spec, limit=3, seed=5)
+    assert n == len(every) > 3 and len(calls) == 3
+    assert [e.doc_id for e in examples] == picked
+    assert [e.requests for e in examples] == [T.format_example(spec, every[i], i).requests for i in picked]
+    T.build_examples(spec, limit=3, seed=5)
+    assert len(calls) == 3  # processed documents are cached
+
 # -- running, results, comparison -----------------------------------------------------------
 
 

