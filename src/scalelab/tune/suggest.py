@@ -32,8 +32,8 @@ from scalelab.errors import ConfigError, ScalelabError
 from scalelab.model.gpt import GPTConfig
 from scalelab.model.sizing import count_params, flops_per_token, forward_flops_per_token, shape_for_params
 from scalelab.tune.memory import GIB, MemorySetup, estimate_memory
-from scalelab.tune.suggest_common import (closing_lines, fewest_gpus, memory_summary, memory_term_lines, read_tune_json,
-                                          resolve_peak, throughput_range, time_estimate, usable_bytes)
+from scalelab.tune.suggest_common import (closing_lines, fewest_gpus, layout_lines, memory_summary, memory_term_lines,
+                                          read_tune_json, resolve_peak, throughput_range, time_estimate, usable_bytes)
 
 DEFAULT_MFU = 0.35
 HEADROOM = 0.90  # fraction of GPU memory the tensors may use (allocator fragmentation, spikes)
@@ -358,9 +358,7 @@ def format_suggestion(s: dict[str, Any]) -> str:
         f"global batch {b['tokens']:,} tokens ({b['sequences']} x {i['seq_len']}), {b['steps']:,.0f} optimizer "
         f"steps; lr {b['lr']:.3g}",
         f"             <- {b['rule']} = {b['target_tokens']:,.0f} tokens, {b['rounding']}",
-        f"layout:      {p['mode']}, activation checkpointing {'on' if p['checkpointing'] else 'off'}, "
-        f"micro-batch {b['micro_batch']}, accumulation {b['grad_accum']}",
-        f"             <- {p['reason']}; {b['formula']}",
+        *layout_lines(p, b),
         f"loader:      {s['loader']['workers']} workers, pin_memory   <- {s['loader']['reason']}",
         f"memory/GPU:  {mem['peak_gib']:.2f} GiB of {mem['usable_gib']:.1f} usable ({mem['usable_formula']})",
     ]

@@ -81,6 +81,13 @@ def memory_summary(mem: dict[str, Any], usable: float, gpu_mem_gib: float, headr
             "source": source}
 
 
+def layout_lines(p: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The chosen parallelism, checkpointing, micro-batch and accumulation, and why."""
+    return [f"layout:      {p['mode']}, activation checkpointing {'on' if p['checkpointing'] else 'off'}, "
+            f"micro-batch {b['micro_batch']}, accumulation {b['grad_accum']}",
+            f"             <- {p['reason']}; {b['formula']}"]
+
+
 def memory_term_lines(mem: dict[str, Any]) -> list[str]:
     """One line per memory term, then the peak phase and its formula."""
     lines = [f"   {k:20s} {v['gib']:8.2f} GiB  {v['formula']}" for k, v in mem["terms"].items()]

@@ -37,8 +37,8 @@ from scalelab.tune.ft_memory import DEFAULT_LORA_TARGETS, GIB, FTMemorySetup, es
 from scalelab.tune.ft_shape import HFShape, llama3_shape_for_params, shape_from_hf_config
 from scalelab.tune.suggest import (DEFAULT_MFU, HEADROOM, RESERVED_GIB, DoesNotFitError, _micro_options, _size,
                                    calibration_from)
-from scalelab.tune.suggest_common import (closing_lines, fewest_gpus, memory_summary, memory_term_lines, read_tune_json,
-                                          resolve_peak, throughput_range, time_estimate, usable_bytes)
+from scalelab.tune.suggest_common import (closing_lines, fewest_gpus, layout_lines, memory_summary, memory_term_lines,
+                                          read_tune_json, resolve_peak, throughput_range, time_estimate, usable_bytes)
 
 DEFAULT_ROWS = 64  # configs/finetune-7b.yaml: 8 GPUs x 4 x 2 accumulation
 DEFAULT_SEQ = 2048
@@ -310,9 +310,7 @@ def format_ft_suggestion(s: dict[str, Any]) -> str:
         f"             <- {m['source']}",
         f"batch:       {b['rows']} rows x {s['inputs']['seq_len']} tokens = {b['tokens']:,} tokens/step, "
         f"{b['steps']:,.0f} steps   <- {b['rule']}",
-        f"layout:      {p['mode']}, activation checkpointing {'on' if p['checkpointing'] else 'off'}, micro-batch "
-        f"{b['micro_batch']}, accumulation {b['grad_accum']}",
-        f"             <- {p['reason']}; {b['formula']}",
+        *layout_lines(p, b),
         f"memory/GPU:  {mem['peak_gib']:.2f} GiB of {mem['usable_gib']:.1f} usable ({mem['usable_formula']}); "
         f"{mem['precision']} activations",
     ]
