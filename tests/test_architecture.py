@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-MAX_LINES = 650
+MAX_LINES = 600  # the limit (~600); the longest file today is 546
 
 # Files still over MAX_LINES, each with the reason. The test fails when one of them shrinks
 # under the limit (drop it from this list then) or when any other file grows past it.
