@@ -235,12 +235,16 @@ class _RMSNormFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight, r = ctx.saved_tensors
-        xhat, g = _upcast(x) * r, _upcast(grad)
-        grad_w = (g * xhat).reshape(-1, x.shape[-1]).sum(0).to(weight.dtype)
-        gw = g * weight
-        # d/dx of w * x * r(x): r * (g w - xhat * mean(g w xhat))
-        grad_x = (gw - xhat * (gw * xhat).mean(-1, keepdim=True)).mul_(r)
-        return grad_x.to(x.dtype), grad_w, None
+        D = x.shape[-1]
+        xf, g = _upcast(x).reshape(-1, D), _upcast(grad).reshape(-1, D)
+        r = r.reshape(-1)
+        gx = g * xf
+        with torch.autocast(x.device.type, enabled=False):  # the two mat-vecs stay in fp32
+            grad_w = torch.mv(gx.t(), r).to(weight.dtype)  # sum over rows of g * x * r
+            # d/dx of w * x * r(x), r = mean(x^2)^-1/2: r g w - x r^3 mean(g w x)
+            coef = torch.mv(gx, weight.to(gx.dtype)).mul_(r.pow(3)).div_(D)
+        grad_x = (g * weight).mul_(r[:, None]).addcmul_(xf, coef[:, None], value=-1)
+        return grad_x.view(x.shape).to(x.dtype), grad_w, None
 
 
 def _upcast(t: torch.Tensor) -> torch.Tensor:
