@@ -400,7 +400,10 @@ class GPT(nn.Module):
         # meta-device build + to_empty + init_weights() after the same seed.
         device = torch.get_default_device()
         with torch.device("meta"):
-            self.tok_emb = nn.Embedding(cfg.padded_vocab, cfg.d_model)
+            # _weight skips nn.Embedding's own normal_ init, which on the meta device imports
+            # torch._dynamo (~1-2 s of every train / eval start); init_weights sets it anyway.
+            self.tok_emb = nn.Embedding(cfg.padded_vocab, cfg.d_model,
+                                        _weight=torch.empty(cfg.padded_vocab, cfg.d_model))
             self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
             self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
             self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab, bias=False)
