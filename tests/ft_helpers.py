@@ -54,8 +54,14 @@ def tokenizer_dir(chat_template: bool = True) -> Path:
     return out
 
 
-@functools.lru_cache(maxsize=None)
 def tiny_llama_dir(chat_template: bool = True, layers: int = 2, hidden: int = 64) -> Path:
+    # lru_cache keys on how the arguments were spelled (tiny_llama_dir() and
+    # tiny_llama_dir(True, 2, 64) are two keys for one directory): normalize first.
+    return _tiny_llama_dir(bool(chat_template), int(layers), int(hidden))
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny_llama_dir(chat_template: bool, layers: int, hidden: int) -> Path:
     import shutil
 
     import torch

@@ -69,6 +69,6 @@ def test_the_cpu_default_recipe_loads_with_its_stack():
     run, golf = load_golf_config(str(REPO / "configs" / "golf-cpu-best.yaml"))
     assert (run.data.vocab_size, run.model.d_model, run.train.optimizer, run.train.muon_ns) == \
         (1024, 24, "muon", "polar_express")
-    assert (golf.ttt, golf.sliding_stride, golf.eval_cap_s, golf.budget_bytes) == ("full", 64, 180.0, 70_000)
+    assert (golf.ttt, golf.sliding_stride, golf.eval_cap_s, golf.budget_bytes) == ("full", 64, 180.0, 72_000)
     base, bgolf = load_golf_config(str(REPO / "configs" / "golf-baseline-regime.yaml"))
     assert (bgolf.budget_bytes, base.train.max_time_s) == (golf.budget_bytes, run.train.max_time_s)  # one setting
