@@ -268,14 +268,7 @@ def run_processes(args, model_dir: Path, tasks: list[str], indices: dict, task_d
         found = sorted((tmp / "harness_0").rglob(f"samples_h_{t}_*.jsonl"))
         harness[f"h_{t}"] = [json.loads(x) for x in found[-1].read_text().splitlines()]
     agree, diffs = compare(ours, harness, tasks)
-    print("\n| task | n | same decisions | max abs log-lik diff |\n|---|---:|---:|---:|")
-    for name, a in agree.items():
-        print(f"| {name} | {a['n']} | {a['same_decisions']}/{a['n']} | {a['max_abs_ll_diff']:.2e} |")
-    vals = [d[0] for d in diffs]
-    print(f"\nlog-likelihood |scalelab - harness| over {len(vals)} requests: median {sorted(vals)[len(vals) // 2]:.1e}, "
-          f"max {vals[0]:.2e}, {sum(v > 1e-4 for v in vals)} above 1e-4")
-    if args.fp64_check:
-        print_fp64(fp64_reference(model_dir, diffs[:args.fp64_check], indices))
+    print_agreement(agree, diffs, args, model_dir, indices)
     print("\n| run | scalelab wall s | harness wall s | ratio (wall) | scalelab CPU s | harness CPU s | ratio (CPU) |\n"
           "|---|---:|---:|---:|---:|---:|---:|")
     for i, ((ow, oc), (hw, hc)) in enumerate(zip(times["scalelab"], times["harness"])):
@@ -308,6 +301,18 @@ def count_tokens(model_dir: Path, tasks: list[str], indices: dict, harness_batch
         print(f"| {name} | {len(reqs)} | {padded:,} | {ours:,} | {padded / ours:.2f}x | {scored:,} |")
         tot = [a + b for a, b in zip(tot, (len(reqs), padded, ours, scored))]
     print(f"| all | {tot[0]} | {tot[1]:,} | {tot[2]:,} | {tot[1] / tot[2]:.2f}x | {tot[3]:,} |")
+
+
+def print_agreement(agree, diffs, args, model_dir, indices) -> None:
+    """Per-task decision agreement and the log-likelihood differences (+ the fp64 check)."""
+    print("\n| task | n | same decisions | max abs log-lik diff |\n|---|---:|---:|---:|")
+    for name, a in agree.items():
+        print(f"| {name} | {a['n']} | {a['same_decisions']}/{a['n']} | {a['max_abs_ll_diff']:.2e} |")
+    vals = [d[0] for d in diffs]
+    print(f"\nlog-likelihood |scalelab - harness| over {len(vals)} requests: median {sorted(vals)[len(vals) // 2]:.1e}, "
+          f"max {vals[0]:.2e}, {sum(v > 1e-4 for v in vals)} above 1e-4")
+    if args.fp64_check:
+        print_fp64(fp64_reference(model_dir, diffs[:args.fp64_check], indices))
 
 
 def print_fp64(rows: list[tuple]) -> None:
@@ -405,14 +410,7 @@ def main() -> None:
     print(f"scalelab engine: {stats.forwards} forward passes, {stats.tokens:,} tokens fed, "
           f"{stats.padded - stats.tokens:,} padding slots ({100 * (stats.padded - stats.tokens) / max(1, stats.padded):.1f}%), "
           f"{stats.scored:,} scored positions")
-    print("\n| task | n | same decisions | max abs log-lik diff |\n|---|---:|---:|---:|")
-    for name, a in agree.items():
-        print(f"| {name} | {a['n']} | {a['same_decisions']}/{a['n']} | {a['max_abs_ll_diff']:.2e} |")
-    vals = [d[0] for d in diffs]
-    print(f"\nlog-likelihood |scalelab - harness| over {len(vals)} requests: median {sorted(vals)[len(vals) // 2]:.1e}, "
-          f"max {vals[0]:.2e}, {sum(v > 1e-4 for v in vals)} above 1e-4")
-    if args.fp64_check:
-        print_fp64(fp64_reference(model_dir, diffs[:args.fp64_check], indices))
+    print_agreement(agree, diffs, args, model_dir, indices)
     print(f"\nscalelab: {best_ours:.2f} s (best of {args.repeats}); harness hf: {best_h:.2f} s (batch {best_bs}, best of "
           f"{args.repeats}; all: {json.dumps({b: [round(x, 2) for x in v] for b, v in harness_t.items()})})")
     ratio = best_h / best_ours
