@@ -8,16 +8,9 @@ from scalelab.model.sizing import count_params
 from scalelab.train.optim import build_optimizer
 
 
+from golf_helpers import cfg, unique_params
+
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def cfg(**kw):
-    base = dict(vocab_size=97, n_layer=4, d_model=32, n_head=4, n_kv_head=2, seq_len=16, mlp="relu2")
-    return GPTConfig(**{**base, **kw})
-
-
-def unique_params(model):
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 def test_default_model_is_unchanged():

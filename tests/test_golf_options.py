@@ -10,20 +10,13 @@ from scalelab.errors import ConfigError
 from scalelab.golf import codec
 from scalelab.golf.compress import compress_with
 from scalelab.golf.quantize import QuantSpec, quantize_state_dict
-from scalelab.model.gpt import GPT, GPTConfig, apply_rope, rope_tables
+from scalelab.model.gpt import GPT, apply_rope, rope_tables
 from scalelab.model.hf_adapter import check_llama_compatible
 from scalelab.model.sizing import _layer_params, count_params, flops_per_token
 
+from golf_helpers import cfg, unique_params
+
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def cfg(**kw):
-    base = dict(vocab_size=97, n_layer=4, d_model=32, n_head=4, n_kv_head=2, seq_len=16, mlp="relu2")
-    return GPTConfig(**{**base, **kw})
-
-
-def unique_params(model):
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 LOOP = dict(loop_layers=[1, 2], loop_count=3)
