@@ -31,8 +31,8 @@ from scalelab.train.distributed import (DistInfo, all_gather_objects, all_reduce
                                         init_distributed, no_grad_sync, on_main, resolve_parallel)
 from scalelab.train.logging import Progress, RunLogger, truncate_metrics
 from scalelab.train.schedule import lr_at
-from scalelab.train.oom import OOM_HINT, is_oom as _is_oom
-from scalelab.train.rng import rng_state as _rng_state, set_rng_state as _set_rng_state
+from scalelab.train.oom import OOM_HINT, is_oom
+from scalelab.train.rng import rng_state, set_rng_state
 
 
 def finetune(cfg: FinetuneConfig, device: str | None = None) -> dict[str, Any]:
@@ -163,7 +163,7 @@ class FinetuneJob:
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.targets_seen, self.train_time = state.get("targets_seen", 0), state.get("train_time", 0.0)
         self.best_val = state.get("best_val_loss") or math.inf
-        _set_rng_state(state["rng"][self.info.rank % len(state["rng"])])
+        set_rng_state(state["rng"][self.info.rank % len(state["rng"])])
         if self.info.is_main:
             for note in notes:
                 print(f"note: {note}", flush=True)
@@ -177,7 +177,7 @@ class FinetuneJob:
         opts = self._state_options()
         model_sd = get_model_state_dict(self.model, options=opts)
         optim_sd = get_optimizer_state_dict(self.model, self.optimizer, options=opts)
-        rng = all_gather_objects(_rng_state())
+        rng = all_gather_objects(rng_state())
         if self.info.is_main:
             state = {"step": self.step, "tokens_seen": self.tokens_seen, "targets_seen": self.targets_seen,
                      "train_time": self.train_time, "world_size": self.info.world_size, "rng": rng,
@@ -342,7 +342,7 @@ class FinetuneJob:
                     self.save()
                     window_start = time.perf_counter()
         except RuntimeError as e:
-            if _is_oom(e):
+            if is_oom(e):
                 raise TrainingError(f"{OOM_HINT.replace('model.seq_len', 'data.max_length')} "
                                     f"(at step {self.step + 1})") from None
             raise
