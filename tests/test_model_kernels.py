@@ -23,3 +23,59 @@ def test_partial_rope_and_per_token_positions_gradients():
     torch.testing.assert_close(out[..., 4:], x[..., 4:])  # the unrotated dims pass through
     pos = torch.randint(0, 16, (2, 16))
     assert torch.autograd.gradcheck(lambda t: apply_rope(t, cos.double()[pos], sin.double()[pos]), (x,))
+
+
+def _both_rope_paths(cfg, run):
+    """run(model) under the CPU fp32 pair-order RoPE and under the rotate-half path."""
+    from scalelab.model.gpt import GPT
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    for block in model.blocks:  # non-trivial QK-norm weights, so their reordering matters
+        for norm in (block.attn.q_norm, block.attn.k_norm):
+            if norm is not None:
+                torch.nn.init.normal_(norm.weight, 1.0, 0.5)
+    fast = run(model)
+    for block in model.blocks:
+        block.attn.full_rope = False  # the rotate-half path every other device and dtype uses
+    return fast, run(model)
+
+
+def test_pair_order_rope_equals_rotate_half_in_outputs_and_gradients():
+    from scalelab.model.gpt import GPTConfig, pair_order, rotate_pairs
+    assert pair_order(8) == [0, 4, 1, 5, 2, 6, 3, 7]
+    cos, sin = rope_tables(16, 8, 10000.0)
+    x = torch.randn(2, 16, 3, 8)
+    torch.testing.assert_close(rotate_pairs(x[..., pair_order(8)], cos, sin),
+                               apply_rope(x, cos, sin)[..., pair_order(8)])
+    cfg = GPTConfig(vocab_size=97, seq_len=16, n_layer=2, n_head=4, n_kv_head=2, d_model=64, qk_norm=True)
+    idx = torch.randint(0, 97, (3, 16))
+
+    def loss_and_grads(model):
+        model.zero_grad()
+        loss = model(idx, idx)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    (fast_loss, fast_g), (ref_loss, ref_g) = _both_rope_paths(cfg, loss_and_grads)
+    torch.testing.assert_close(fast_loss, ref_loss, rtol=1e-6, atol=1e-6)
+    for name in ref_g:
+        torch.testing.assert_close(fast_g[name], ref_g[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_pair_order_rope_in_packed_rows_and_cached_decoding():
+    from scalelab.model.gpt import GPTConfig
+    cfg = GPTConfig(vocab_size=97, seq_len=16, n_layer=2, n_head=4, d_model=32)
+    idx = torch.randint(0, 97, (2, 10))
+    pos = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3, 4, 5]] * 2)
+    mask = (pos[:, :, None] >= pos[:, None, :]) & torch.ones(10, 10, dtype=torch.bool).tril()
+
+    def run(model):
+        with torch.no_grad():
+            packed = model.logits(model.hidden(idx, pos=pos, mask=mask))
+            torch.manual_seed(1)
+            sampled = model.generate(idx[:, :4], 6, temperature=1.0, use_cache=True)
+        return packed, sampled
+
+    (fast_packed, fast_sampled), (ref_packed, ref_sampled) = _both_rope_paths(cfg, run)
+    torch.testing.assert_close(fast_packed, ref_packed, rtol=1e-5, atol=1e-5)
+    assert torch.equal(fast_sampled, ref_sampled)

@@ -95,6 +95,9 @@ def run_parsed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from scalelab.train.host_memory import keep_freed_host_memory
+
+    keep_freed_host_memory()  # CPU work in every command (eval, golf, study) reuses freed memory
     try:
         if getattr(args, "device", None) is not None:  # every --device (train, eval, golf, ...) checked here, first
             from scalelab.train.hardware import resolve_device

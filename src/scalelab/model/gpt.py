@@ -21,6 +21,7 @@ Conventions worth knowing:
   halves (x1, x2) = (x[:D/2], x[D/2:]) and pair i is (x1[i], x2[i]) rotated by angle
   pos * theta^(-2i/D). Weights therefore export to HF without any permutation of wq/wk
   (Meta's original checkpoints interleave pairs instead; HF permutes those on import).
+  (On CPU in fp32, Attention reads q/k rows in pair order: RoPE as a complex multiply.)
 - The embedding table and lm_head have cfg.padded_vocab rows (a multiple of
   cfg.pad_vocab_to: friendlier matmul shapes). Logits and loss cover only the real
   cfg.vocab_size ids, so padding rows can never receive probability mass.
@@ -40,10 +41,8 @@ Conventions worth knowing:
   attention mask [B, T, T] (True = may attend) in place of 0..T-1 and the causal mask,
   so several documents (or a context and its continuations, eval/scoring.py) share a
   row. It is the same forward pass, skips and all: there is no second copy to drift.
-- Fused projections: q, k, v come from one matmul and SwiGLU's gate and up from another
-  (fewer, larger GEMMs: measurably faster on CPU, bench/bench_vs_nanogpt.py). State dicts
-  from before the fusion (wq/wk/wv, w1/w3) are concatenated on load, so old
-  checkpoints still load.
+- Fused projections (wqkv, w13: fewer, larger GEMMs); pre-fusion state dicts (wq/wk/wv,
+  w1/w3) are concatenated on load.
 
 The model knows nothing of distribution, checkpoints, logging or optimizers.
 """
@@ -205,23 +204,28 @@ class _RopeFn(torch.autograd.Function):
         return grad_x, None, None
 
 
+def rotate_pairs(x, cos, sin):
+    """apply_rope for head dims in pair_order, on pairs (x[2i], x[2i+1]): one pass, not six."""
+    f = torch.complex(cos, sin).unsqueeze(-2)
+    return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * f).flatten(-2)
+
+
+def pair_order(D: int) -> list[int]:
+    return [(p % 2) * (D // 2) + p // 2 for p in range(D)]  # 0, D/2, 1, D/2 + 1, ...
+
+
 # ---------------------------------------------------------------------------
 # RMSNorm
 
 
 class RMSNorm(nn.RMSNorm):
-    """nn.RMSNorm with a hand-written backward on CPU.
+    """nn.RMSNorm; on CPU with a closed-form backward (half the time of autograd's)."""
 
-    There F.rms_norm is a chain of broadcast ops that autograd differentiates one by one;
-    the closed-form gradient takes half the time (docs/bench-train.md). Other devices
-    keep torch's fused kernel.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, order: torch.Tensor | None = None) -> torch.Tensor:
         if x.device.type != "cpu":
             return super().forward(x)
         eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
-        return _RMSNormFn.apply(x, self.weight, eps)
+        return _RMSNormFn.apply(x, self.weight if order is None else self.weight[order], eps)
 
 
 class _RMSNormFn(torch.autograd.Function):
@@ -279,6 +283,7 @@ class Attention(nn.Module):
         self.sizes = (cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim)
         self.wqkv = nn.Linear(cfg.d_model, sum(self.sizes), bias=False)
         self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=False)
+        self.full_rope, self._rows = cfg.rope_dim == cfg.head_dim, None
         if cfg.qk_norm:
             self.q_norm = RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
             self.k_norm = RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
@@ -287,13 +292,17 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0, mask=None):
         B, T, _ = x.shape
-        q, k, v = self.wqkv(x).split(self.sizes, dim=-1)
+        rows = self._pair_rows(x)
+        qkv = self.wqkv(x) if rows is None else F.linear(x, self.wqkv.weight[rows])
+        q, k, v = qkv.split(self.sizes, dim=-1)
         q = q.view(B, T, self.n_head, self.head_dim)
         k = k.view(B, T, self.kv_heads, self.head_dim)
         v = v.view(B, T, self.kv_heads, self.head_dim)
         if self.q_norm is not None:  # QK-norm: RMSNorm over head_dim, before RoPE
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            dims = None if rows is None else rows[:self.head_dim]
+            q, k = self.q_norm(q, dims), self.k_norm(k, dims)
+        rope = apply_rope if rows is None else rotate_pairs
+        q, k = rope(q, cos, sin), rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, T, D]
 
         causal = mask is None
@@ -310,6 +319,19 @@ class Attention(nn.Module):
         gqa = self.kv_heads != self.n_head
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
         return self.wo(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+
+    def _pair_rows(self, x):
+        """wqkv rows with q, k head dims in pair_order (q.k is unchanged), or None: only on
+        CPU in fp32, and (like torch's MHA fast path) for a wqkv without hooks or a patched
+        forward (GPTQ's calibration, QAT), as the fast path reads its weight directly."""
+        m = self.wqkv
+        if not (self.full_rope and x.device.type == "cpu" and x.dtype == torch.float32
+                and not torch.is_autocast_enabled("cpu")) or m._forward_hooks or m._forward_pre_hooks or "forward" in vars(m):
+            return None
+        if self._rows is None:
+            D, n = self.head_dim, (self.n_head + self.kv_heads) * self.head_dim
+            self._rows = [h + j for h in range(0, n, D) for j in pair_order(D)] + list(range(n, sum(self.sizes)))
+        return torch.tensor(self._rows, device=x.device)
 
     def _load_from_state_dict(self, state_dict, prefix, *args):
         _fuse_legacy(state_dict, prefix, ("wq", "wk", "wv"), "wqkv")

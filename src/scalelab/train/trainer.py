@@ -39,6 +39,7 @@ from scalelab.train.distributed import (
 )
 from scalelab.train.evaluator import Evaluator
 from scalelab.train.hooks import TrainHooks, check_hooks
+from scalelab.train.host_memory import host_memory_state, keep_freed_host_memory
 from scalelab.train.logging import Progress, RunLogger, truncate_metrics
 from scalelab.train.oom import OOM_HINT, is_oom
 from scalelab.train.optim import build_optimizer, set_lr
@@ -154,6 +155,8 @@ class Trainer:
 
         # Model, parallelism, optimizer.
         self.device = info.device
+        if self.device.type == "cpu":  # activations re-faulted every step cost 2-3x in elementwise ops
+            keep_freed_host_memory()
         self.dtype = resolve_dtype(t.dtype, self.device)
         self.parallel = resolve_parallel(t, info)
         torch.manual_seed(cfg.seed)  # identical init on every rank
@@ -438,6 +441,7 @@ class Trainer:
             "tokenizer_identity": self.tokenizer_identity,
             "git": git_hash(),
             "versions": software_versions(),
+            "host_memory": host_memory_state(),  # train/host_memory.py: it changes CPU step times
         }
         if self.info.is_main:
             atomic_write_json(self.out_dir / "summary.json", summary)
