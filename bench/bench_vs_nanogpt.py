@@ -21,14 +21,24 @@ one process; a trainer step is the time from one hook's exit to the next hook's 
 (the whole loop iteration). The trainer's overhead is printed against the bare step.
 --bf16 adds the bare scalelab step under CPU bf16 autocast (its loss is printed next to
 fp32's: it must stay sane).
+
+Freed host memory: every scalelab command keeps it for reuse (train/host_memory.py),
+which nanoGPT does not. In one process the setting is the same for both sides
+(--host-memory kept, the default, or default), so the ratio is the model and step code
+alone. --as-shipped ROUNDS instead runs each side in its own process as its users get
+it (nanoGPT's step with glibc's default, scalelab's trainer with the setting),
+alternating, and prints the median tokens/s of each.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import importlib.util
+import json
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +52,7 @@ from scalelab.config import TrainConfig
 from scalelab.model.gpt import GPT, GPTConfig
 from scalelab.model.sizing import flops_per_token
 from scalelab.train.hardware import machine_load, measure_matmul_peak, num_threads
+from scalelab.train.host_memory import keep_freed_host_memory
 from scalelab.train.optim import build_optimizer
 
 
@@ -79,6 +90,9 @@ def make_ours(args, bf16: bool = False):
     cfg = GPTConfig(vocab_size=args.vocab, seq_len=args.seq_len, n_layer=args.n_layer,
                     n_head=args.n_head, d_model=args.d_model)
     model = GPT(cfg)
+    if args.rope == "halves":  # the rotate-half RoPE of other devices and dtypes, for an A/B
+        for block in model.blocks:
+            block.attn.full_rope = False
     opts = build_optimizer(model, TrainConfig(lr=1e-4, weight_decay=0.1), "cpu")
 
     def step(x, y):
@@ -150,6 +164,8 @@ def run(args, mod, threads: int) -> dict:
         steps = {"nanoGPT": nano_step, "scalelab": our_step}
         if args.bf16:
             steps["scalelab bf16"] = make_ours(args, bf16=True)[2]
+        if args.only:  # one side per process (--as-shipped's children)
+            steps = {"nanoGPT": nano_step} if args.only == "nanoGPT" else {}
         times: dict[str, list[float]] = {name: [] for name in steps}
         cpu: dict[str, list[float]] = {name: [] for name in steps}  # process CPU time: at 1 thread, load-proof
         losses: dict[str, list[float]] = {name: [] for name in steps}
@@ -159,7 +175,8 @@ def run(args, mod, threads: int) -> dict:
             x = torch.randint(0, args.vocab, (args.batch, args.seq_len + 1), generator=gen)
             inp, tgt = x[:, :-1].contiguous(), x[:, 1:].contiguous()  # nanoGPT .view()s targets
             names = list(steps)
-            order = names[i % len(names):] + names[:i % len(names)]  # no fixed first
+            k = i % max(1, len(names))
+            order = names[k:] + names[:k]  # no fixed first
             for name in order:
                 t0, c0 = time.perf_counter(), time.process_time()
                 loss = steps[name](inp, tgt)
@@ -183,11 +200,43 @@ def run(args, mod, threads: int) -> dict:
     for name, ts in times.items():
         tps = tokens / statistics.median(ts)
         out[name] = {"tok_s": tps, "mfu": tps * fpt / peak, "n": len(ts), "cpu_s": statistics.median(cpu[name])}
+    if args.only:
+        return out
     out["ratio"] = out["scalelab"]["tok_s"] / out["nanoGPT"]["tok_s"]
     n_nano = sum(p.numel() for n, p in nano.named_parameters() if "wpe" not in n)
     n_ours = sum(p.numel() for p in ours.parameters())
     out["params"] = (n_nano, n_ours)
     return out
+
+
+def as_shipped(args, argv: list[str]) -> int:
+    """Whole processes, alternating: nanoGPT's step (glibc's default memory handling, as
+    nanoGPT runs) and scalelab's trainer (as `scalelab train` runs). Medians over rounds."""
+    keep, skip = [], False
+    for a in argv:  # the same options, less --as-shipped N
+        if not skip and not a.startswith("--as-shipped"):
+            keep.append(a)
+        skip = a == "--as-shipped"
+    sides = {"nanoGPT": "default", "trainer": "kept"}
+    results: dict[tuple[str, int], list[dict]] = {}
+    for r in range(args.as_shipped):
+        for side, memory in (list(sides.items()) if r % 2 == 0 else list(sides.items())[::-1]):
+            with tempfile.NamedTemporaryFile(suffix=".json") as f:
+                env = {**os.environ, "SCALELAB_HOST_MEMORY": "default" if memory == "default" else ""}
+                subprocess.run([sys.executable, __file__, *keep, "--only", side, "--host-memory", memory,
+                                "--json", f.name], check=True, env=env, stdout=subprocess.DEVNULL)
+                for row in json.loads(Path(f.name).read_text()):
+                    results.setdefault((side, row["threads"]), []).append(row)
+                    print(f"round {r} {side} threads {row['threads']}: {row[side]['tok_s']:.0f} tok/s "
+                          f"({row[side]['cpu_s']:.3f} CPU s/step), load {row['load'][0]:.2f}/{row['load'][1]:.2f}",
+                          flush=True)
+    print("\n| threads | nanoGPT tok/s (own process, glibc default) | scalelab trainer tok/s (as shipped) "
+          "| trainer / nanoGPT | rounds |\n|---|---|---|---|---|")
+    for t in args.threads.split(","):
+        nano = statistics.median(r["nanoGPT"]["tok_s"] for r in results[("nanoGPT", int(t))])
+        ours = statistics.median(r["trainer"]["tok_s"] for r in results[("trainer", int(t))])
+        print(f"| {t} | {nano:.0f} | {ours:.0f} | {ours / nano:.2f}x | {args.as_shipped} |")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -207,11 +256,31 @@ def main(argv=None) -> int:
     p.add_argument("--trainer-dtype", default="fp32", choices=["fp32", "bf16"], help="train.dtype of --trainer "
                    "(bf16: autocast on CPU)")
     p.add_argument("--bf16", action="store_true", help="also time the bare scalelab step under CPU bf16 autocast")
+    p.add_argument("--host-memory", default="kept", choices=["kept", "default"],
+                   help="glibc's handling of freed memory for the whole process, both sides alike: kept "
+                        "(what every scalelab command sets, train/host_memory.py) or glibc's default")
+    p.add_argument("--as-shipped", type=int, default=0, metavar="ROUNDS",
+                   help="instead: each side in its own process as its users run it (nanoGPT's step with "
+                        "glibc's default, scalelab's trainer as `scalelab train` sets it), ROUNDS alternations")
+    p.add_argument("--rope", default="pairs", choices=["pairs", "halves"],
+                   help="the bare scalelab step's CPU RoPE: pair order (the default) or rotate-half halves")
+    p.add_argument("--only", choices=["nanoGPT", "trainer"], help=argparse.SUPPRESS)
+    p.add_argument("--json", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.as_shipped:
+        return as_shipped(args, argv if argv is not None else sys.argv[1:])
+    if args.only:
+        args.trainer = args.only == "trainer"
+    if args.host_memory == "default":
+        os.environ["SCALELAB_HOST_MEMORY"] = "default"  # the trainer, too, leaves glibc alone
+    print(f"host memory: {keep_freed_host_memory()}")
     mod = load_nanogpt(args.nanogpt)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"batch {args.batch} x {args.seq_len}, {args.steps} timed steps each")
     rows = [run(args, mod, int(t)) for t in args.threads.split(",")]
+    if args.only:
+        Path(args.json).write_text(json.dumps(rows))
+        return 0
     print(f"params (nanoGPT without wpe, scalelab): {rows[0]['params']}")
     print("| threads | nanoGPT tok/s | scalelab tok/s | scalelab/nanoGPT | MFU nanoGPT % | MFU scalelab % "
           "| peak GFLOP/s | load 1m before/after |")

@@ -21,7 +21,7 @@ Conventions worth knowing:
   halves (x1, x2) = (x[:D/2], x[D/2:]) and pair i is (x1[i], x2[i]) rotated by angle
   pos * theta^(-2i/D). Weights therefore export to HF without any permutation of wq/wk
   (Meta's original checkpoints interleave pairs instead; HF permutes those on import).
-  (On CPU in fp32, Attention reads q/k rows in pair order: RoPE as a complex multiply.)
+  (On CPU in fp32 Attention reads q/k rows in pair order instead: model/kernels.py.)
 - The embedding table and lm_head have cfg.padded_vocab rows (a multiple of
   cfg.pad_vocab_to: friendlier matmul shapes). Logits and loss cover only the real
   cfg.vocab_size ids, so padding rows can never receive probability mass.
@@ -56,6 +56,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from scalelab.errors import ConfigError
+
+try:  # faster autograd kernels, same math; golf artifacts run the plain ops without them
+    from scalelab.model import kernels
+except ImportError:
+    kernels = None
 
 
 @dataclass
@@ -171,47 +176,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """
     cos = cos.unsqueeze(-2).to(x.dtype)  # [(B,) T, 1, D/2] broadcasts over (batch and) heads
     sin = sin.unsqueeze(-2).to(x.dtype)
-    return _RopeFn.apply(x, cos, sin)
-
-
-def _rotate_into(out: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
-    """out = x rotated by the angles (cos, sin) on its first 2 * d dims, the rest copied.
-
-    Written half by half into one buffer: no cat, no zero-filled slice gradients.
-    """
+    if kernels is not None:
+        return kernels.RopeFn.apply(x, cos, sin)
     d = cos.shape[-1]
-    x1, x2, o1, o2 = x[..., :d], x[..., d:2 * d], out[..., :d], out[..., d:2 * d]
-    torch.mul(x1, cos, out=o1).sub_(x2 * sin)
-    torch.mul(x2, cos, out=o2).add_(x1 * sin)
-    if 2 * d < x.shape[-1]:  # partial RoPE: the unrotated dims pass through
-        out[..., 2 * d:] = x[..., 2 * d:]
-
-
-class _RopeFn(torch.autograd.Function):
-    # A rotation's gradient is the inverse rotation: nothing of x needs saving.
-    @staticmethod
-    def forward(ctx, x, cos, sin):
-        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        _rotate_into(out, x, cos, sin)
-        ctx.save_for_backward(cos, sin)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        cos, sin = ctx.saved_tensors
-        grad_x = torch.empty(grad.shape, dtype=grad.dtype, device=grad.device)
-        _rotate_into(grad_x, grad, cos, -sin)
-        return grad_x, None, None
-
-
-def rotate_pairs(x, cos, sin):
-    """apply_rope for head dims in pair_order, on pairs (x[2i], x[2i+1]): one pass, not six."""
-    f = torch.complex(cos, sin).unsqueeze(-2)
-    return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * f).flatten(-2)
-
-
-def pair_order(D: int) -> list[int]:
-    return [(p % 2) * (D // 2) + p // 2 for p in range(D)]  # 0, D/2, 1, D/2 + 1, ...
+    x1, x2 = x[..., :d], x[..., d:2 * d]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin, x[..., 2 * d:]), dim=-1)
 
 
 # ---------------------------------------------------------------------------
@@ -219,40 +188,13 @@ def pair_order(D: int) -> list[int]:
 
 
 class RMSNorm(nn.RMSNorm):
-    """nn.RMSNorm; on CPU with a closed-form backward (half the time of autograd's)."""
+    """nn.RMSNorm; `order` gives x's dims in a permuted order (pair-order RoPE's q, k)."""
 
     def forward(self, x: torch.Tensor, order: torch.Tensor | None = None) -> torch.Tensor:
-        if x.device.type != "cpu":
-            return super().forward(x)
-        eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
-        return _RMSNormFn.apply(x, self.weight if order is None else self.weight[order], eps)
-
-
-class _RMSNormFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, eps):
-        xf = _upcast(x)  # statistics in fp32 for half-precision inputs
-        r = torch.rsqrt(xf.square().mean(-1, keepdim=True).add_(eps))
-        ctx.save_for_backward(x, weight, r)
-        return (xf * r).mul_(weight).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight, r = ctx.saved_tensors
-        D = x.shape[-1]
-        xf, g = _upcast(x).reshape(-1, D), _upcast(grad).reshape(-1, D)
-        r = r.reshape(-1)
-        gx = g * xf
-        with torch.autocast(x.device.type, enabled=False):  # the two mat-vecs stay in fp32
-            grad_w = torch.mv(gx.t(), r).to(weight.dtype)  # sum over rows of g * x * r
-            # d/dx of w * x * r(x), r = mean(x^2)^-1/2: r g w - x r^3 mean(g w x)
-            coef = torch.mv(gx, weight.to(gx.dtype)).mul_(r.pow(3)).div_(D)
-        grad_x = (g * weight).mul_(r[:, None]).addcmul_(xf, coef[:, None], value=-1)
-        return grad_x.view(x.shape).to(x.dtype), grad_w, None
-
-
-def _upcast(t: torch.Tensor) -> torch.Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+        w = self.weight if order is None else self.weight[order]
+        if kernels is not None and x.device.type == "cpu":  # closed-form backward
+            return kernels.RMSNormFn.apply(x, w, self.eps if self.eps is not None else torch.finfo(x.dtype).eps)
+        return F.rms_norm(x, self.normalized_shape, w, self.eps)
 
 
 # ---------------------------------------------------------------------------
@@ -283,7 +225,7 @@ class Attention(nn.Module):
         self.sizes = (cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim)
         self.wqkv = nn.Linear(cfg.d_model, sum(self.sizes), bias=False)
         self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=False)
-        self.full_rope, self._rows = cfg.rope_dim == cfg.head_dim, None
+        self.full_rope = cfg.rope_dim == cfg.head_dim  # pair-order RoPE needs it
         if cfg.qk_norm:
             self.q_norm = RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
             self.k_norm = RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
@@ -292,7 +234,8 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0, mask=None):
         B, T, _ = x.shape
-        rows = self._pair_rows(x)
+        # pair-order q/k rows on CPU in fp32 (kernels.pair_rows); a cache keeps one key layout
+        rows = kernels.pair_rows(self, x) if kernels is not None and cache is None else None
         qkv = self.wqkv(x) if rows is None else F.linear(x, self.wqkv.weight[rows])
         q, k, v = qkv.split(self.sizes, dim=-1)
         q = q.view(B, T, self.n_head, self.head_dim)
@@ -301,7 +244,7 @@ class Attention(nn.Module):
         if self.q_norm is not None:  # QK-norm: RMSNorm over head_dim, before RoPE
             dims = None if rows is None else rows[:self.head_dim]
             q, k = self.q_norm(q, dims), self.k_norm(k, dims)
-        rope = apply_rope if rows is None else rotate_pairs
+        rope = apply_rope if rows is None else kernels.rotate_pairs
         q, k = rope(q, cos, sin), rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, T, D]
 
@@ -320,19 +263,6 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
         return self.wo(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
-    def _pair_rows(self, x):
-        """wqkv rows with q, k head dims in pair_order (q.k is unchanged), or None: only on
-        CPU in fp32, and (like torch's MHA fast path) for a wqkv without hooks or a patched
-        forward (GPTQ's calibration, QAT), as the fast path reads its weight directly."""
-        m = self.wqkv
-        if not (self.full_rope and x.device.type == "cpu" and x.dtype == torch.float32
-                and not torch.is_autocast_enabled("cpu")) or m._forward_hooks or m._forward_pre_hooks or "forward" in vars(m):
-            return None
-        if self._rows is None:
-            D, n = self.head_dim, (self.n_head + self.kv_heads) * self.head_dim
-            self._rows = [h + j for h in range(0, n, D) for j in pair_order(D)] + list(range(n, sum(self.sizes)))
-        return torch.tensor(self._rows, device=x.device)
-
     def _load_from_state_dict(self, state_dict, prefix, *args):
         _fuse_legacy(state_dict, prefix, ("wq", "wk", "wv"), "wqkv")
         super()._load_from_state_dict(state_dict, prefix, *args)
@@ -350,7 +280,11 @@ class MLP(nn.Module):
 
     def forward(self, x):
         if self.kind == "swiglu":
-            return self.w2(_SwiGLUFn.apply(self.w13(x)))
+            gu = self.w13(x)
+            if kernels is not None:
+                return self.w2(kernels.SwiGLUFn.apply(gu))
+            gate, up = gu.chunk(2, dim=-1)
+            return self.w2(F.silu(gate) * up)
         if self.kind == "leaky_relu2":  # keeps a gradient for negative inputs (parameter-golf records)
             return self.w2(F.leaky_relu(self.w1(x), 0.5).square())
         return self.w2(F.relu(self.w1(x)).square())
@@ -359,31 +293,6 @@ class MLP(nn.Module):
         if self.kind == "swiglu":
             _fuse_legacy(state_dict, prefix, ("w1", "w3"), "w13")
         super()._load_from_state_dict(state_dict, prefix, *args)
-
-
-class _SwiGLUFn(torch.autograd.Function):
-    """silu(gate) * up from the fused [gate; up] projection [..., 2F] -> [..., F].
-
-    Same arithmetic as autograd's, but the backward writes both halves' gradients into
-    one [..., 2F] buffer instead of concatenating them afterwards (chunk's backward).
-    """
-
-    @staticmethod
-    def forward(ctx, gu):
-        gate, up = gu.chunk(2, dim=-1)
-        s = F.silu(gate)
-        ctx.save_for_backward(gu, s)
-        return s * up
-
-    @staticmethod
-    def backward(ctx, grad):
-        gu, s = ctx.saved_tensors
-        gate, up = gu.chunk(2, dim=-1)
-        grad_gu = torch.empty(gu.shape, dtype=grad.dtype, device=grad.device)
-        n = s.shape[-1]
-        torch.mul(grad, s, out=grad_gu[..., n:])
-        torch.ops.aten.silu_backward(grad * up, gate, grad_input=grad_gu[..., :n])
-        return grad_gu
 
 
 def _fuse_legacy(state_dict, prefix: str, parts: tuple[str, ...], fused: str) -> None:
