@@ -42,6 +42,7 @@ from scalelab.model.gpt import GPT, GPTConfig
 from scalelab.model.sizing import NAMED_SIZES, count_params, flops_per_token
 from scalelab.train.hardware import (gpu_peak_flops, machine_load, measure_matmul_peak, num_threads,
                                      pick_cpu_dtype)
+from scalelab.train.host_memory import keep_freed_host_memory
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -56,6 +57,8 @@ def build_config(args) -> GPTConfig:
 
 def run_one(args, cfg: GPTConfig, device: torch.device, dtype: torch.dtype, threads: int | None) -> dict:
     """Time args.steps training steps after args.warmup untimed ones."""
+    if device.type == "cpu":
+        keep_freed_host_memory()  # as every scalelab command does (train/host_memory.py)
     with num_threads(threads if device.type == "cpu" else None):
         load_before = machine_load()
         peak_dtype = dtype if device.type == "cpu" else torch.bfloat16
