@@ -222,9 +222,8 @@ def as_shipped(args, argv: list[str]) -> int:
     for r in range(args.as_shipped):
         for side, memory in (list(sides.items()) if r % 2 == 0 else list(sides.items())[::-1]):
             with tempfile.NamedTemporaryFile(suffix=".json") as f:
-                env = {**os.environ, "SCALELAB_HOST_MEMORY": "default" if memory == "default" else ""}
                 subprocess.run([sys.executable, __file__, *keep, "--only", side, "--host-memory", memory,
-                                "--json", f.name], check=True, env=env, stdout=subprocess.DEVNULL)
+                                "--json", f.name], check=True, stdout=subprocess.DEVNULL)
                 for row in json.loads(Path(f.name).read_text()):
                     results.setdefault((side, row["threads"]), []).append(row)
                     print(f"round {r} {side} threads {row['threads']}: {row[side]['tok_s']:.0f} tok/s "
@@ -271,8 +270,8 @@ def main(argv=None) -> int:
         return as_shipped(args, argv if argv is not None else sys.argv[1:])
     if args.only:
         args.trainer = args.only == "trainer"
-    if args.host_memory == "default":
-        os.environ["SCALELAB_HOST_MEMORY"] = "default"  # the trainer, too, leaves glibc alone
+    # --host-memory decides, whatever the environment says; the trainer reads this variable too
+    os.environ["SCALELAB_HOST_MEMORY"] = "default" if args.host_memory == "default" else ""
     print(f"host memory: {keep_freed_host_memory()}")
     mod = load_nanogpt(args.nanogpt)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "

@@ -60,10 +60,12 @@ def pair_order(head_dim: int) -> list[int]:
 
 
 @lru_cache(maxsize=64)
-def _pair_row_list(n_head: int, kv_heads: int, head_dim: int, rows: int) -> tuple[int, ...]:
+def _pair_row_index(n_head: int, kv_heads: int, head_dim: int, rows: int, device: torch.device) -> torch.Tensor:
+    """Built once per shape and device: pair_rows runs in every layer's forward."""
     qk = (n_head + kv_heads) * head_dim
     order = pair_order(head_dim)
-    return tuple(h + j for h in range(0, qk, head_dim) for j in order) + tuple(range(qk, rows))
+    index = [h + j for h in range(0, qk, head_dim) for j in order] + list(range(qk, rows))
+    return torch.tensor(index, device=device)
 
 
 def pair_rows(attn, x: torch.Tensor) -> torch.Tensor | None:
@@ -77,8 +79,7 @@ def pair_rows(attn, x: torch.Tensor) -> torch.Tensor | None:
         return None
     if m._forward_hooks or m._forward_pre_hooks or "forward" in vars(m):
         return None
-    rows = _pair_row_list(attn.n_head, attn.kv_heads, attn.head_dim, m.weight.shape[0])
-    return torch.tensor(rows, device=x.device)
+    return _pair_row_index(attn.n_head, attn.kv_heads, attn.head_dim, m.weight.shape[0], x.device)
 
 
 def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
