@@ -13,6 +13,9 @@ so load from other processes hits both alike; the ratio is ours / nano in tokens
 the median step time of each. MFU divides 6 N + 12 L H Q T FLOPs per token
 (model/sizing.py) by the fp32 matmul peak measured with the same threads in the same run
 (before and after; the higher). 1-minute load is printed before and after.
+--probe-each-step S adds an MFU against peaks probed right before and after each step,
+which the drift of this kind of shared machine (±15% within seconds) requires for a
+claim about a fraction of peak.
 
 --trainer adds scalelab's real trainer (`scalelab train`'s `Trainer.run`: loader, lr
 schedule, grad clip, metrics.jsonl, progress) on random-token shards of the same shape.
@@ -83,6 +86,13 @@ def make_nano(mod, args):
         return loss
 
     return model, step
+
+
+def nano_flops_per_token(model, args) -> float:
+    """6 N + 12 L H Q T for nanoGPT, N its matmul weights (lm_head included, wpe not),
+    the same accounting as scalelab's sizing.flops_per_token."""
+    n = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    return 6.0 * n + 12.0 * args.n_layer * args.d_model * args.seq_len
 
 
 def make_ours(args, bf16: bool = False):
@@ -169,7 +179,14 @@ def run(args, mod, threads: int) -> dict:
         times: dict[str, list[float]] = {name: [] for name in steps}
         cpu: dict[str, list[float]] = {name: [] for name in steps}  # process CPU time: at 1 thread, load-proof
         losses: dict[str, list[float]] = {name: [] for name in steps}
+        # --probe-each-step: MFU of each step against the peak probed right before and after it
+        local_mfu: dict[str, list[float]] = {name: [] for name in steps}
+        probe = (lambda: measure_matmul_peak(torch.float32, seconds=args.probe_each_step)) if args.probe_each_step else None
         gen = torch.Generator().manual_seed(0)
+        tokens = args.batch * args.seq_len
+        # each side's own FLOPs per token (they differ where SwiGLU's width rounds up, e.g. d 64)
+        fpts = {name: flops_per_token(cfg) for name in steps}
+        fpts["nanoGPT"] = nano_flops_per_token(nano, args)
 
         def one_round(i: int) -> None:
             x = torch.randint(0, args.vocab, (args.batch, args.seq_len + 1), generator=gen)
@@ -178,6 +195,7 @@ def run(args, mod, threads: int) -> dict:
             k = i % max(1, len(names))
             order = names[k:] + names[:k]  # no fixed first
             for name in order:
+                before = probe() if probe else 0.0
                 t0, c0 = time.perf_counter(), time.process_time()
                 loss = steps[name](inp, tgt)
                 dt, dc = time.perf_counter() - t0, time.process_time() - c0
@@ -185,6 +203,8 @@ def run(args, mod, threads: int) -> dict:
                 if i >= args.warmup:
                     times[name].append(dt)
                     cpu[name].append(dc)
+                    if probe:
+                        local_mfu[name].append(tokens * fpts[name] / dt / ((before + probe()) / 2))
 
         if args.trainer:
             times["trainer"], cpu["trainer"] = run_in_trainer(args, threads, one_round)
@@ -194,12 +214,14 @@ def run(args, mod, threads: int) -> dict:
         peak1 = measure_matmul_peak(torch.float32, seconds=args.peak_seconds)
         load1 = machine_load()[0]
     peak = max(peak0, peak1)
-    tokens = args.batch * args.seq_len
-    fpt = flops_per_token(cfg)
-    out = {"threads": threads, "peak": peak, "load": (load0, load1), "losses": losses}
+    out = {"threads": threads, "peak": peak, "load": (load0, load1), "losses": losses,
+           "flops_per_token": (fpts["nanoGPT"], flops_per_token(cfg))}
     for name, ts in times.items():
         tps = tokens / statistics.median(ts)
+        fpt = fpts.get(name, flops_per_token(cfg))  # the trainer runs scalelab's model
         out[name] = {"tok_s": tps, "mfu": tps * fpt / peak, "n": len(ts), "cpu_s": statistics.median(cpu[name])}
+        if local_mfu.get(name):
+            out[name]["local_mfu"] = statistics.median(local_mfu[name])
     if args.only:
         return out
     out["ratio"] = out["scalelab"]["tok_s"] / out["nanoGPT"]["tok_s"]
@@ -251,6 +273,10 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=4, help="timed steps per model and thread count")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--peak-seconds", type=float, default=1.0)
+    p.add_argument("--probe-each-step", type=float, default=0.0, metavar="SECONDS",
+                   help="also probe the matmul peak for SECONDS right before and after every timed step "
+                        "and print each side's median MFU against those probes (this box's matmul rate "
+                        "drifts by 15%% within seconds, so one peak for the run can put MFU above 100%%)")
     p.add_argument("--trainer", action="store_true", help="also time scalelab's real trainer (Trainer.run)")
     p.add_argument("--trainer-dtype", default="fp32", choices=["fp32", "bf16"], help="train.dtype of --trainer "
                    "(bf16: autocast on CPU)")
@@ -280,7 +306,9 @@ def main(argv=None) -> int:
     if args.only:
         Path(args.json).write_text(json.dumps(rows))
         return 0
-    print(f"params (nanoGPT without wpe, scalelab): {rows[0]['params']}")
+    print(f"params (nanoGPT without wpe, scalelab): {rows[0]['params']}; training FLOPs per token "
+          f"(nanoGPT, scalelab): {rows[0]['flops_per_token'][0] / 1e6:.2f}M, {rows[0]['flops_per_token'][1] / 1e6:.2f}M"
+          " (each side's MFU uses its own)")
     print("| threads | nanoGPT tok/s | scalelab tok/s | scalelab/nanoGPT | MFU nanoGPT % | MFU scalelab % "
           "| peak GFLOP/s | load 1m before/after |")
     print("|---|---|---|---|---|---|---|---|")
@@ -292,6 +320,11 @@ def main(argv=None) -> int:
         print(f"| {r['threads']} | {r['nanoGPT']['tok_s']:.0f} | {r['scalelab']['tok_s']:.0f} | {r['ratio']:.2f}x "
               f"| {100 * r['nanoGPT']['mfu']:.1f} | {100 * r['scalelab']['mfu']:.1f} | {r['peak'] / 1e9:.1f} "
               f"| {r['load'][0]:.2f}/{r['load'][1]:.2f} |")
+    if args.probe_each_step:
+        for r in rows:
+            print(f"threads {r['threads']}: MFU against the peak probed around each step (median): "
+                  + ", ".join(f"{k} {100 * r[k]['local_mfu']:.1f}%" for k in r
+                              if isinstance(r[k], dict) and "local_mfu" in r[k]))
     extra = [k for k in ("trainer", "scalelab bf16") if k in rows[0]]
     if extra:
         print("\n| threads | side | tok/s | / nanoGPT | / bare scalelab step | MFU % | timed steps |\n"
