@@ -184,9 +184,10 @@ def run(args, mod, threads: int) -> dict:
         probe = (lambda: measure_matmul_peak(torch.float32, seconds=args.probe_each_step)) if args.probe_each_step else None
         gen = torch.Generator().manual_seed(0)
         tokens = args.batch * args.seq_len
-        # each side's own FLOPs per token (they differ where SwiGLU's width rounds up, e.g. d 64)
-        fpts = {name: flops_per_token(cfg) for name in steps}
-        fpts["nanoGPT"] = nano_flops_per_token(nano, args)
+        # each side's own FLOPs per token (they differ where SwiGLU's width rounds up, e.g. d 64);
+        # every side but nanoGPT (bare, bf16, trainer) runs scalelab's model
+        nano_fpt, ours_fpt = nano_flops_per_token(nano, args), flops_per_token(cfg)
+        fpt_of = {"nanoGPT": nano_fpt}
 
         def one_round(i: int) -> None:
             x = torch.randint(0, args.vocab, (args.batch, args.seq_len + 1), generator=gen)
@@ -194,17 +195,18 @@ def run(args, mod, threads: int) -> dict:
             names = list(steps)
             k = i % max(1, len(names))
             order = names[k:] + names[:k]  # no fixed first
+            timed = i >= args.warmup
             for name in order:
-                before = probe() if probe else 0.0
+                before = probe() if probe and timed else 0.0
                 t0, c0 = time.perf_counter(), time.process_time()
                 loss = steps[name](inp, tgt)
                 dt, dc = time.perf_counter() - t0, time.process_time() - c0
                 losses[name].append(float(loss.detach()))
-                if i >= args.warmup:
+                if timed:
                     times[name].append(dt)
                     cpu[name].append(dc)
                     if probe:
-                        local_mfu[name].append(tokens * fpts[name] / dt / ((before + probe()) / 2))
+                        local_mfu[name].append(tokens * fpt_of.get(name, ours_fpt) / dt / ((before + probe()) / 2))
 
         if args.trainer:
             times["trainer"], cpu["trainer"] = run_in_trainer(args, threads, one_round)
@@ -215,10 +217,10 @@ def run(args, mod, threads: int) -> dict:
         load1 = machine_load()[0]
     peak = max(peak0, peak1)
     out = {"threads": threads, "peak": peak, "load": (load0, load1), "losses": losses,
-           "flops_per_token": (fpts["nanoGPT"], flops_per_token(cfg))}
+           "flops_per_token": (nano_fpt, ours_fpt)}
     for name, ts in times.items():
         tps = tokens / statistics.median(ts)
-        fpt = fpts.get(name, flops_per_token(cfg))  # the trainer runs scalelab's model
+        fpt = fpt_of.get(name, ours_fpt)
         out[name] = {"tok_s": tps, "mfu": tps * fpt / peak, "n": len(ts), "cpu_s": statistics.median(cpu[name])}
         if local_mfu.get(name):
             out[name]["local_mfu"] = statistics.median(local_mfu[name])
